@@ -1,0 +1,19 @@
+"""The competition's metric (binary log loss on p(dog)) and accuracy at 0.5."""
+
+import numpy as np
+
+
+def log_loss(y_true: np.ndarray, p: np.ndarray, eps: float = 1e-15) -> float:
+    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps] as Kaggle does."""
+    y, p = np.asarray(y_true, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def accuracy(y_true: np.ndarray, p: np.ndarray) -> float:
+    """Share of predictions on the right side of 0.5."""
+    return float(np.mean((np.asarray(p) >= 0.5) == (np.asarray(y_true) == 1)))
+
+
+def clip(p: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip probabilities: a confident mistake then costs at most -log(low)."""
+    return np.clip(p, low, high)

@@ -1,0 +1,48 @@
+"""Stage features@<backbone>: stream every image through an ImageNet CNN and store its GAP features in HDF5."""
+
+import sys
+import time
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from dogscats.atomic import atomic_path, write_json
+from dogscats.backbones import get_backbone, load_feature_extractor
+from dogscats.dataset import label_index, read_manifest
+from dogscats.extract import feature_batches
+from dogscats.feature_store import SPLITS, write_split
+from dogscats.params import load_params
+
+
+def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: str) -> None:
+    """Extract one backbone's features for the train, val and test splits, in manifest order."""
+    params = load_params()["features"]
+    backbone = get_backbone(backbone_name)
+    manifest = read_manifest(manifest_path)
+    model = load_feature_extractor(backbone_name, params["weights"])
+    dim = int(model.output.shape[-1])
+    start = time.perf_counter()
+    with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update(backbone=backbone.name, input_size=backbone.input_size)
+        progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
+        for split in SPLITS:
+            rows = manifest[manifest.split == split]
+            usable = (rows.problem == "").tolist()
+            batches = feature_batches(model, backbone, rows.file.tolist(), usable, params["batch_size"])
+            write_split(h5, split, rows.id.tolist(), label_index(rows.label), usable, _counted(batches, progress), dim)
+        progress.close()
+    seconds = time.perf_counter() - start
+    write_json(metrics_path, {"images": len(manifest), "seconds": round(seconds, 2), "images_per_second": round(len(manifest) / seconds, 2)})
+    print(f"features@{backbone.name}: {len(manifest)} images, {len(manifest) / seconds:.1f} images/s")
+
+
+def _counted(batches, progress: tqdm):
+    """Pass batches through, advancing the progress bar."""
+    for batch in batches:
+        progress.update(len(batch))
+        yield batch
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,46 @@
+"""Stage prepare: check every raw image, split train/val (seeded, stratified), link the seed layout, write the manifest."""
+
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from dogscats.atomic import write_csv, write_json
+from dogscats.dataset import link_path, scan_raw, stratified_split, write_symlink_tree
+from dogscats.images import decode_problem
+from dogscats.params import load_params
+
+
+def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) -> None:
+    """Prepare the raw data named by data.raw."""
+    params = load_params()
+    raw, prep = Path(params["data"]["raw"]), params["prepare"]
+    images, bad = scan_raw(raw)
+    with ThreadPoolExecutor() as pool:
+        checks = tqdm(pool.map(decode_problem, images.source), total=len(images), desc="prepare: decoding")
+        images["problem"] = [p or "" for p in checks]
+    for source, problem, split in images[images.problem != ""][["source", "problem", "split"]].itertuples(index=False):
+        bad.append((source, problem if split == "train" else f"{problem} (test image kept, predicted with the prior)"))
+        print(f"prepare: warning: {source}: {problem}", file=sys.stderr)
+    # Unusable training images are left out; a test image is never dropped, it is flagged instead.
+    images = images[(images.split == "test") | (images.problem == "")].reset_index(drop=True)
+    train = images.split == "train"
+    images.loc[train, "split"] = stratified_split(images.label[train], prep["val_fraction"], prep["seed"])
+    out = Path(out_dir)
+    images["file"] = [str(link_path(row, out)) for row in images.itertuples()]
+    shutil.rmtree(out, ignore_errors=True)
+    write_symlink_tree(images, out)
+    write_csv(manifest_path, images[["id", "file", "label", "split", "source", "problem"]])
+    write_csv(report_path, pd.DataFrame(bad, columns=["file", "reason"]))
+    counts = images.split.value_counts()
+    metrics = {f"n_{s}": int(counts.get(s, 0)) for s in ("train", "val", "test")}
+    metrics["n_bad"] = len(bad)
+    write_json(metrics_path, metrics)
+    print(f"prepare: {metrics}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
