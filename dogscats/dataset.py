@@ -70,7 +70,7 @@ def write_symlink_tree(manifest: pd.DataFrame, out: Path) -> None:
     """Link every image into the seed layout with relative symlinks (nothing is copied)."""
     for sub in ("train/cat", "train/dog", "val/cat", "val/dog", "test"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    for file, source in zip(manifest.file, manifest.source):
+    for file, source in zip(manifest.file, manifest.source, strict=True):
         link = Path(file)
         link.symlink_to(os.path.relpath(Path(source).resolve(), link.parent.resolve()))
 

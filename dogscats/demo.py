@@ -84,7 +84,10 @@ def draw_animal(rng: np.random.Generator, animal: str) -> Image.Image:
         pupil = 2.5 * scale if animal == "cat" else 5 * scale  # slit pupils for cats
         draw.ellipse([ex - pupil, ey - er + 1, ex + pupil, ey + er - 1], fill=(10, 10, 10))
     if animal == "cat":
-        draw.polygon([(hx - 6 * scale, hy + 12 * scale), (hx + 6 * scale, hy + 12 * scale), (hx, hy + 20 * scale)], fill=(230, 140, 150))
+        draw.polygon(
+            [(hx - 6 * scale, hy + 12 * scale), (hx + 6 * scale, hy + 12 * scale), (hx, hy + 20 * scale)],
+            fill=(230, 140, 150),
+        )
         for side in (-1, 1):
             for dy in (-4, 2, 8):
                 start = (hx + side * 10 * scale, hy + 18 * scale)

@@ -13,7 +13,7 @@ from dogscats.images import load_resized
 def load_batch(files: list[str], usable: list[bool], size: int) -> np.ndarray:
     """Decode and resize a batch; an unusable image (listed by prepare) becomes a black square."""
     blank = np.zeros((size, size, 3), np.uint8)
-    return np.stack([load_resized(f, size) if ok else blank for f, ok in zip(files, usable)])
+    return np.stack([load_resized(f, size) if ok else blank for f, ok in zip(files, usable, strict=True)])
 
 
 def feature_batches(

@@ -12,7 +12,7 @@ from dogscats import feature_store
 def load_concatenated(feature_files: list[Path], split: str) -> feature_store.SplitFeatures:
     """Concatenate one split's features across backbones, checking that every file lists the same images."""
     parts = [feature_store.read_split(path, split) for path in feature_files]
-    for path, part in zip(feature_files[1:], parts[1:]):
+    for path, part in zip(feature_files[1:], parts[1:], strict=True):
         if part.ids != parts[0].ids:
             raise ValueError(f"{path}: its {split} images differ from {feature_files[0]}; rerun its features stage")
     features = np.concatenate([part.features for part in parts], axis=1)

@@ -4,7 +4,6 @@ import sys
 import time
 
 import h5py
-import numpy as np
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_path, write_json
@@ -33,7 +32,10 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
             write_split(h5, split, rows.id.tolist(), label_index(rows.label), usable, _counted(batches, progress), dim)
         progress.close()
     seconds = time.perf_counter() - start
-    write_json(metrics_path, {"images": len(manifest), "seconds": round(seconds, 2), "images_per_second": round(len(manifest) / seconds, 2)})
+    write_json(
+        metrics_path,
+        {"images": len(manifest), "seconds": round(seconds, 2), "images_per_second": round(len(manifest) / seconds, 2)},
+    )
     print(f"features@{backbone.name}: {len(manifest)} images, {len(manifest) / seconds:.1f} images/s")
 
 

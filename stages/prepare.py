@@ -1,4 +1,4 @@
-"""Stage prepare: check every raw image, split train/val (seeded, stratified), link the seed layout, write the manifest."""
+"""Stage prepare: check every raw image, split train/val (seeded, stratified), link the layout, write the manifest."""
 
 import shutil
 import sys

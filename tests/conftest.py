@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny generated images in the Kaggle layout, and a params.yaml to run stages against."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (40, 32), fmt: str = "JPEG") -> Path:
+    """A small image of one colour plus seeded noise."""
+    rng = np.random.default_rng(abs(hash((path.name, colour))) % 2**32)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 10, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def make_kaggle_layout(root: Path, per_class: int = 10, n_test: int = 6) -> Path:
+    """train/cat.N.jpg (reddish), train/dog.N.jpg (bluish), test/N.jpg (alternating), the Kaggle layout."""
+    for n in range(1, per_class + 1):
+        write_image(root / "train" / f"cat.{n}.jpg", (200, 60, 40))
+        write_image(root / "train" / f"dog.{n}.jpg", (40, 60, 200))
+    for n in range(1, n_test + 1):
+        write_image(root / "test" / f"{n}.jpg", (200, 60, 40) if n % 2 else (40, 60, 200))
+    return root
+
+
+def default_params() -> dict:
+    """The repository's params.yaml."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture
+def kaggle_raw(tmp_path: Path) -> Path:
+    """A tiny raw dataset in the Kaggle layout."""
+    return make_kaggle_layout(tmp_path / "raw")
+
+
+@pytest.fixture
+def in_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run in tmp_path with a params.yaml (defaults, random weights); returns a function to write params."""
+    monkeypatch.chdir(tmp_path)
+
+    def write_params(**sections) -> dict:
+        params = default_params()
+        params["features"]["weights"] = None
+        for name, values in sections.items():
+            if isinstance(values, dict):
+                params[name].update(values)
+            else:
+                params[name] = values
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        return params
+
+    return write_params

@@ -1,0 +1,55 @@
+"""The raw Kaggle layout, the stratified split and the symlink tree."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dogscats.dataset import label_index, scan_raw, stratified_split
+
+from .conftest import make_kaggle_layout, write_image
+
+
+def test_scan_reads_labels_and_numeric_test_ids(kaggle_raw):
+    write_image(kaggle_raw / "test" / "007.jpg", (1, 2, 3))
+    frame, skipped = scan_raw(kaggle_raw)
+    train = frame[frame.split == "train"]
+    assert sorted(train.label.unique()) == ["cat", "dog"] and len(train) == 20
+    assert train.set_index("id").loc["dog.3", "label"] == "dog"
+    assert "7" in set(frame[frame.split == "test"].id)
+    assert skipped == []
+
+
+def test_names_without_a_label_are_skipped_and_listed(kaggle_raw):
+    puppy = write_image(kaggle_raw / "train" / "puppy.jpg", (1, 2, 3))
+    frame, skipped = scan_raw(kaggle_raw)
+    assert str(puppy) not in set(frame.source)
+    assert [f for f, _ in skipped] == [str(puppy)]
+
+
+def test_missing_test_dir_stops_with_its_name(tmp_path):
+    make_kaggle_layout(tmp_path)
+    for f in (tmp_path / "test").iterdir():
+        f.unlink()
+    (tmp_path / "test").rmdir()
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "test")):
+        scan_raw(tmp_path)
+
+
+def test_empty_class_stops(kaggle_raw):
+    for f in (kaggle_raw / "train").glob("dog.*"):
+        f.unlink()
+    with pytest.raises(ValueError, match="no dog images"):
+        scan_raw(kaggle_raw)
+
+
+def test_split_is_stratified_seeded_and_sized():
+    labels = pd.Series(["cat"] * 100 + ["dog"] * 50)
+    split = stratified_split(labels, 0.2, seed=1)
+    assert (split[labels == "cat"] == "val").sum() == 20
+    assert (split[labels == "dog"] == "val").sum() == 10
+    np.testing.assert_array_equal(split, stratified_split(labels, 0.2, seed=1))
+    assert not np.array_equal(split, stratified_split(labels, 0.2, seed=2))
+
+
+def test_label_index_is_dog_one_cat_zero_unknown_minus_one():
+    assert label_index(pd.Series(["cat", "dog", ""])).tolist() == [0, 1, -1]

@@ -1,0 +1,45 @@
+"""Image decoding: orientation, colour modes, resizing, and files that do not decode."""
+
+import numpy as np
+from PIL import Image
+
+from dogscats.images import decode_problem, load_resized
+
+from .conftest import write_image
+
+
+def test_resized_is_uint8_rgb_square(tmp_path):
+    path = write_image(tmp_path / "a.jpg", (10, 200, 30), size=(50, 20))
+    img = load_resized(path, 16)
+    assert img.shape == (16, 16, 3) and img.dtype == np.uint8
+    assert img[..., 1].mean() > 150 > img[..., 0].mean()
+
+
+def test_grayscale_becomes_rgb(tmp_path):
+    path = tmp_path / "gray.jpg"
+    Image.new("L", (20, 20), 90).save(path)
+    img = load_resized(path, 8)
+    assert img.shape == (8, 8, 3) and abs(int(img[0, 0, 0]) - 90) <= 2
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    pixels = np.zeros((20, 40, 3), np.uint8)  # wide: left half white, right half black
+    pixels[:, :20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(path, exif=exif)
+    img = load_resized(path, 40)
+    assert img[:10].mean() > 200 and img[-10:].mean() < 50  # the white half is now on top
+
+
+def test_truncated_and_non_image_files_are_problems(tmp_path):
+    good = write_image(tmp_path / "good.jpg", (1, 2, 3), size=(64, 64))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:300])
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    assert decode_problem(good) is None
+    assert decode_problem(truncated)
+    assert "cannot identify image file" in decode_problem(text)
+    assert decode_problem(tmp_path / "empty.jpg") is not None

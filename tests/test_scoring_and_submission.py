@@ -1,0 +1,53 @@
+"""The metric, and the submission's checks, order and score."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dogscats.scoring import accuracy, clip, log_loss
+from dogscats.submission import make_submission, score_submission
+
+
+def test_log_loss_and_accuracy():
+    assert log_loss(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(math.log(2))
+    assert log_loss(np.array([1]), np.array([0.0])) == pytest.approx(-math.log(1e-15))
+    assert accuracy(np.array([1, 0, 1]), np.array([0.9, 0.2, 0.4])) == pytest.approx(2 / 3)
+    assert log_loss(np.array([1]), clip(np.array([0.0]), 0.005, 0.995)) == pytest.approx(-math.log(0.005))
+
+
+def _predictions(tmp_path, ids, labels):
+    path = tmp_path / "pred.csv"
+    pd.DataFrame({"id": ids, "label": labels}).to_csv(path, index=False)
+    return path
+
+
+def test_submission_is_sorted_by_numeric_id(tmp_path):
+    path = _predictions(tmp_path, ["10", "2", "1"], [0.1, 0.2, 0.3])
+    sub = make_submission(path, ["1", "2", "10"])
+    assert sub.id.tolist() == [1, 2, 10] and sub.label.tolist() == [0.3, 0.2, 0.1]
+
+
+@pytest.mark.parametrize(
+    ("ids", "labels", "message"),
+    [
+        (["1", "2"], [0.1, 0.2], "missing test ids \\['3'\\]"),
+        (["1", "2", "3", "3"], [0.1, 0.2, 0.3, 0.3], "predicted twice"),
+        (["1", "2", "3"], [0.1, float("nan"), 0.3], "probabilities"),
+        (["1", "2", "3"], [0.1, 1.2, 0.3], "probabilities"),
+    ],
+)
+def test_bad_predictions_are_refused(tmp_path, ids, labels, message):
+    with pytest.raises(ValueError, match=message):
+        make_submission(_predictions(tmp_path, ids, labels), ["1", "2", "3"])
+
+
+def test_score_against_answer_key():
+    sub = pd.DataFrame({"id": [1, 2], "label": [0.9, 0.2]})
+    key = pd.DataFrame({"id": [2, 1], "label": [0, 1]})
+    score = score_submission(sub, key)
+    assert score["test_accuracy"] == 1.0
+    assert score["test_logloss"] == pytest.approx(-(math.log(0.9) + math.log(0.8)) / 2)
+    with pytest.raises(ValueError, match="answer key has 1 ids"):
+        score_submission(sub, key.iloc[:1])
