@@ -1,31 +1,102 @@
-"""Streaming feature extraction: images are decoded a batch ahead in a worker thread while the CNN runs."""
+"""Streaming feature extraction with tf.data: JPEGs decoded and resized in parallel, batched and prefetched,
+so the CNN never waits for input; features come out batch by batch, in file order, never all in memory."""
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from dogscats.backbones import Backbone
+from dogscats.backbones import Backbone, load_feature_extractor
 from dogscats.images import load_resized
 
+PRECISIONS = ("float32", "bfloat16", "float16")
 
-def load_batch(files: list[str], usable: list[bool], size: int) -> np.ndarray:
-    """Decode and resize a batch; an unusable image (listed by prepare) becomes a black square."""
-    blank = np.zeros((size, size, 3), np.uint8)
-    return np.stack([load_resized(f, size) if ok else blank for f, ok in zip(files, usable, strict=True)])
+
+def image_dataset(
+    files: list[str], usable: list[bool], size: int, resize: str, decode: str, batch_size: int
+) -> tf.data.Dataset:
+    """Batches of uint8 (B, size, size, 3) images in file order; an unusable image is a black square."""
+
+    def load(path: bytes, ok: bool) -> np.ndarray:
+        if not ok:
+            return np.zeros((size, size, 3), np.uint8)
+        return load_resized(path.decode(), size, resize, decode)  # PIL releases the GIL while decoding
+
+    def load_tf(path: tf.Tensor, ok: tf.Tensor) -> tf.Tensor:
+        image = tf.numpy_function(load, [path, ok], tf.uint8, stateful=False)
+        return tf.ensure_shape(image, (size, size, 3))
+
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(files, tf.string), tf.constant(usable, tf.bool)))
+    dataset = dataset.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def choose_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over every GPU when there are several, else the default (one device) strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy([g.name for g in gpus]) if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def check_precision(precision: str) -> None:
+    """Fail early when the hardware cannot run the precision fast (it would be emulated, slower than float32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if precision == "float16" and not has_gpu:
+        raise ValueError(
+            "features.precision float16 needs a GPU; use float32 (or bfloat16 on a CPU with AMX/AVX512-BF16)"
+        )
+    if precision == "bfloat16" and not has_gpu and not cpu_has_bf16():
+        raise ValueError("features.precision bfloat16: this CPU has no AMX or AVX512-BF16; use float32")
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bfloat16 matrix instructions."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Build models under a Keras dtype policy (mixed precision for bfloat16 and float16), restored afterwards."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32" if precision == "float32" else f"mixed_{precision}")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_extractor(name: str, weights: str | None, precision: str, strategy: tf.distribute.Strategy) -> keras.Model:
+    """The backbone's GAP feature model, built under the strategy's scope and the precision's dtype policy."""
+    check_precision(precision)
+    with strategy.scope(), dtype_policy(precision):
+        return load_feature_extractor(name, weights)
 
 
 def feature_batches(
-    model: keras.Model, backbone: Backbone, files: list[str], usable: list[bool], batch_size: int
+    model: keras.Model,
+    backbone: Backbone,
+    dataset: tf.data.Dataset,
+    strategy: tf.distribute.Strategy,
+    tta: bool = False,
 ) -> Iterator[np.ndarray]:
-    """Yield float32 GAP features batch by batch, in file order, decoding batch i+1 while batch i runs."""
-    chunks = [(files[s : s + batch_size], usable[s : s + batch_size]) for s in range(0, len(files), batch_size)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        loading = [pool.submit(load_batch, *chunks[0], backbone.input_size)] if chunks else []
-        for i in range(len(chunks)):
-            images = loading.pop().result()
-            if i + 1 < len(chunks):
-                loading.append(pool.submit(load_batch, *chunks[i + 1], backbone.input_size))
-            x = backbone.preprocess(images.astype(np.float32))
-            yield np.asarray(model(x, training=False), dtype=np.float32)
+    """Yield float32 GAP features per batch, in dataset order; tta averages them with the mirrored image's."""
+
+    @tf.function(reduce_retracing=True)
+    def step(images: tf.Tensor) -> tf.Tensor:
+        x = backbone.preprocess(tf.cast(images, tf.float32))
+        features = tf.cast(model(x, training=False), tf.float32)
+        if tta:
+            features = (features + tf.cast(model(tf.reverse(x, axis=[2]), training=False), tf.float32)) / 2
+        return features
+
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        per_replica = strategy.run(step, args=(batch,))
+        yield strategy.gather(per_replica, axis=0).numpy()

@@ -1,4 +1,4 @@
-"""Image decoding: any file PIL can read, EXIF orientation applied, RGB, resized to the network's input."""
+"""Image decoding: any file PIL can read, EXIF orientation applied, RGB, fitted to the network's square input."""
 
 from pathlib import Path
 
@@ -6,19 +6,38 @@ import numpy as np
 from PIL import Image, ImageOps
 
 RESAMPLE = Image.Resampling.BICUBIC
+RESIZE_POLICIES = ("squash", "crop", "pad")  # stretch to a square; centre-crop the short side; pad to a square
+DECODE_POLICIES = ("full", "reduced")  # reduced: JPEGs decoded at 1/2, 1/4 or 1/8 scale, still at least the input
+PAD_COLOUR = (127, 127, 127)
 
 
-def load_rgb(path: Path | str) -> Image.Image:
-    """Decode an image fully, apply its EXIF orientation and convert to RGB; raises on unreadable files."""
+def load_rgb(path: Path | str, draft_size: int | None = None) -> Image.Image:
+    """Decode an image, apply its EXIF orientation, convert to RGB; draft_size allows reduced-scale JPEG decoding."""
     with Image.open(path) as im:
+        if draft_size:
+            im.draft("RGB", (draft_size, draft_size))  # never below draft_size on either side
         im.load()
         im = ImageOps.exif_transpose(im)
         return im.convert("RGB")
 
 
-def load_resized(path: Path | str, size: int) -> np.ndarray:
-    """An image as uint8 (size, size, 3), squashed to a square (the aspect ratio is not kept)."""
-    return np.asarray(load_rgb(path).resize((size, size), RESAMPLE), dtype=np.uint8)
+def fit_square(im: Image.Image, size: int, resize: str) -> Image.Image:
+    """Fit an image to (size, size) by the resize policy."""
+    if resize == "squash":
+        return im.resize((size, size), RESAMPLE)
+    if resize == "crop":
+        return ImageOps.fit(im, (size, size), RESAMPLE)
+    if resize == "pad":
+        return ImageOps.pad(im, (size, size), RESAMPLE, color=PAD_COLOUR)
+    raise ValueError(f"unknown resize policy {resize!r}; choose one of {', '.join(RESIZE_POLICIES)}")
+
+
+def load_resized(path: Path | str, size: int, resize: str = "squash", decode: str = "full") -> np.ndarray:
+    """An image as uint8 (size, size, 3), decoded and fitted by the given policies."""
+    if decode not in DECODE_POLICIES:
+        raise ValueError(f"unknown decode policy {decode!r}; choose one of {', '.join(DECODE_POLICIES)}")
+    im = load_rgb(path, draft_size=size if decode == "reduced" else None)
+    return np.asarray(fit_square(im, size, resize), dtype=np.uint8)
 
 
 def decode_problem(path: Path | str) -> str | None:

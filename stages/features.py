@@ -7,9 +7,9 @@ import h5py
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_path, write_json
-from dogscats.backbones import get_backbone, load_feature_extractor
+from dogscats.backbones import get_backbone
 from dogscats.dataset import label_index, read_manifest
-from dogscats.extract import feature_batches
+from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset
 from dogscats.feature_store import SPLITS, write_split
 from dogscats.params import load_params
 
@@ -19,7 +19,8 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     params = load_params()["features"]
     backbone = get_backbone(backbone_name)
     manifest = read_manifest(manifest_path)
-    model = load_feature_extractor(backbone_name, params["weights"])
+    strategy = choose_strategy()
+    model = build_extractor(backbone.name, params["weights"], params["precision"], strategy)
     dim = int(model.output.shape[-1])
     start = time.perf_counter()
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
@@ -28,15 +29,23 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
         for split in SPLITS:
             rows = manifest[manifest.split == split]
             usable = (rows.problem == "").tolist()
-            batches = feature_batches(model, backbone, rows.file.tolist(), usable, params["batch_size"])
+            images = image_dataset(
+                rows.file.tolist(),
+                usable,
+                backbone.input_size,
+                params["resize"],
+                params["decode"],
+                params["batch_size"],
+            )
+            batches = feature_batches(model, backbone, images, strategy, params["tta"])
             write_split(h5, split, rows.id.tolist(), label_index(rows.label), usable, _counted(batches, progress), dim)
         progress.close()
     seconds = time.perf_counter() - start
+    speed = len(manifest) / seconds
     write_json(
-        metrics_path,
-        {"images": len(manifest), "seconds": round(seconds, 2), "images_per_second": round(len(manifest) / seconds, 2)},
+        metrics_path, {"images": len(manifest), "seconds": round(seconds, 2), "images_per_second": round(speed, 2)}
     )
-    print(f"features@{backbone.name}: {len(manifest)} images, {len(manifest) / seconds:.1f} images/s")
+    print(f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s")
 
 
 def _counted(batches, progress: tqdm):

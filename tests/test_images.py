@@ -43,3 +43,24 @@ def test_truncated_and_non_image_files_are_problems(tmp_path):
     assert decode_problem(truncated)
     assert "cannot identify image file" in decode_problem(text)
     assert decode_problem(tmp_path / "empty.jpg") is not None
+
+
+def test_resize_policies(tmp_path):
+    path = tmp_path / "wide.png"
+    pixels = np.zeros((20, 60, 3), np.uint8)
+    pixels[:, :20] = (255, 0, 0)  # red left third, then black
+    Image.fromarray(pixels).save(path)
+    squash, crop, pad = (load_resized(path, 30, resize) for resize in ("squash", "crop", "pad"))
+    assert squash[:, :5, 0].mean() > 240  # stretched: red still at the left edge
+    assert crop[:, :5, 0].mean() < 10  # centre square of the short side: the red third is cut away
+    assert tuple(pad[0, 15]) == (127, 127, 127) and pad[15, 2, 0] > 240  # grey bars above and below
+
+
+def test_reduced_decode_is_close_to_full(tmp_path):
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (15, 20, 3)), np.ones((64, 64, 1))).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(smooth).save(path, quality=95)  # 1280 x 960: decoded at 1/4 scale for a 224 input
+    full, reduced = load_resized(path, 224, decode="full"), load_resized(path, 224, decode="reduced")
+    assert full.shape == reduced.shape == (224, 224, 3)
+    assert np.abs(full.astype(int) - reduced.astype(int)).mean() < 8

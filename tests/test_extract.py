@@ -1,0 +1,106 @@
+"""The tf.data extraction path: parity with plain per-image loading, order, TTA, precision and multi-device."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from dogscats.backbones import get_backbone, load_feature_extractor
+from dogscats.extract import check_precision, cpu_has_bf16, feature_batches, image_dataset
+from dogscats.images import load_resized
+
+from .conftest import REPO, write_image
+
+NAME = "efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return get_backbone(NAME), load_feature_extractor(NAME, weights="imagenet")  # offline, real weights
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Seven small images of different sizes and colours."""
+    return [
+        str(write_image(tmp_path / f"{i}.jpg", (30 * i, 200 - 20 * i, 90), size=(40 + 7 * i, 30 + 3 * i)))
+        for i in range(7)
+    ]
+
+
+def _extract(model, backbone, files, batch_size=3, tta=False, resize="squash", decode="full"):
+    dataset = image_dataset(files, [True] * len(files), backbone.input_size, resize, decode, batch_size)
+    return list(feature_batches(model, backbone, dataset, tf.distribute.get_strategy(), tta))
+
+
+def test_matches_plain_loading_in_order_batch_by_batch(lite0, photos):
+    backbone, model = lite0
+    batches = _extract(model, backbone, photos)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    x = np.stack([load_resized(f, backbone.input_size) for f in photos]).astype(np.float32)
+    reference = model.predict(backbone.preprocess(x), verbose=0)
+    assert np.abs(np.concatenate(batches) - reference).max() < 1e-5
+
+
+def test_unusable_images_become_blank(lite0, photos):
+    backbone, model = lite0
+    dataset = image_dataset(photos[:2], [True, False], backbone.input_size, "squash", "full", 2)
+    images = next(iter(dataset)).numpy()
+    assert images[0].any() and not images[1].any()
+
+
+def test_tta_features_are_mirror_invariant(lite0, tmp_path):
+    backbone, model = lite0
+    pixels = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels[:, ::-1]).save(tmp_path / "b.png")
+    files = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    plain, tta = _extract(model, backbone, files)[0], _extract(model, backbone, files, tta=True)[0]
+    assert np.abs(plain[0] - plain[1]).max() > 1e-3  # the network itself is not mirror-symmetric
+    assert np.abs(tta[0] - tta[1]).max() < 1e-5
+
+
+def test_precision_is_checked():
+    with pytest.raises(ValueError, match="unknown precision"):
+        check_precision("float8")
+    if not tf.config.list_physical_devices("GPU"):
+        with pytest.raises(ValueError, match="needs a GPU"):
+            check_precision("float16")
+        if not cpu_has_bf16():
+            with pytest.raises(ValueError, match="no AMX"):
+                check_precision("bfloat16")
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from dogscats.backbones import get_backbone
+    from dogscats.extract import build_extractor, feature_batches, image_dataset
+    files = sys.argv[1:]
+    backbone = get_backbone("efficientnet_lite0")
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    model = build_extractor(backbone.name, "imagenet", "float32", mirrored)
+    dataset = image_dataset(files, [True] * len(files), backbone.input_size, "squash", "full", 4)
+    out = np.concatenate(list(feature_batches(model, backbone, dataset, mirrored)))
+    single = tf.distribute.get_strategy()
+    ref = np.concatenate(list(feature_batches(model, backbone, dataset, single)))
+    print("shape", out.shape, "maxdiff", float(np.abs(out - ref).max()))
+    """
+)
+
+
+def test_mirrored_strategy_on_two_logical_cpus(photos):
+    result = subprocess.run([sys.executable, "-c", MIRRORED, *photos], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    words = result.stdout.split()
+    assert words[words.index("shape") + 1 : words.index("maxdiff")] == ["(7,", "1280)"]
+    assert float(words[-1]) < 1e-5
