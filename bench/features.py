@@ -5,8 +5,9 @@
 A: images/s of the features stage's code path, end to end from JPEG files on disk (tf.data, HDF5 writes included);
 B: images/s of the bare model on tensors already in memory (the compute bound);
 C: images/s of the classic approach: each batch loaded image by image with PIL, then model.predict, no overlap;
-then the peak resident memory of A at two dataset sizes (generated small JPEGs), and last `A/B=.. A/C=..`.
-Each measurement runs in a fresh process, so its peak memory is its own.
+then the peak resident memory of A at two dataset sizes (generated small JPEGs), the speed and largest feature
+deviation of each reduced precision against float32 (measured even where the hardware only emulates it), and
+last `A/B=.. A/C=..`. Each measurement runs in a fresh process, so its peak memory is its own.
 """
 
 import argparse
@@ -34,8 +35,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(mode: str, backbone_name: str, files: list[str], params: dict) -> dict:
-    """Run one measurement in this process; returns images/s and peak memory."""
+def measure(modes: str, backbone_name: str, files: list[str], params: dict, rounds: int) -> dict:
+    """Run the measurements in this process, A and B interleaved over `rounds` (this machine's speed drifts);
+    returns, per mode, the images/s of each round, and the peak memory."""
     import h5py
     import tensorflow as tf
 
@@ -47,35 +49,73 @@ def measure(mode: str, backbone_name: str, files: list[str], params: dict) -> di
     backbone = get_backbone(backbone_name)
     strategy = choose_strategy()
     model = build_extractor(backbone.name, "imagenet", params["precision"], strategy)
-    size, batch_size = backbone.input_size, params["batch_size"]
-    warmup = np.zeros((batch_size, size, size, 3), np.uint8)
-    next(feature_batches(model, backbone, tf.data.Dataset.from_tensors(warmup), strategy))  # trace once
-    start = time.perf_counter()
-    if mode == "a":
+    size, batch_size, dim = backbone.input_size, params["batch_size"], int(model.output.shape[-1])
+    in_memory = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    next(feature_batches(model, backbone, tf.data.Dataset.from_tensors(in_memory), strategy))  # trace once
+
+    def stage_path() -> int:  # A: what the features stage does, HDF5 writes included
         dataset = image_dataset(files, [True] * len(files), size, params["resize"], params["decode"], batch_size)
         batches = feature_batches(model, backbone, dataset, strategy, params["tta"])
         with tempfile.TemporaryDirectory() as tmp, h5py.File(Path(tmp) / "f.h5", "w") as h5:
-            dim = int(model.output.shape[-1])
             write_split(h5, "all", files, np.zeros(len(files)), [True] * len(files), batches, dim)
-        count = len(files)
-    elif mode == "b":
-        rng = np.random.default_rng(0)
-        batch = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
-        n_batches = max(1, len(files) // batch_size)
-        dataset = tf.data.Dataset.from_tensors(batch).repeat(n_batches)
-        count = sum(len(f) for f in feature_batches(model, backbone, dataset, strategy, params["tta"]))
-    else:  # classic: load a batch one image at a time, then predict it; nothing overlaps
+        return len(files)
+
+    def bare_model() -> int:  # B: the same batches, already in memory
+        dataset = tf.data.Dataset.from_tensors(in_memory).repeat(max(1, min(len(files), 1024) // batch_size))
+        return sum(len(f) for f in feature_batches(model, backbone, dataset, strategy, params["tta"]))
+
+    def classic() -> int:  # C: load a batch one image at a time with PIL, then predict it; nothing overlaps
         count = 0
         for i in range(0, len(files), batch_size):
-            x = np.stack([load_resized(f, size, params["resize"], params["decode"]) for f in files[i : i + batch_size]])
+            batch = files[i : i + batch_size]
+            x = np.stack([load_resized(f, size, params["resize"], params["decode"]) for f in batch])
             count += len(model.predict(backbone.preprocess(x.astype(np.float32)), verbose=0))
-    seconds = time.perf_counter() - start
-    return {"images": count, "seconds": seconds, "images_per_second": count / seconds, "peak_rss_mb": peak_rss_mb()}
+        return count
+
+    runs = {"a": stage_path, "b": bare_model, "c": classic}
+    speeds: dict[str, list[float]] = {mode: [] for mode in modes}
+    for r in range(rounds):
+        for mode in modes:
+            if mode == "c" and r > 0:
+                continue  # the classic path is slow and steady: one round
+            start = time.perf_counter()
+            count = runs[mode]()
+            speeds[mode].append(count / (time.perf_counter() - start))
+    return {"images_per_second": speeds, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_child(mode: str, args: argparse.Namespace, files_list: Path) -> dict:
-    """Run one measurement in a fresh Python process and return its result."""
+def compare_precisions(backbone_name: str, files: list[str], params: dict, precisions: list[str]) -> list[str]:
+    """Features of the same images at each precision: images/s and the largest deviation from float32."""
+    import tensorflow as tf
+
+    from dogscats.backbones import get_backbone, load_feature_extractor
+    from dogscats.extract import dtype_policy, feature_batches, image_dataset
+
+    backbone = get_backbone(backbone_name)
+    strategy = tf.distribute.get_strategy()
+    dataset = image_dataset(files, [True] * len(files), backbone.input_size, "squash", "full", params["batch_size"])
+    dataset = dataset.cache()
+    list(dataset)  # decode once, so that only the network is timed
+    reference, lines = None, []
+    for precision in ["float32", *precisions]:
+        with dtype_policy(precision):  # no hardware check here: emulated precisions are measured too
+            model = load_feature_extractor(backbone.name, "imagenet")
+        next(feature_batches(model, backbone, dataset.take(1), strategy))
+        start = time.perf_counter()
+        features = np.concatenate(list(feature_batches(model, backbone, dataset, strategy)))
+        speed = len(features) / (time.perf_counter() - start)
+        if reference is None:
+            reference = features
+        deviation = np.abs(features - reference).max()
+        relative = deviation / np.abs(reference).max()
+        lines.append(f"precision {precision}: {speed:.2f} images/s, max |f - f32| = {deviation:.2e} ({relative:.2%})")
+    return lines
+
+
+def run_child(mode: str, args: argparse.Namespace, files_list: Path, rounds: int = 1) -> dict:
+    """Run measurements in a fresh Python process and return its result."""
     cmd = [sys.executable, __file__, "--child", mode, "--backbone", args.backbone, "--files", str(files_list)]
+    cmd += ["--precisions", args.precisions, "--rounds", str(rounds)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -107,15 +147,23 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="a folder in the Kaggle layout (train/, test/)")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
     parser.add_argument("--memory-sizes", default="2000,20000", help="dataset sizes for peak memory ('' to skip)")
-    parser.add_argument("--child", choices=["a", "b", "c"], help=argparse.SUPPRESS)
+    parser.add_argument("--precisions", default="bfloat16", help="reduced precisions to compare ('' to skip)")
+    parser.add_argument("--precision-images", type=int, default=96, help="images for the precision comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of A and B (the median counts)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     from dogscats.params import load_params
 
     params = load_params()["features"]
+    if args.child == "p":
+        files = args.files.read_text().splitlines()
+        print(json.dumps(compare_precisions(args.backbone, files, params, args.precisions.split(","))))
+        return
     if args.child:
-        print(json.dumps(measure(args.child, args.backbone, args.files.read_text().splitlines(), params)))
+        files = args.files.read_text().splitlines()
+        print(json.dumps(measure(args.child, args.backbone, files, params, args.rounds)))
         return
     if args.data is None:
         parser.error("--data is required")
@@ -123,12 +171,15 @@ def main() -> None:
     print(f"{args.backbone}: {len(files)} images from {args.data}, params {params}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         files_list = write_list(Path(tmp) / "files.txt", files)
-        results = {}
-        for mode, label in (("a", "A features stage path"), ("b", "B bare model, in memory"), ("c", "C classic")):
-            results[mode] = run_child(mode, args, files_list)
-            r = results[mode]
-            print(f"{label}: {r['images_per_second']:.2f} images/s ({r['images']} in {r['seconds']:.1f} s)", flush=True)
-        print(f"peak memory of A: {results['a']['peak_rss_mb']:.0f} MiB")
+        result = run_child("bac", args, files_list, args.rounds)
+        speeds = result["images_per_second"]
+        median = {mode: float(np.median(values)) for mode, values in speeds.items()}
+        labels = {"a": "A features stage path", "b": "B bare model, in memory", "c": "C classic, no overlap"}
+        for mode in "abc":
+            rounds = ", ".join(f"{v:.2f}" for v in speeds[mode])
+            print(f"{labels[mode]}: {median[mode]:.2f} images/s (median of rounds: {rounds})", flush=True)
+        memory = run_child("a", args, files_list)
+        print(f"peak memory of A: {memory['peak_rss_mb']:.0f} MiB")
         sizes = [int(s) for s in args.memory_sizes.split(",") if s]
         if sizes:
             folder = Path(tmp) / "small"
@@ -138,11 +189,14 @@ def main() -> None:
             for n in sizes:
                 r = run_child("a", args, write_list(Path(tmp) / f"small{n}.txt", small[:n]))
                 peaks.append(r["peak_rss_mb"])
-                speed = r["images_per_second"]
+                speed = r["images_per_second"]["a"][0]
                 print(f"peak memory of A at {n} images: {r['peak_rss_mb']:.0f} MiB ({speed:.1f} images/s)")
             print(f"memory growth {sizes[0]} -> {sizes[-1]} images: {100 * (peaks[-1] / peaks[0] - 1):+.1f}%")
-    a, b, c = (results[m]["images_per_second"] for m in "abc")
-    print(f"A/B={a / b:.2f} A/C={a / c:.2f}")
+        if args.precisions:
+            subset = write_list(Path(tmp) / "precision.txt", files[: args.precision_images])
+            for line in run_child("p", args, subset):
+                print(line, flush=True)
+    print(f"A/B={median['a'] / median['b']:.2f} A/C={median['a'] / median['c']:.2f}")
 
 
 if __name__ == "__main__":

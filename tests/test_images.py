@@ -60,7 +60,7 @@ def test_reduced_decode_is_close_to_full(tmp_path):
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 256, (15, 20, 3)), np.ones((64, 64, 1))).astype(np.uint8)
     path = tmp_path / "big.jpg"
-    Image.fromarray(smooth).save(path, quality=95)  # 1280 x 960: decoded at 1/4 scale for a 224 input
+    Image.fromarray(smooth).save(path, quality=95)  # 1280 x 960: decoded at 1/4 scale (320 x 240) for a 224 input
     full, reduced = load_resized(path, 224, decode="full"), load_resized(path, 224, decode="reduced")
     assert full.shape == reduced.shape == (224, 224, 3)
     assert np.abs(full.astype(int) - reduced.astype(int)).mean() < 8
