@@ -50,7 +50,8 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
     strategy = choose_strategy()
     model = build_extractor(backbone.name, "imagenet", params["precision"], strategy)
     size, batch_size, dim = backbone.input_size, params["batch_size"], int(model.output.shape[-1])
-    in_memory = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    first = image_dataset(files[:batch_size], [True] * batch_size, size, params["resize"], params["decode"], batch_size)
+    in_memory = next(iter(first)).numpy()  # real photos, decoded once
     next(feature_batches(model, backbone, tf.data.Dataset.from_tensors(in_memory), strategy))  # trace once
 
     def stage_path() -> int:  # A: what the features stage does, HDF5 writes included
@@ -60,7 +61,7 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
             write_split(h5, "all", files, np.zeros(len(files)), [True] * len(files), batches, dim)
         return len(files)
 
-    def bare_model() -> int:  # B: the same batches, already in memory
+    def bare_model() -> int:  # B: a batch of the same photos, already in memory, over and over
         dataset = tf.data.Dataset.from_tensors(in_memory).repeat(max(1, min(len(files), 1024) // batch_size))
         return sum(len(f) for f in feature_batches(model, backbone, dataset, strategy, params["tta"]))
 
@@ -69,7 +70,11 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
         for i in range(0, len(files), batch_size):
             batch = files[i : i + batch_size]
             x = np.stack([load_resized(f, size, params["resize"], params["decode"]) for f in batch])
-            count += len(model.predict(backbone.preprocess(x.astype(np.float32)), verbose=0))
+            x = backbone.preprocess(x.astype(np.float32))
+            features = model.predict(x, verbose=0)
+            if params["tta"]:  # the same work as A: the mirror image too
+                features = (features + model.predict(x[:, :, ::-1], verbose=0)) / 2
+            count += len(features)
         return count
 
     runs = {"a": stage_path, "b": bare_model, "c": classic}
@@ -112,10 +117,11 @@ def compare_precisions(backbone_name: str, files: list[str], params: dict, preci
     return lines
 
 
-def run_child(mode: str, args: argparse.Namespace, files_list: Path, rounds: int = 1) -> dict:
-    """Run measurements in a fresh Python process and return its result."""
+def run_child(mode: str, args: argparse.Namespace, files_list: Path, rounds: int = 1, tta: bool | None = None) -> dict:
+    """Run measurements in a fresh Python process and return its result; tta overrides the param."""
     cmd = [sys.executable, __file__, "--child", mode, "--backbone", args.backbone, "--files", str(files_list)]
     cmd += ["--precisions", args.precisions, "--rounds", str(rounds)]
+    cmd += [] if tta is None else ["--tta", str(tta)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -151,12 +157,15 @@ def main() -> None:
     parser.add_argument("--precision-images", type=int, default=96, help="images for the precision comparison")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of A and B (the median counts)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--tta", choices=["True", "False"], help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     from dogscats.params import load_params
 
     params = load_params()["features"]
+    if args.tta:
+        params["tta"] = args.tta == "True"
     if args.child == "p":
         files = args.files.read_text().splitlines()
         print(json.dumps(compare_precisions(args.backbone, files, params, args.precisions.split(","))))
@@ -186,8 +195,9 @@ def main() -> None:
             folder.mkdir()
             small = make_small_jpegs(folder, max(sizes))
             peaks = []
+            print("memory runs with TTA off: it doubles the compute, not the memory", flush=True)
             for n in sizes:
-                r = run_child("a", args, write_list(Path(tmp) / f"small{n}.txt", small[:n]))
+                r = run_child("a", args, write_list(Path(tmp) / f"small{n}.txt", small[:n]), tta=False)
                 peaks.append(r["peak_rss_mb"])
                 speed = r["images_per_second"]["a"][0]
                 print(f"peak memory of A at {n} images: {r['peak_rss_mb']:.0f} MiB ({speed:.1f} images/s)")
