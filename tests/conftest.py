@@ -1,5 +1,6 @@
 """Shared fixtures: tiny generated images in the Kaggle layout, and a params.yaml to run stages against."""
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (40, 32), fmt: str = "JPEG") -> Path:
     """A small image of one colour plus seeded noise."""
-    rng = np.random.default_rng(abs(hash((path.name, colour))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{path.name}{colour}".encode()))
     pixels = np.clip(np.array(colour) + rng.normal(0, 10, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format=fmt)
