@@ -44,6 +44,12 @@ def write_split(
         raise RuntimeError(f"{split}: wrote {start} feature rows for {len(ids)} images")
 
 
+def read_labels(path: Path | str, split: str) -> np.ndarray:
+    """Only the labels of one split (no features read)."""
+    with h5py.File(path, "r") as h5:
+        return h5[split]["labels"][:]
+
+
 def read_split(path: Path | str, split: str) -> SplitFeatures:
     """One split of a feature file; labels are -1 where unknown (test)."""
     with h5py.File(path, "r") as h5:

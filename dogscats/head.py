@@ -9,6 +9,11 @@ import tensorflow as tf
 from dogscats import feature_store
 
 
+def feature_files(features_dir: Path | str, backbones: list[str]) -> list[Path]:
+    """The HDF5 feature file of each backbone, in list order."""
+    return [Path(features_dir) / f"{name}.h5" for name in backbones]
+
+
 def load_concatenated(feature_files: list[Path], split: str) -> feature_store.SplitFeatures:
     """Concatenate one split's features across backbones, checking that every file lists the same images."""
     parts = [feature_store.read_split(path, split) for path in feature_files]

@@ -1,12 +1,11 @@
 """Stage train: concatenate the backbones' features and train the ensemble head (dropout + sigmoid)."""
 
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from dogscats.atomic import atomic_path, write_csv, write_json
-from dogscats.head import build_head, load_concatenated, predict_proba, set_seed
+from dogscats.head import build_head, feature_files, load_concatenated, predict_proba, set_seed
 from dogscats.params import load_params
 from dogscats.scoring import accuracy, clip, log_loss
 
@@ -15,7 +14,7 @@ def main(features_dir: str, model_path: str, history_path: str, metrics_path: st
     """Train the head on train, score it on val."""
     params = load_params()
     cfg, bounds = params["train"], (params["predict"]["clip_low"], params["predict"]["clip_high"])
-    files = [Path(features_dir) / f"{name}.h5" for name in params["backbones"]]
+    files = feature_files(features_dir, params["backbones"])
     set_seed(cfg["seed"])
     train, val = load_concatenated(files, "train"), load_concatenated(files, "val")
     model = build_head(train.features.shape[1], cfg["dropout"], cfg["optimizer"], cfg["learning_rate"])
