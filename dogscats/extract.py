@@ -19,19 +19,24 @@ def image_dataset(
     files: list[str], usable: list[bool], size: int, resize: str, decode: str, batch_size: int
 ) -> tf.data.Dataset:
     """Batches of uint8 (B, size, size, 3) images in file order; an unusable image is a black square."""
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(files, tf.string), tf.constant(usable, tf.bool)))
+    return decoded(dataset, size, resize, decode).batch(batch_size).prefetch(2)
+
+
+def decoded(dataset: tf.data.Dataset, size: int, resize: str, decode: str) -> tf.data.Dataset:
+    """Map (path, usable, *rest) elements to (image, *rest), or to the image alone when there is no rest."""
 
     def load(path: bytes, ok: bool) -> np.ndarray:
         if not ok:
             return np.zeros((size, size, 3), np.uint8)
         return load_resized(path.decode(), size, resize, decode)  # PIL releases the GIL while decoding
 
-    def load_tf(path: tf.Tensor, ok: tf.Tensor) -> tf.Tensor:
+    def load_tf(path: tf.Tensor, ok: tf.Tensor, *rest: tf.Tensor):
         image = tf.numpy_function(load, [path, ok], tf.uint8, stateful=False)
-        return tf.ensure_shape(image, (size, size, 3))
+        image = tf.ensure_shape(image, (size, size, 3))
+        return (image, *rest) if rest else image
 
-    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(files, tf.string), tf.constant(usable, tf.bool)))
-    dataset = dataset.map(load_tf, num_parallel_calls=decode_threads(), deterministic=True)
-    return dataset.batch(batch_size).prefetch(2)
+    return dataset.map(load_tf, num_parallel_calls=decode_threads(), deterministic=True)
 
 
 def decode_threads() -> int:

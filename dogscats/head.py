@@ -41,6 +41,46 @@ def build_head(input_dim: int, dropout: float, optimizer: str, learning_rate: fl
     return model
 
 
+def fit_head(
+    train: feature_store.SplitFeatures,
+    val: feature_store.SplitFeatures | None,
+    dropout: float,
+    optimizer: str,
+    learning_rate: float,
+    epochs: int,
+    batch_size: int,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Build and train a head on one split's features; the history has val_ columns when val is given."""
+    model = build_head(train.features.shape[1], dropout, optimizer, learning_rate)
+    history = model.fit(
+        train.features,
+        train.labels,
+        validation_data=(val.features, val.labels) if val is not None else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=0,
+    )
+    return model, history.history
+
+
+def subset(rows: feature_store.SplitFeatures, index: np.ndarray) -> feature_store.SplitFeatures:
+    """The rows at the given positions."""
+    return feature_store.SplitFeatures(
+        [rows.ids[i] for i in index], rows.features[index], rows.labels[index], rows.usable[index]
+    )
+
+
+def pooled(a: feature_store.SplitFeatures, b: feature_store.SplitFeatures) -> feature_store.SplitFeatures:
+    """Two splits' rows, one after the other."""
+    return feature_store.SplitFeatures(
+        a.ids + b.ids,
+        np.concatenate([a.features, b.features]),
+        np.concatenate([a.labels, b.labels]),
+        np.concatenate([a.usable, b.usable]),
+    )
+
+
 def predict_proba(model: keras.Model, features: np.ndarray) -> np.ndarray:
     """p(dog) per row, as float64."""
     return model.predict(features, batch_size=1024, verbose=0)[:, 0].astype(np.float64)

@@ -1,45 +1,77 @@
-"""Stage train: concatenate the backbones' features and train the ensemble head (dropout + sigmoid)."""
+"""Stage train: concatenate the backbones' features and train the ensemble head (dropout + sigmoid).
+
+With train.folds > 1 the train and val splits are pooled and cut into stratified folds: each image's validation
+p(dog) comes from the head that did not see it (out-of-fold), and the test p(dog) is the folds' average.
+"""
 
 import sys
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedKFold
 
-from dogscats.atomic import atomic_path, write_csv, write_json
-from dogscats.head import build_head, feature_files, load_concatenated, predict_proba, set_seed
+from dogscats.atomic import atomic_dir, write_csv, write_json
+from dogscats.head import feature_files, fit_head, load_concatenated, pooled, predict_proba, set_seed, subset
 from dogscats.params import load_params
-from dogscats.scoring import accuracy, clip, log_loss
+from dogscats.scoring import accuracy, log_loss
 
 
-def main(features_dir: str, model_path: str, history_path: str, metrics_path: str) -> None:
-    """Train the head on train, score it on val."""
+def main(features_dir: str, models_dir: str, predictions_path: str, history_path: str, metrics_path: str) -> None:
+    """Train the head (or one per fold), save it, and write its val and test p(dog)."""
     params = load_params()
-    cfg, bounds = params["train"], (params["predict"]["clip_low"], params["predict"]["clip_high"])
+    cfg = params["train"]
     files = feature_files(features_dir, params["backbones"])
     set_seed(cfg["seed"])
-    train, val = load_concatenated(files, "train"), load_concatenated(files, "val")
-    model = build_head(train.features.shape[1], cfg["dropout"], cfg["optimizer"], cfg["learning_rate"])
-    history = model.fit(
-        train.features,
-        train.labels,
-        validation_data=(val.features, val.labels),
-        epochs=cfg["epochs"],
-        batch_size=cfg["batch_size"],
-        shuffle=True,
-        verbose=2,
+    train, val, test = (load_concatenated(files, split) for split in ("train", "val", "test"))
+    fit_args = (cfg["dropout"], cfg["optimizer"], cfg["learning_rate"], cfg["epochs"], cfg["batch_size"])
+
+    if cfg["folds"] <= 1:
+        scored, splits = val, ["val"] * len(val.ids)
+        model, history = fit_head(train, val, *fit_args)
+        models, p_scored = [model], predict_proba(model, val.features)
+    else:
+        scored = pooled(train, val)
+        splits = ["train"] * len(train.ids) + ["val"] * len(val.ids)
+        folds = StratifiedKFold(cfg["folds"], shuffle=True, random_state=cfg["seed"]).split(scored.ids, scored.labels)
+        models, histories, p_scored = [], [], np.zeros(len(scored.ids))
+        for fit_rows, held_out in folds:
+            model, fold_history = fit_head(subset(scored, fit_rows), subset(scored, held_out), *fit_args)
+            p_scored[held_out] = predict_proba(model, scored.features[held_out])
+            models.append(model)
+            histories.append(pd.DataFrame(fold_history))
+        history = pd.concat(histories).groupby(level=0).mean()  # per epoch, averaged over the folds
+    p_test = np.mean([predict_proba(m, test.features) for m in models], axis=0)
+
+    save_models(models, Path(models_dir))
+    write_csv(history_path, pd.DataFrame(history).rename_axis("epoch").reset_index())
+    write_csv(
+        predictions_path,
+        pd.DataFrame(
+            {
+                "id": scored.ids + test.ids,
+                "split": splits + ["test"] * len(test.ids),
+                "usable": np.concatenate([scored.usable, test.usable]),
+                "p_dog": np.concatenate([p_scored, p_test]),
+            }
+        ),
     )
-    with atomic_path(model_path, suffix=".keras") as tmp:
-        model.save(tmp)
-    write_csv(history_path, pd.DataFrame(history.history).rename_axis("epoch").reset_index())
-    p_val = predict_proba(model, val.features)
     metrics = {
-        "val_logloss": log_loss(val.labels, p_val),
-        "val_accuracy": accuracy(val.labels, p_val),
-        "val_logloss_clipped": log_loss(val.labels, clip(p_val, *bounds)),
+        "val_logloss": log_loss(scored.labels, p_scored),
+        "val_accuracy": accuracy(scored.labels, p_scored),
+        "n_scored": len(scored.ids),
         "n_train": len(train.ids),
-        "n_val": len(val.ids),
     }
     write_json(metrics_path, metrics)
     print(f"train: {metrics}")
+
+
+def save_models(models: list, out: Path) -> None:
+    """Save the head as head.keras, or the fold heads as fold_1.keras, ..., replacing the folder's contents."""
+    names = ["head.keras"] if len(models) == 1 else [f"fold_{i}.keras" for i in range(1, len(models) + 1)]
+    with atomic_dir(out) as tmp:
+        for model, name in zip(models, names, strict=True):
+            model.save(tmp / name)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,30 @@ import os
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 
-from stages import features, predict, prepare, submit, train
+from stages import evaluate, features, finetune, predict, prepare, submit, train
 
 BACKBONE = "efficientnet_lite0"
+TRAIN_JSON = "metrics/train.json"
+PREDICT_ARGS = (
+    "data/split.csv",
+    "data/head_predictions.csv",
+    "data/finetune_predictions.csv",
+    "data/predictions.csv",
+    "data/val_predictions.csv",
+    "metrics/predict.json",
+)
+EVALUATE_ARGS = (
+    "data/split.csv",
+    "data/val_predictions.csv",
+    "metrics/roc.csv",
+    "metrics/confusion.csv",
+    "metrics/worst_mistakes.html",
+    "metrics/evaluate.json",
+)
 
 
 def _truncate(path: Path) -> None:
@@ -22,7 +40,13 @@ def prepared(kaggle_raw, in_project):
     """A project whose prepare stage ran, with one truncated training and one truncated test image."""
     _truncate(kaggle_raw / "train" / "cat.3.jpg")
     _truncate(kaggle_raw / "test" / "2.jpg")
-    in_project(data={"raw": str(kaggle_raw)}, backbones=[BACKBONE], train={"epochs": 2}, submit={"labels": None})
+    in_project(
+        data={"raw": str(kaggle_raw)},
+        backbones=[BACKBONE],
+        train={"epochs": 2},
+        finetune={"epochs": 2, "head_epochs": 2, "batch_size": 8},
+        submit={"labels": None},
+    )
     prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
     return kaggle_raw
 
@@ -51,15 +75,36 @@ def test_features_train_predict_submit(prepared):
     assert json.loads(Path(f"metrics/features/{BACKBONE}.json").read_text())["images_per_second"] > 0
     assert not list(Path("data/features").glob(".*tmp*"))
 
-    train.main("data/features", "models/head.keras", "metrics/train_history.csv", "metrics/train.json")
+    train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
     history = pd.read_csv("metrics/train_history.csv")
     assert history.epoch.tolist() == [0, 1] and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history)
-    assert set(json.loads(Path("metrics/train.json").read_text())) >= {"val_logloss", "val_accuracy"}
+    assert json.loads(Path(TRAIN_JSON).read_text())["n_scored"] == 4
+    assert [p.name for p in Path("models/head").iterdir()] == ["head.keras"]
+    head = pd.read_csv("data/head_predictions.csv")
+    assert head.split.value_counts().to_dict() == {"test": 6, "val": 4}
 
-    predict.main("data/features", "models/head.keras", "data/predictions.csv", "metrics/predict.json")
+    _finetune()
+    tuned = pd.read_csv("data/finetune_predictions.csv")
+    assert list(tuned) == ["id", "split", "usable", "p_dog", "p_dog_tta"] and len(tuned) == 10
+    assert tuned.usable.sum() == 9
+    assert len(pd.read_csv("metrics/finetune_history.csv")) >= 1
+
+    predict.main(*PREDICT_ARGS)
     pred = pd.read_csv("data/predictions.csv")
     assert pred.label.between(0.005, 0.995).all()
     assert pred.set_index("id").loc[2, "label"] == pytest.approx(8 / 15)  # undecodable: the prior, 8 of 15 dogs
+    val = pd.read_csv("data/val_predictions.csv")
+    scores = json.loads(Path("metrics/predict.json").read_text())
+    w = scores["blend"]
+    assert 0 <= w <= 1
+    blended = np.clip((1 - w) * val.p_head + w * val.p_finetuned, 0.005, 0.995)
+    assert np.allclose(val.p, blended)
+    assert scores["val_logloss"] <= min(scores["val_logloss_head"], scores["val_logloss_finetuned"]) + 1e-9
+
+    evaluate.main(*EVALUATE_ARGS)
+    assert len(pd.read_csv("metrics/confusion.csv")) == 4
+    assert pd.read_csv("metrics/roc.csv").tpr.iloc[-1] == 1
+    assert Path("metrics/worst_mistakes.html").read_text().count('<img src="data:image/jpeg;base64,') == 4
 
     Path("answers.csv").write_text("id,label\n" + "".join(f"{i},{1 - i % 2}\n" for i in range(1, 7)))
     Path("params.yaml").write_text(Path("params.yaml").read_text().replace("labels: null", "labels: answers.csv"))
@@ -68,3 +113,36 @@ def test_features_train_predict_submit(prepared):
     assert submission.id.tolist() == [1, 2, 3, 4, 5, 6] and list(submission) == ["id", "label"]
     scores = json.loads(Path("metrics/submit.json").read_text())
     assert scores["n_rows"] == 6 and 0 < scores["test_logloss"] < 6 and 0 <= scores["test_accuracy"] <= 1
+
+
+def test_finetune_is_reproducible(prepared):
+    features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
+    runs = []
+    for _ in range(2):
+        _finetune()
+        runs.append(json.loads(Path("metrics/finetune.json").read_text()))
+        runs[-1]["p"] = pd.read_csv("data/finetune_predictions.csv").p_dog_tta.tolist()
+    for key in ("head_val_logloss", "val_logloss", "val_logloss_tta", "p"):
+        assert np.round(runs[0][key], 4).tolist() == np.round(runs[1][key], 4).tolist(), key
+
+
+def test_train_k_folds_scores_every_image_out_of_fold(prepared):
+    features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
+    Path("params.yaml").write_text(Path("params.yaml").read_text().replace("folds: 1", "folds: 3"))
+    train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
+    assert sorted(p.name for p in Path("models/head").iterdir()) == ["fold_1.keras", "fold_2.keras", "fold_3.keras"]
+    head = pd.read_csv("data/head_predictions.csv")
+    assert head.split.value_counts().to_dict() == {"train": 15, "val": 4, "test": 6}
+    assert json.loads(Path(TRAIN_JSON).read_text())["n_scored"] == 19
+    assert len(pd.read_csv("metrics/train_history.csv")) == 2  # per-epoch means over the folds
+
+
+def _finetune() -> None:
+    finetune.main(
+        "data/split.csv",
+        f"data/features/{BACKBONE}.h5",
+        "models/finetuned.keras",
+        "data/finetune_predictions.csv",
+        "metrics/finetune_history.csv",
+        "metrics/finetune.json",
+    )

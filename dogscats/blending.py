@@ -1,0 +1,26 @@
+"""Blending the ensemble head with the fine-tuned model, and clipping, each chosen on validation or fixed."""
+
+import numpy as np
+
+from dogscats.scoring import clip, log_loss
+
+BLEND_GRID = np.linspace(0, 1, 21)  # fine-tuned model weights tried by blend: auto
+CLIP_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # low bounds tried by clip: auto (high = 1 - low)
+
+
+def blend(p_head: np.ndarray, p_finetuned: np.ndarray, weight: float) -> np.ndarray:
+    """Weighted mean of the two models' p(dog): weight is the fine-tuned model's share."""
+    return (1 - weight) * np.asarray(p_head) + weight * np.asarray(p_finetuned)
+
+
+def best_blend_weight(y: np.ndarray, p_head: np.ndarray, p_finetuned: np.ndarray) -> float:
+    """The grid weight with the lowest log loss on (y, predictions); the first of ties."""
+    losses = [log_loss(y, blend(p_head, p_finetuned, w)) for w in BLEND_GRID]
+    return float(BLEND_GRID[int(np.argmin(losses))])
+
+
+def best_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """Symmetric clip bounds from the grid with the lowest log loss; the widest margin of ties (the safest)."""
+    losses = [log_loss(y, clip(p, low, 1 - low)) for low in CLIP_GRID]
+    best = max(i for i, loss in enumerate(losses) if loss <= min(losses) + 1e-12)
+    return CLIP_GRID[best], 1 - CLIP_GRID[best]

@@ -1,0 +1,122 @@
+"""Fine-tuning the top of a backbone on augmented images, the second half of the reference recipe.
+
+The model is augmentation -> backbone (frozen below its last blocks, BatchNorm in inference mode) -> Dropout ->
+Dense(1, sigmoid), and the Dense layer starts from a head already trained on the backbone's stored features: a
+random head on a pretrained base would send large gradients into the pretrained weights and wreck them.
+"""
+
+import re
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dogscats.extract import decoded
+
+# Layer-name prefix of one block: blockN_ (EfficientNet-Lite, VGG16, Xception), blockNx_ (EfficientNetV2),
+# convS_blockN_ (ResNet50).
+BLOCK_PREFIX = re.compile(r"^(block\w+?|conv\d+_block\d+)_")
+
+
+def block_names(base: keras.Model) -> list[str]:
+    """The backbone's blocks, bottom to top, by layer-name prefix."""
+    names = []
+    for layer in base.layers:
+        match = BLOCK_PREFIX.match(layer.name)
+        if match and match[1] not in names:
+            names.append(match[1])
+    return names
+
+
+def freeze_below_top_blocks(base: keras.Model, trainable_blocks: int) -> list[str]:
+    """Freeze every layer below the last `trainable_blocks` blocks (0: the whole backbone) and every BatchNorm
+    layer; return the names of the blocks left trainable."""
+    blocks = block_names(base)
+    if not blocks:
+        raise ValueError(f"{base.name}: no layers named blockN_..., so its top blocks cannot be chosen for fine-tuning")
+    if not 0 <= trainable_blocks <= len(blocks):
+        raise ValueError(f"finetune.trainable_blocks: {base.name} has 0 to {len(blocks)}, got {trainable_blocks}")
+    top = blocks[len(blocks) - trainable_blocks :]
+    first = next((i for i, layer in enumerate(base.layers) if top and layer.name.startswith(top[0] + "_")), None)
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        # Frozen BatchNorm layers run in inference mode in Keras 3: their statistics stay the pretrained ones.
+        trainable = first is not None and i >= first
+        layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
+    return top
+
+
+def augmentation(flip: bool, rotation: float, zoom: float, shift: float, seed: int) -> keras.Sequential:
+    """Random flips, rotations (degrees), zooms and shifts (fractions of the side), active only in training."""
+    steps: list[keras.layers.Layer] = []
+    if flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if rotation:
+        steps.append(keras.layers.RandomRotation(rotation / 360, fill_mode="reflect", seed=seed + 1))
+    if zoom:
+        steps.append(keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed + 2))
+    if shift:
+        steps.append(keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed + 3))
+    return keras.Sequential(steps, name="augmentation")
+
+
+def build_finetune_model(
+    base: keras.Model, augment: keras.Sequential, head: keras.Model, dropout: float, input_size: int
+) -> keras.Model:
+    """Augmentation -> backbone (BatchNorm in inference mode) -> Dropout -> Dense(1, sigmoid) with the head's
+    weights; the input is the preprocessed image."""
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = augment(inputs)
+    x = base(x, training=False)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_dog")(x)
+    model = keras.Model(inputs, outputs, name=f"{base.name}_finetuned")
+    model.get_layer("p_dog").set_weights(head.get_layer("p_dog").get_weights())
+    return model
+
+
+def make_optimizer(name: str, learning_rate: float, momentum: float) -> keras.optimizers.Optimizer:
+    """An optimizer by Keras name; momentum applies to SGD and RMSprop."""
+    config = {"learning_rate": learning_rate}
+    if name.lower() in ("sgd", "rmsprop"):
+        config["momentum"] = momentum
+    return keras.optimizers.get({"class_name": name, "config": config})
+
+
+def labelled_batches(
+    files: list[str],
+    labels: np.ndarray,
+    size: int,
+    resize: str,
+    decode: str,
+    preprocess: Callable,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """(preprocessed images, labels) batches, decoded on the fly; shuffled every epoch from the seed if given."""
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(files, tf.string), tf.ones(len(files), tf.bool), tf.constant(labels, tf.float32))
+    )
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = decoded(dataset, size, resize, decode).batch(batch_size)
+    return dataset.map(lambda images, y: (preprocess(tf.cast(images, tf.float32)), y)).prefetch(2)
+
+
+def predict_with_mirror(model: keras.Model, batches: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """p(dog) of each image, and of each image averaged with its mirror image (test-time augmentation)."""
+
+    @tf.function(reduce_retracing=True)
+    def step(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        plain = model(x, training=False)[:, 0]
+        return plain, (plain + model(tf.reverse(x, axis=[2]), training=False)[:, 0]) / 2
+
+    plain, mirrored = [], []
+    for x in batches:
+        p, pm = step(x[0] if isinstance(x, tuple) else x)
+        plain.append(p.numpy())
+        mirrored.append(pm.numpy())
+    if not plain:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(plain).astype(np.float64), np.concatenate(mirrored).astype(np.float64)

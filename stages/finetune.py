@@ -1,0 +1,108 @@
+"""Stage finetune: fine-tune the top blocks of one backbone on augmented images, from a head trained on its features."""
+
+import sys
+import time
+
+import keras
+import pandas as pd
+import tensorflow as tf
+
+from dogscats.atomic import atomic_path, write_csv, write_json
+from dogscats.backbones import get_backbone, load_feature_extractor
+from dogscats.dataset import label_index, read_manifest
+from dogscats.extract import image_dataset
+from dogscats.feature_store import read_split
+from dogscats.finetune import (
+    augmentation,
+    build_finetune_model,
+    freeze_below_top_blocks,
+    labelled_batches,
+    make_optimizer,
+    predict_with_mirror,
+)
+from dogscats.head import build_head, set_seed
+from dogscats.params import load_params
+from dogscats.scoring import accuracy, log_loss
+
+
+def main(
+    manifest_path: str, features_path: str, model_path: str, predictions_path: str, history_path: str, metrics_path: str
+) -> None:
+    """Train the starting head on stored features, fine-tune, and predict val and test with and without mirroring."""
+    params = load_params()
+    cfg, images_cfg = params["finetune"], params["features"]
+    backbone = get_backbone(cfg["backbone"])
+    set_seed(cfg["seed"])
+    start = time.perf_counter()
+
+    # 1. The starting head: Dropout + Dense on this backbone's stored GAP features alone.
+    train_f, val_f = read_split(features_path, "train"), read_split(features_path, "val")
+    head = build_head(train_f.features.shape[1], cfg["dropout"], "adam", cfg["head_learning_rate"])
+    head.fit(train_f.features, train_f.labels, epochs=cfg["head_epochs"], batch_size=cfg["batch_size"], verbose=0)
+
+    # 2. The backbone, frozen below its top blocks, with the head on top and augmentation below.
+    base = load_feature_extractor(backbone.name, images_cfg["weights"])
+    blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"])
+    aug = cfg["augment"]
+    augment = augmentation(aug["flip"], aug["rotation"], aug["zoom"], aug["shift"], cfg["seed"])
+    model = build_finetune_model(base, augment, head, cfg["dropout"], backbone.input_size)
+    model.compile(
+        optimizer=make_optimizer(cfg["optimizer"], cfg["learning_rate"], cfg["momentum"]),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+    trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
+    print(f"finetune: {backbone.name}, trainable blocks {blocks}, {trainable:,} trainable weights")
+
+    # 3. Fine-tune with early stopping on validation log loss (binary cross-entropy), keeping the best epoch.
+    manifest = read_manifest(manifest_path)
+    usable = manifest[manifest.problem == ""]
+
+    def batches(split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
+        rows = usable[usable.split == split]
+        size, resize, decode = backbone.input_size, images_cfg["resize"], images_cfg["decode"]
+        return labelled_batches(
+            rows.file.tolist(), label_index(rows.label), size, resize, decode, backbone.preprocess,
+            cfg["batch_size"], shuffle_seed,
+        )  # fmt: skip
+
+    stop = keras.callbacks.EarlyStopping("val_loss", patience=cfg["patience"], restore_best_weights=True, verbose=1)
+    history = model.fit(
+        batches("train", cfg["seed"]),
+        validation_data=batches("val"),
+        epochs=cfg["epochs"],
+        callbacks=[stop],
+        shuffle=False,
+        verbose=2,
+    )
+    with atomic_path(model_path, suffix=".keras") as tmp:
+        model.save(tmp)
+    write_csv(history_path, pd.DataFrame(history.history).rename_axis("epoch").reset_index())
+
+    # 4. p(dog) for val and test, single image and mirrored-average; an undecodable test image is left to predict.
+    rows = manifest[manifest.split.isin(["val", "test"])]
+    ok = (rows.problem == "").tolist()
+    images = image_dataset(rows.file.tolist(), ok, backbone.input_size, images_cfg["resize"], images_cfg["decode"], 32)
+    p, p_mirror = predict_with_mirror(model, images.map(lambda x: backbone.preprocess(tf.cast(x, tf.float32))))
+    out = pd.DataFrame({"id": rows.id, "split": rows.split, "usable": ok, "p_dog": p, "p_dog_tta": p_mirror})
+    write_csv(predictions_path, out)
+
+    val = out[out.split == "val"]
+    y_val = label_index(rows[rows.split == "val"].label)
+    best = min(range(len(history.history["val_loss"])), key=history.history["val_loss"].__getitem__)
+    metrics = {
+        "head_val_logloss": log_loss(val_f.labels, head.predict(val_f.features, verbose=0)[:, 0]),
+        "val_logloss": log_loss(y_val, val.p_dog),
+        "val_logloss_tta": log_loss(y_val, val.p_dog_tta),
+        "val_accuracy": accuracy(y_val, val.p_dog_tta),
+        "best_epoch": best,
+        "epochs_run": len(history.history["val_loss"]),
+        "trainable_weights": trainable,
+        "minutes": round((time.perf_counter() - start) / 60, 2),
+    }
+    write_json(metrics_path, metrics)
+    print(f"finetune: {metrics}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
