@@ -41,6 +41,7 @@ def project(tmp_path: Path) -> tuple[Path, dict]:
     params["features"]["weights"] = None
     params["backbones"] = ["efficientnet_lite0"]
     params["train"]["epochs"] = 2
+    params["finetune"].update(epochs=1, head_epochs=2, batch_size=8)
     _set_params(tmp_path, params)
     _run(tmp_path, "git", "init", "-q")
     _run(tmp_path, "dvc", "init", "-q")
@@ -49,15 +50,20 @@ def project(tmp_path: Path) -> tuple[Path, dict]:
 
 def test_repro_reruns_only_what_a_change_touches(project):
     path, params = project
-    _repro(path, {"demo", "prepare", "features@efficientnet_lite0", "train", "predict", "submit"})
+    everything = {"demo", "prepare", "features@efficientnet_lite0", "train", "finetune", "predict", "evaluate"}
+    _repro(path, everything | {"submit"})
     _repro(path, set())
 
     params["train"]["dropout"] = 0.3
     _set_params(path, params)
-    _repro(path, {"train", "predict", "submit"})
+    _repro(path, {"train", "predict", "evaluate", "submit"})
+
+    params["predict"]["blend"] = 0.37  # off the auto grid, so the blend surely changes
+    _set_params(path, params)
+    _repro(path, {"predict", "evaluate", "submit"})
 
     params["backbones"].append("efficientnet_lite1")
     _set_params(path, params)
-    _repro(path, {"features@efficientnet_lite1", "train", "predict", "submit"})
+    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit"})  # finetune untouched
     assert "up to date" in _run(path, "dvc", "status")
     assert not list((path / ".dvc" / "cache").rglob("*.jpg"))  # the symlink tree is not cached

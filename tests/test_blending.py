@@ -1,0 +1,32 @@
+"""Blend weight and clip bounds chosen on validation."""
+
+import numpy as np
+import pytest
+
+from dogscats.blending import best_blend_weight, best_clip, blend
+
+
+def test_blend_is_the_weighted_mean():
+    assert blend(np.array([0.2]), np.array([0.6]), 0.25)[0] == pytest.approx(0.3)
+
+
+def test_best_weight_follows_the_better_model():
+    y = np.array([0, 1, 0, 1])
+    sharp, vague = np.array([0.05, 0.95, 0.05, 0.95]), np.array([0.4, 0.6, 0.4, 0.6])
+    assert best_blend_weight(y, vague, sharp) == 1.0
+    assert best_blend_weight(y, sharp, vague) == 0.0
+
+
+def test_best_blend_of_two_complementary_models_is_inside():
+    y = np.array([0, 1, 0, 1])
+    a, b = np.array([0.01, 0.99, 0.6, 0.99]), np.array([0.01, 0.6, 0.01, 0.99])  # each wrong-ish on one image
+    assert 0 < best_blend_weight(y, a, b) < 1
+
+
+def test_a_confident_mistake_widens_the_clip():
+    y = np.ones(100)
+    p = np.full(100, 0.9999)
+    assert best_clip(y, p) == (0.0005, 0.9995)  # no mistake: the narrowest margin
+    p[0] = 0.0
+    low, high = best_clip(y, p)
+    assert low > 0.0005 and high == pytest.approx(1 - low)

@@ -1,0 +1,32 @@
+"""ROC and confusion data for dvc plots, and the worst-mistakes page."""
+
+import numpy as np
+import pandas as pd
+
+from dogscats.evaluation import auc, confusion_rows, image_losses, roc_points, worst_mistakes_html
+
+from .conftest import write_image
+
+
+def test_roc_of_a_perfect_ranking():
+    y, p = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.6, 0.9])
+    roc = roc_points(y, p)
+    assert auc(y, p) == 1.0 and roc.tpr.iloc[-1] == 1 and roc.fpr.iloc[-1] == 1
+    assert (roc.threshold <= 1).all()
+
+
+def test_confusion_rows_name_classes():
+    rows = confusion_rows(np.array([0, 1, 1]), np.array([0.7, 0.9, 0.2]))
+    assert rows.values.tolist() == [["cat", "dog"], ["dog", "dog"], ["dog", "cat"]]
+
+
+def test_image_losses():
+    assert np.allclose(image_losses(np.array([1, 0]), np.array([0.5, 0.5])), np.log(2))
+
+
+def test_worst_mistakes_page_embeds_thumbnails(tmp_path):
+    big = write_image(tmp_path / "cat.1.jpg", (200, 60, 40), size=(800, 600))
+    rows = pd.DataFrame({"id": ["cat.1<b>"], "file": [str(big)], "label": [0], "p": [0.97], "loss": [3.5]})
+    page = worst_mistakes_html(rows, "worst")
+    assert page.count('src="data:image/jpeg;base64,') == 1
+    assert "cat.1&lt;b&gt;: a cat, p(dog) = 0.9700" in page
