@@ -5,6 +5,7 @@ import numpy as np
 from dogscats.scoring import clip, log_loss
 
 BLEND_GRID = np.linspace(0, 1, 21)  # fine-tuned model weights tried by blend: auto
+TEMPERATURE_GRID = np.geomspace(0.5, 2.0, 25)  # temperatures tried by calibrate: true
 CLIP_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # low bounds tried by clip: auto (high = 1 - low)
 
 
@@ -17,6 +18,19 @@ def best_blend_weight(y: np.ndarray, p_head: np.ndarray, p_finetuned: np.ndarray
     """The grid weight with the lowest log loss on (y, predictions); the first of ties."""
     losses = [log_loss(y, blend(p_head, p_finetuned, w)) for w in BLEND_GRID]
     return float(BLEND_GRID[int(np.argmin(losses))])
+
+
+def with_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
+    """Divide the log-odds by the temperature: above 1 softens over-confident probabilities, below 1 sharpens."""
+    logit = np.log(p) - np.log1p(-p)
+    return 1 / (1 + np.exp(-logit / temperature))
+
+
+def best_temperature(y: np.ndarray, p: np.ndarray) -> float:
+    """The grid temperature with the lowest log loss (temperature scaling, a one-parameter calibration)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    losses = [log_loss(y, with_temperature(p, t)) for t in TEMPERATURE_GRID]
+    return float(TEMPERATURE_GRID[int(np.argmin(losses))])
 
 
 def best_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:

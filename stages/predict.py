@@ -1,5 +1,6 @@
-"""Stage predict: blend the ensemble head's and the fine-tuned model's p(dog), clip it (the metric is log loss),
-for every test image; blend weight and clip bounds are fixed in params or chosen on the validation images."""
+"""Stage predict: blend the ensemble head's and the fine-tuned model's p(dog), optionally calibrate it, and clip it
+(the metric is log loss), for every test image; the blend weight, temperature and clip bounds are fixed in params or
+chosen on the validation images."""
 
 import sys
 
@@ -7,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from dogscats.atomic import write_csv, write_json
-from dogscats.blending import best_blend_weight, best_clip, blend
+from dogscats.blending import best_blend_weight, best_clip, best_temperature, blend, with_temperature
 from dogscats.dataset import label_index, read_manifest
 from dogscats.params import load_params
 from dogscats.scoring import accuracy, clip, log_loss
@@ -41,18 +42,22 @@ def main(
     weight = cfg["blend"]
     if weight == "auto":
         weight = best_blend_weight(val.label, val.p_head, val.p_finetuned)
-    val["p"] = blend(val.p_head, val.p_finetuned, weight)
+    val["p"] = np.clip(blend(val.p_head, val.p_finetuned, weight), 1e-12, 1 - 1e-12)
+    temperature = best_temperature(val.label, val.p) if cfg["calibrate"] else 1.0
+    val["p"] = with_temperature(val.p, temperature)
     low, high = best_clip(val.label, val.p) if cfg["clip"] == "auto" else cfg["clip"]
     val["p"] = clip(val.p, low, high)
     write_csv(val_predictions_path, val[["id", "label", "p_head", "p_finetuned", "p"]])
 
     test = rows[rows.split == "test"]
     prior = float(np.mean(label_index(manifest.loc[manifest.split == "train", "label"])))
-    p = np.where(test.usable, blend(test.p_head, test.p_finetuned, weight), prior)
+    p = with_temperature(np.clip(blend(test.p_head, test.p_finetuned, weight), 1e-12, 1 - 1e-12), temperature)
+    p = np.where(test.usable, p, prior)
     p = clip(p, low, high)
     write_csv(predictions_path, pd.DataFrame({"id": test.id, "label": p}))
     metrics = {
         "blend": weight,
+        "temperature": temperature,
         "clip_low": low,
         "clip_high": high,
         "val_logloss": log_loss(val.label, val.p),

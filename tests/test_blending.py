@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dogscats.blending import best_blend_weight, best_clip, blend
+from dogscats.blending import best_blend_weight, best_clip, best_temperature, blend, with_temperature
 
 
 def test_blend_is_the_weighted_mean():
@@ -30,3 +30,17 @@ def test_a_confident_mistake_widens_the_clip():
     p[0] = 0.0
     low, high = best_clip(y, p)
     assert low > 0.0005 and high == pytest.approx(1 - low)
+
+
+def test_temperature_one_changes_nothing_and_above_one_softens():
+    p = np.array([0.1, 0.5, 0.99])
+    assert np.allclose(with_temperature(p, 1.0), p)
+    soft = with_temperature(p, 2.0)
+    assert soft[0] > 0.1 and soft[1] == pytest.approx(0.5) and soft[2] < 0.99
+
+
+def test_an_over_confident_model_gets_a_temperature_above_one():
+    y = np.array([1] * 9 + [0])
+    p = np.full(10, 0.999)  # right 9 times in 10, but claims 999 in 1000
+    assert best_temperature(y, p) > 1.5
+    assert best_temperature(y, np.full(10, 0.9)) == pytest.approx(1.0, abs=0.06)
