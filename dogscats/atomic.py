@@ -28,14 +28,18 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield a temporary folder beside the target; on success swap it in for the target, on failure remove it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = (target.with_name(f".{target.name}.{os.getpid()}.{kind}") for kind in ("tmp", "old"))
+    tmp, old = (target.with_name(f".{target.name}.{os.getpid()}.tmp-{kind}") for kind in ("new", "old"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
         if target.exists():
             target.rename(old)
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            old.rename(target)  # put the previous output back
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

@@ -38,3 +38,11 @@ def best_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     losses = [log_loss(y, clip(p, low, 1 - low)) for low in CLIP_GRID]
     best = max(i for i, loss in enumerate(losses) if loss <= min(losses) + 1e-12)
     return CLIP_GRID[best], 1 - CLIP_GRID[best]
+
+
+def final_p(
+    p_head: np.ndarray, p_finetuned: np.ndarray, weight: float, temperature: float, low: float, high: float
+) -> np.ndarray:
+    """The submitted p(dog): blend, then temperature, then clip."""
+    p = np.clip(blend(p_head, p_finetuned, weight), 1e-12, 1 - 1e-12)
+    return clip(with_temperature(p, temperature), low, high)

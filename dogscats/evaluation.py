@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from dogscats.dataset import CLASSES
 from dogscats.images import load_rgb
+from dogscats.scoring import LOSS_EPS
 
 THUMBNAIL = 160  # pixels, longest side
 
@@ -35,7 +36,7 @@ def confusion_rows(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
 
 def image_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Each image's log loss, the amount it adds to the metric."""
-    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    y, p = np.asarray(y, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), LOSS_EPS, 1 - LOSS_EPS)
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
@@ -49,7 +50,7 @@ def thumbnail_data_uri(path: str) -> str:
 
 
 def worst_mistakes_html(rows: pd.DataFrame, title: str) -> str:
-    """An HTML page of images with columns file, label (0/1), p (p(dog)), loss, in the given order."""
+    """An HTML page of the rows (id, file, label 0/1, p = p(dog), loss), in the given order."""
     cards = []
     for row in rows.itertuples():
         truth = CLASSES[int(row.label)]

@@ -56,3 +56,9 @@ def read_split(path: Path | str, split: str) -> SplitFeatures:
         group = h5[split]
         ids = [s.decode() for s in group["ids"][:]]
         return SplitFeatures(ids, group["features"][:], group["labels"][:], group["usable"][:])
+
+
+def backbone_of(path: Path | str) -> str:
+    """The name of the backbone whose features a file holds."""
+    with h5py.File(path, "r") as h5:
+        return str(h5.attrs["backbone"])

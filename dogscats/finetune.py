@@ -13,10 +13,25 @@ import numpy as np
 import tensorflow as tf
 
 from dogscats.extract import decoded
+from dogscats.feature_store import backbone_of, read_split
+from dogscats.head import fit_head, predict_proba
+from dogscats.scoring import log_loss
 
 # Layer-name prefix of one block: blockN_ (EfficientNet-Lite, VGG16, Xception), blockNx_ (EfficientNetV2),
 # convS_blockN_ (ResNet50).
 BLOCK_PREFIX = re.compile(r"^(block\w+?|conv\d+_block\d+)_")
+
+
+def starting_head(
+    features_path: str, backbone: str, dropout: float, learning_rate: float, epochs: int, batch_size: int
+) -> tuple[keras.Model, float]:
+    """A Dropout + Dense head trained (adam) on one backbone's stored train features; also its val log loss."""
+    stored = backbone_of(features_path)
+    if stored != backbone:
+        raise ValueError(f"{features_path} holds {stored} features, but finetune.backbone is {backbone}")
+    train, val = read_split(features_path, "train"), read_split(features_path, "val")
+    head, _ = fit_head(train, None, dropout, "adam", learning_rate, epochs, batch_size)
+    return head, log_loss(val.labels, predict_proba(head, val.features))
 
 
 def block_names(base: keras.Model) -> list[str]:
@@ -30,8 +45,7 @@ def block_names(base: keras.Model) -> list[str]:
 
 
 def freeze_below_top_blocks(base: keras.Model, trainable_blocks: int) -> list[str]:
-    """Freeze every layer below the last `trainable_blocks` blocks (0: the whole backbone) and every BatchNorm
-    layer; return the names of the blocks left trainable."""
+    """Freeze the layers below the last `trainable_blocks` blocks, and all BatchNorm; return the trainable blocks."""
     blocks = block_names(base)
     if not blocks:
         raise ValueError(f"{base.name}: no layers named blockN_..., so its top blocks cannot be chosen for fine-tuning")
@@ -64,8 +78,7 @@ def augmentation(flip: bool, rotation: float, zoom: float, shift: float, seed: i
 def build_finetune_model(
     base: keras.Model, augment: keras.Sequential, head: keras.Model, dropout: float, input_size: int
 ) -> keras.Model:
-    """Augmentation -> backbone (BatchNorm in inference mode) -> Dropout -> Dense(1, sigmoid) with the head's
-    weights; the input is the preprocessed image."""
+    """Preprocessed image -> augmentation -> backbone -> Dropout -> Dense(1, sigmoid) holding the head's weights."""
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = augment(inputs)
     x = base(x, training=False)

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from dogscats import feature_store
+from dogscats.atomic import atomic_dir
 
 
 def feature_files(features_dir: Path | str, backbones: list[str]) -> list[Path]:
@@ -84,3 +85,11 @@ def pooled(a: feature_store.SplitFeatures, b: feature_store.SplitFeatures) -> fe
 def predict_proba(model: keras.Model, features: np.ndarray) -> np.ndarray:
     """p(dog) per row, as float64."""
     return model.predict(features, batch_size=1024, verbose=0)[:, 0].astype(np.float64)
+
+
+def save_heads(models: list[keras.Model], out: Path) -> None:
+    """Save one head as out/head.keras, or fold heads as out/fold_1.keras, ..., replacing the folder atomically."""
+    names = ["head.keras"] if len(models) == 1 else [f"fold_{i}.keras" for i in range(1, len(models) + 1)]
+    with atomic_dir(out) as tmp:
+        for model, name in zip(models, names, strict=True):
+            model.save(tmp / name)

@@ -4,6 +4,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -11,7 +12,6 @@ from dogscats.atomic import atomic_path, write_csv, write_json
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.dataset import label_index, read_manifest
 from dogscats.extract import image_dataset
-from dogscats.feature_store import read_split
 from dogscats.finetune import (
     augmentation,
     build_finetune_model,
@@ -19,8 +19,9 @@ from dogscats.finetune import (
     labelled_batches,
     make_optimizer,
     predict_with_mirror,
+    starting_head,
 )
-from dogscats.head import build_head, set_seed
+from dogscats.head import set_seed
 from dogscats.params import load_params
 from dogscats.scoring import accuracy, log_loss
 
@@ -36,9 +37,9 @@ def main(
     start = time.perf_counter()
 
     # 1. The starting head: Dropout + Dense on this backbone's stored GAP features alone.
-    train_f, val_f = read_split(features_path, "train"), read_split(features_path, "val")
-    head = build_head(train_f.features.shape[1], cfg["dropout"], "adam", cfg["head_learning_rate"])
-    head.fit(train_f.features, train_f.labels, epochs=cfg["head_epochs"], batch_size=cfg["batch_size"], verbose=0)
+    head, head_val_logloss = starting_head(
+        features_path, backbone.name, cfg["dropout"], cfg["head_learning_rate"], cfg["head_epochs"], cfg["batch_size"]
+    )
 
     # 2. The backbone, frozen below its top blocks, with the head on top and augmentation below.
     base = load_feature_extractor(backbone.name, images_cfg["weights"])
@@ -82,26 +83,25 @@ def main(
     # 4. p(dog) for val and test, single image and mirrored-average; an undecodable test image is left to predict.
     rows = manifest[manifest.split.isin(["val", "test"])]
     ok = (rows.problem == "").tolist()
-    images = image_dataset(rows.file.tolist(), ok, backbone.input_size, images_cfg["resize"], images_cfg["decode"], 32)
+    size, resize, decode = backbone.input_size, images_cfg["resize"], images_cfg["decode"]
+    images = image_dataset(rows.file.tolist(), ok, size, resize, decode, cfg["batch_size"])
     p, p_mirror = predict_with_mirror(model, images.map(lambda x: backbone.preprocess(tf.cast(x, tf.float32))))
     out = pd.DataFrame({"id": rows.id, "split": rows.split, "usable": ok, "p_dog": p, "p_dog_tta": p_mirror})
     write_csv(predictions_path, out)
 
     val = out[out.split == "val"]
     y_val = label_index(rows[rows.split == "val"].label)
-    best = min(range(len(history.history["val_loss"])), key=history.history["val_loss"].__getitem__)
     metrics = {
-        "head_val_logloss": log_loss(val_f.labels, head.predict(val_f.features, verbose=0)[:, 0]),
+        "head_val_logloss": head_val_logloss,
         "val_logloss": log_loss(y_val, val.p_dog),
         "val_logloss_tta": log_loss(y_val, val.p_dog_tta),
         "val_accuracy": accuracy(y_val, val.p_dog_tta),
-        "best_epoch": best,
+        "best_epoch": int(np.argmin(history.history["val_loss"])) + 1,  # counted from 1, as Keras prints them
         "epochs_run": len(history.history["val_loss"]),
         "trainable_weights": trainable,
-        "minutes": round((time.perf_counter() - start) / 60, 2),
     }
     write_json(metrics_path, metrics)
-    print(f"finetune: {metrics}")
+    print(f"finetune: {metrics}; {(time.perf_counter() - start) / 60:.1f} minutes")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from dogscats.atomic import write_csv, write_json
-from dogscats.blending import best_blend_weight, best_clip, best_temperature, blend, with_temperature
+from dogscats.blending import best_blend_weight, best_clip, best_temperature, final_p
 from dogscats.dataset import label_index, read_manifest
 from dogscats.params import load_params
 from dogscats.scoring import accuracy, clip, log_loss
@@ -42,17 +42,16 @@ def main(
     weight = cfg["blend"]
     if weight == "auto":
         weight = best_blend_weight(val.label, val.p_head, val.p_finetuned)
-    val["p"] = np.clip(blend(val.p_head, val.p_finetuned, weight), 1e-12, 1 - 1e-12)
-    temperature = best_temperature(val.label, val.p) if cfg["calibrate"] else 1.0
-    val["p"] = with_temperature(val.p, temperature)
-    low, high = best_clip(val.label, val.p) if cfg["clip"] == "auto" else cfg["clip"]
-    val["p"] = clip(val.p, low, high)
+    blended = final_p(val.p_head, val.p_finetuned, weight, 1.0, 0.0, 1.0)
+    temperature = best_temperature(val.label, blended) if cfg["calibrate"] else 1.0
+    calibrated = final_p(val.p_head, val.p_finetuned, weight, temperature, 0.0, 1.0)
+    low, high = best_clip(val.label, calibrated) if cfg["clip"] == "auto" else cfg["clip"]
+    val["p"] = final_p(val.p_head, val.p_finetuned, weight, temperature, low, high)
     write_csv(val_predictions_path, val[["id", "label", "p_head", "p_finetuned", "p"]])
 
     test = rows[rows.split == "test"]
     prior = float(np.mean(label_index(manifest.loc[manifest.split == "train", "label"])))
-    p = with_temperature(np.clip(blend(test.p_head, test.p_finetuned, weight), 1e-12, 1 - 1e-12), temperature)
-    p = np.where(test.usable, p, prior)
+    p = np.where(test.usable, final_p(test.p_head, test.p_finetuned, weight, temperature, low, high), prior)
     p = clip(p, low, high)
     write_csv(predictions_path, pd.DataFrame({"id": test.id, "label": p}))
     metrics = {

@@ -11,8 +11,17 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from dogscats.atomic import atomic_dir, write_csv, write_json
-from dogscats.head import feature_files, fit_head, load_concatenated, pooled, predict_proba, set_seed, subset
+from dogscats.atomic import write_csv, write_json
+from dogscats.head import (
+    feature_files,
+    fit_head,
+    load_concatenated,
+    pooled,
+    predict_proba,
+    save_heads,
+    set_seed,
+    subset,
+)
 from dogscats.params import load_params
 from dogscats.scoring import accuracy, log_loss
 
@@ -43,7 +52,7 @@ def main(features_dir: str, models_dir: str, predictions_path: str, history_path
         history = pd.concat(histories).groupby(level=0).mean()  # per epoch, averaged over the folds
     p_test = np.mean([predict_proba(m, test.features) for m in models], axis=0)
 
-    save_models(models, Path(models_dir))
+    save_heads(models, Path(models_dir))
     write_csv(history_path, pd.DataFrame(history).rename_axis("epoch").reset_index())
     write_csv(
         predictions_path,
@@ -56,22 +65,17 @@ def main(features_dir: str, models_dir: str, predictions_path: str, history_path
             }
         ),
     )
+    on_val = np.array(splits) == "val"
     metrics = {
-        "val_logloss": log_loss(scored.labels, p_scored),
-        "val_accuracy": accuracy(scored.labels, p_scored),
-        "n_scored": len(scored.ids),
+        "val_logloss": log_loss(scored.labels[on_val], p_scored[on_val]),
+        "val_accuracy": accuracy(scored.labels[on_val], p_scored[on_val]),
+        "n_val": int(on_val.sum()),
         "n_train": len(train.ids),
     }
+    if cfg["folds"] > 1:  # out-of-fold figures over every train and val image
+        metrics.update(oof_logloss=log_loss(scored.labels, p_scored), oof_accuracy=accuracy(scored.labels, p_scored))
     write_json(metrics_path, metrics)
     print(f"train: {metrics}")
-
-
-def save_models(models: list, out: Path) -> None:
-    """Save the head as head.keras, or the fold heads as fold_1.keras, ..., replacing the folder's contents."""
-    names = ["head.keras"] if len(models) == 1 else [f"fold_{i}.keras" for i in range(1, len(models) + 1)]
-    with atomic_dir(out) as tmp:
-        for model, name in zip(models, names, strict=True):
-            model.save(tmp / name)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def project(tmp_path: Path) -> tuple[Path, dict]:
     params["features"]["weights"] = None
     params["backbones"] = ["efficientnet_lite0"]
     params["train"]["epochs"] = 2
-    params["finetune"].update(epochs=1, head_epochs=2, batch_size=8)
+    params["finetune"].update(backbone="efficientnet_lite0", epochs=1, head_epochs=2, batch_size=8)
     _set_params(tmp_path, params)
     _run(tmp_path, "git", "init", "-q")
     _run(tmp_path, "dvc", "init", "-q")

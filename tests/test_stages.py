@@ -8,7 +8,9 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from dogscats.scoring import log_loss
 from stages import evaluate, features, finetune, predict, prepare, submit, train
 
 BACKBONE = "efficientnet_lite0"
@@ -44,7 +46,8 @@ def prepared(kaggle_raw, in_project):
         data={"raw": str(kaggle_raw)},
         backbones=[BACKBONE],
         train={"epochs": 2},
-        finetune={"epochs": 2, "head_epochs": 2, "batch_size": 8},
+        finetune={"backbone": BACKBONE, "epochs": 2, "head_epochs": 2, "batch_size": 8, "learning_rate": 0.01},
+        predict={"blend": "auto", "calibrate": False, "clip": [0.005, 0.995]},
         submit={"labels": None},
     )
     prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
@@ -78,7 +81,7 @@ def test_features_train_predict_submit(prepared):
     train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
     history = pd.read_csv("metrics/train_history.csv")
     assert history.epoch.tolist() == [0, 1] and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history)
-    assert json.loads(Path(TRAIN_JSON).read_text())["n_scored"] == 4
+    assert json.loads(Path(TRAIN_JSON).read_text())["n_val"] == 4
     assert [p.name for p in Path("models/head").iterdir()] == ["head.keras"]
     head = pd.read_csv("data/head_predictions.csv")
     assert head.split.value_counts().to_dict() == {"test": 6, "val": 4}
@@ -99,7 +102,7 @@ def test_features_train_predict_submit(prepared):
     assert 0 <= w <= 1
     blended = np.clip((1 - w) * val.p_head + w * val.p_finetuned, 0.005, 0.995)
     assert np.allclose(val.p, blended)
-    assert scores["val_logloss"] <= min(scores["val_logloss_head"], scores["val_logloss_finetuned"]) + 1e-9
+    assert scores["val_logloss"] == pytest.approx(log_loss(val.label, val.p))
 
     evaluate.main(*EVALUATE_ARGS)
     assert len(pd.read_csv("metrics/confusion.csv")) == 4
@@ -115,26 +118,50 @@ def test_features_train_predict_submit(prepared):
     assert scores["n_rows"] == 6 and 0 < scores["test_logloss"] < 6 and 0 <= scores["test_accuracy"] <= 1
 
 
-def test_finetune_is_reproducible(prepared):
+@pytest.mark.slow  # three fine-tuning runs with real weights: about a minute
+def test_finetune_is_reproducible_and_depends_on_the_seed(prepared):
+    _set_param("features", "weights", "imagenet")  # random weights give every image the same p(dog)
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
     runs = []
-    for _ in range(2):
+    for seed in (0, 0, 1):
+        _set_param("finetune", "seed", seed)
         _finetune()
         runs.append(json.loads(Path("metrics/finetune.json").read_text()))
-        runs[-1]["p"] = pd.read_csv("data/finetune_predictions.csv").p_dog_tta.tolist()
-    for key in ("head_val_logloss", "val_logloss", "val_logloss_tta", "p"):
-        assert np.round(runs[0][key], 4).tolist() == np.round(runs[1][key], 4).tolist(), key
+        runs[-1]["p"] = pd.read_csv("data/finetune_predictions.csv").p_dog.to_numpy()
+    for key in ("head_val_logloss", "val_logloss", "val_logloss_tta"):
+        assert runs[0][key] == pytest.approx(runs[1][key], abs=5e-5), key
+    assert np.allclose(runs[0]["p"], runs[1]["p"], atol=5e-5)
+    assert np.abs(runs[0]["p"] - runs[2]["p"]).max() > 1e-3  # another seed: other shuffles and augmentations
+
+
+def test_finetune_refuses_another_backbones_features(prepared):
+    features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
+    _set_param("finetune", "backbone", "x")
+    with pytest.raises(ValueError, match="unknown backbone 'x'"):
+        _finetune()
+    _set_param("finetune", "backbone", "efficientnet_lite1")
+    with pytest.raises(
+        ValueError, match="holds efficientnet_lite0 features, but finetune.backbone is efficientnet_lite1"
+    ):
+        _finetune()
 
 
 def test_train_k_folds_scores_every_image_out_of_fold(prepared):
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
-    Path("params.yaml").write_text(Path("params.yaml").read_text().replace("folds: 1", "folds: 3"))
+    _set_param("train", "folds", 3)
     train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
     assert sorted(p.name for p in Path("models/head").iterdir()) == ["fold_1.keras", "fold_2.keras", "fold_3.keras"]
     head = pd.read_csv("data/head_predictions.csv")
     assert head.split.value_counts().to_dict() == {"train": 15, "val": 4, "test": 6}
-    assert json.loads(Path(TRAIN_JSON).read_text())["n_scored"] == 19
+    metrics = json.loads(Path(TRAIN_JSON).read_text())
+    assert metrics["n_val"] == 4 and 0 <= metrics["oof_accuracy"] <= 1 and metrics["oof_logloss"] > 0
     assert len(pd.read_csv("metrics/train_history.csv")) == 2  # per-epoch means over the folds
+
+
+def _set_param(section: str, key: str, value) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params[section][key] = value
+    Path("params.yaml").write_text(yaml.safe_dump(params))
 
 
 def _finetune() -> None:
