@@ -140,6 +140,7 @@ def test_finetune_refuses_another_backbones_features(prepared):
     with pytest.raises(ValueError, match="unknown backbone 'x'"):
         _finetune()
     _set_param("finetune", "backbone", "efficientnet_lite1")
+    _set_param("backbones", None, [BACKBONE, "efficientnet_lite1"])
     with pytest.raises(
         ValueError, match="holds efficientnet_lite0 features, but finetune.backbone is efficientnet_lite1"
     ):
@@ -158,9 +159,12 @@ def test_train_k_folds_scores_every_image_out_of_fold(prepared):
     assert len(pd.read_csv("metrics/train_history.csv")) == 2  # per-epoch means over the folds
 
 
-def _set_param(section: str, key: str, value) -> None:
+def _set_param(section: str, key: str | None, value) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params[section][key] = value
+    if key is None:
+        params[section] = value
+    else:
+        params[section][key] = value
     Path("params.yaml").write_text(yaml.safe_dump(params))
 
 
