@@ -12,7 +12,7 @@ AUTO = "auto"
 SCHEMA: dict = {
     "data": {"raw": str},
     "demo": {"train_per_class": int, "test_count": int, "seed": int},
-    "prepare": {"val_fraction": float, "seed": int},
+    "prepare": {"val_fraction": float, "max_bad_fraction": float, "seed": int},
     "backbones": list,
     "features": {
         "weights": (str, None),
@@ -113,6 +113,10 @@ def _check_values(params: dict) -> list[str]:
     problems = []
     if not 0 < params["prepare"]["val_fraction"] < 1:
         problems.append(f"prepare.val_fraction must be between 0 and 1, got {params['prepare']['val_fraction']}")
+    if not 0 <= params["prepare"]["max_bad_fraction"] <= 1:
+        problems.append(
+            f"prepare.max_bad_fraction must be between 0 and 1, got {params['prepare']['max_bad_fraction']}"
+        )
     if not params["backbones"]:
         problems.append("backbones must name at least one backbone")
     unknown = [name for name in [*params["backbones"], params["finetune"]["backbone"]] if name not in known]

@@ -25,6 +25,14 @@ def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) 
     for source, problem, split in images[images.problem != ""][["source", "problem", "split"]].itertuples(index=False):
         bad.append((source, problem if split == "train" else f"{problem} (test image kept, predicted with the prior)"))
         print(f"prepare: warning: {source}: {problem}", file=sys.stderr)
+    write_csv(report_path, pd.DataFrame(bad, columns=["file", "reason"]))
+    n_train = int((images.split == "train").sum())
+    n_bad_train = int(((images.split == "train") & (images.problem != "")).sum())
+    if n_bad_train > prep["max_bad_fraction"] * n_train:
+        raise ValueError(
+            f"{n_bad_train} of {n_train} training images cannot be used, more than prepare.max_bad_fraction"
+            f" ({prep['max_bad_fraction']}); the reasons are in {report_path}"
+        )
     # Unusable training images are left out; a test image is never dropped, it is flagged instead.
     images = images[(images.split == "test") | (images.problem == "")].reset_index(drop=True)
     train = images.split == "train"
@@ -34,10 +42,9 @@ def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) 
     shutil.rmtree(out, ignore_errors=True)
     write_symlink_tree(images, out)
     write_csv(manifest_path, images[["id", "file", "label", "split", "source", "problem"]])
-    write_csv(report_path, pd.DataFrame(bad, columns=["file", "reason"]))
     counts = images.split.value_counts()
     metrics = {f"n_{s}": int(counts.get(s, 0)) for s in ("train", "val", "test")}
-    metrics["n_bad"] = len(bad)
+    metrics["n_bad"], metrics["n_bad_train"] = len(bad), n_bad_train
     write_json(metrics_path, metrics)
     print(f"prepare: {metrics}")
 

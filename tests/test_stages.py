@@ -44,6 +44,7 @@ def prepared(kaggle_raw, in_project):
     _truncate(kaggle_raw / "test" / "2.jpg")
     in_project(
         data={"raw": str(kaggle_raw)},
+        prepare={"max_bad_fraction": 0.1},
         backbones=[BACKBONE],
         train={"epochs": 2},
         finetune={"backbone": BACKBONE, "epochs": 2, "head_epochs": 2, "batch_size": 8, "learning_rate": 0.01},
@@ -65,7 +66,19 @@ def test_prepare_links_splits_and_reports(prepared):
     assert link.resolve() == (prepared / "train" / "dog.1.jpg").resolve()
     report = pd.read_csv("data/prepare_report.csv")
     assert sorted(Path(f).name for f in report.file) == ["2.jpg", "cat.3.jpg"]
-    assert json.loads(Path("metrics/prepare.json").read_text()) == {"n_bad": 2, "n_test": 6, "n_train": 15, "n_val": 4}
+    metrics = json.loads(Path("metrics/prepare.json").read_text())
+    assert metrics == {"n_bad": 2, "n_bad_train": 1, "n_test": 6, "n_train": 15, "n_val": 4}
+
+
+def test_prepare_stops_when_too_many_training_images_are_bad(kaggle_raw, in_project):
+    for n in (1, 2, 3):
+        _truncate(kaggle_raw / "train" / f"dog.{n}.jpg")
+    in_project(data={"raw": str(kaggle_raw)}, prepare={"max_bad_fraction": 0.1})
+    with pytest.raises(ValueError, match=r"3 of 20 training images cannot be used, more than prepare.max_bad_fraction"):
+        prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    report = pd.read_csv("data/prepare_report.csv")
+    assert sorted(Path(f).name for f in report.file) == ["dog.1.jpg", "dog.2.jpg", "dog.3.jpg"]
+    assert not Path("data/split.csv").exists()
 
 
 def test_features_train_predict_submit(prepared):
