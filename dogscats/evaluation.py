@@ -11,7 +11,6 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from dogscats.dataset import CLASSES
 from dogscats.images import load_rgb
-from dogscats.scoring import LOSS_EPS
 
 THUMBNAIL = 160  # pixels, longest side
 
@@ -32,12 +31,6 @@ def confusion_rows(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(
         {"actual": [CLASSES[int(t)] for t in y], "predicted": [CLASSES[int(q >= 0.5)] for q in np.asarray(p)]}
     )
-
-
-def image_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Each image's log loss, the amount it adds to the metric."""
-    y, p = np.asarray(y, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), LOSS_EPS, 1 - LOSS_EPS)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 def thumbnail_data_uri(path: str) -> str:

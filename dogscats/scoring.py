@@ -5,10 +5,15 @@ import numpy as np
 LOSS_EPS = 1e-15  # Kaggle clips probabilities to [eps, 1 - eps] before scoring
 
 
-def log_loss(y_true: np.ndarray, p: np.ndarray, eps: float = LOSS_EPS) -> float:
-    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps] as Kaggle does."""
+def image_log_losses(y_true: np.ndarray, p: np.ndarray, eps: float = LOSS_EPS) -> np.ndarray:
+    """Each image's binary cross-entropy, probabilities clipped to [eps, 1 - eps] as Kaggle does."""
     y, p = np.asarray(y_true, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def log_loss(y_true: np.ndarray, p: np.ndarray, eps: float = LOSS_EPS) -> float:
+    """The competition's metric: the mean of the images' log losses."""
+    return float(np.mean(image_log_losses(y_true, p, eps)))
 
 
 def accuracy(y_true: np.ndarray, p: np.ndarray) -> float:

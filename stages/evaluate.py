@@ -7,8 +7,9 @@ import pandas as pd
 
 from dogscats.atomic import atomic_path, write_csv, write_json
 from dogscats.dataset import read_manifest
-from dogscats.evaluation import auc, confusion_rows, image_losses, roc_points, worst_mistakes_html
+from dogscats.evaluation import auc, confusion_rows, roc_points, worst_mistakes_html
 from dogscats.params import load_params
+from dogscats.scoring import image_log_losses
 
 
 def main(
@@ -21,7 +22,7 @@ def main(
     write_csv(confusion_path, confusion_rows(val.label, val.p))
 
     files = read_manifest(manifest_path).set_index("id").file
-    val["file"], val["loss"] = files.loc[val.id].to_numpy(), image_losses(val.label, val.p)
+    val["file"], val["loss"] = files.loc[val.id].to_numpy(), image_log_losses(val.label, val.p)
     worst = val.sort_values(["loss", "id"], ascending=[False, True]).head(cfg["worst_mistakes"])
     with atomic_path(html_path, suffix=".html") as tmp:
         tmp.write_text(worst_mistakes_html(worst, f"The {len(worst)} worst of {len(val)} validation images"))

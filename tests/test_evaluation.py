@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from dogscats.evaluation import auc, confusion_rows, image_losses, roc_points, worst_mistakes_html
+from dogscats.evaluation import auc, confusion_rows, roc_points, worst_mistakes_html
+from dogscats.scoring import image_log_losses
 
 from .conftest import write_image
 
@@ -20,8 +21,9 @@ def test_confusion_rows_name_classes():
     assert rows.values.tolist() == [["cat", "dog"], ["dog", "dog"], ["dog", "cat"]]
 
 
-def test_image_losses():
-    assert np.allclose(image_losses(np.array([1, 0]), np.array([0.5, 0.5])), np.log(2))
+def test_image_log_losses():
+    assert np.allclose(image_log_losses(np.array([1, 0]), np.array([0.5, 0.5])), np.log(2))
+    assert np.isfinite(image_log_losses(np.array([1]), np.array([0.0]))).all()
 
 
 def test_worst_mistakes_page_embeds_thumbnails(tmp_path):
