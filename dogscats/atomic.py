@@ -1,8 +1,12 @@
-"""Atomic outputs: write to a temporary file beside the target, then rename, so a killed stage leaves no half file."""
+"""Atomic outputs: write to a temporary file beside the target, then rename, so a killed stage leaves no half file.
+
+Temporary names start with a dot and contain `.tmp` (`.dvcignore` hides them from DVC); a killed run's leftovers are
+removed by the next write of the same target."""
 
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +19,7 @@ def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it onto the target, on failure remove it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
@@ -28,8 +33,8 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield a temporary folder beside the target; on success swap it in for the target, on failure remove it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(target)
     tmp, old = (target.with_name(f".{target.name}.{os.getpid()}.tmp-{kind}") for kind in ("new", "old"))
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
@@ -43,6 +48,29 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(target: Path) -> None:
+    """Delete temporary files and folders that a killed write of this target left behind."""
+    for leftover in target.parent.glob(f".{target.name}.*.tmp*"):
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def save_keras_model(model, target: Path | str) -> None:
+    """Save a Keras model atomically and byte-reproducibly: the same weights give the same file (and DVC hash).
+
+    A .keras file is a zip; Keras stamps it with the save time (zip entry times, `date_saved`), which is fixed here."""
+    with atomic_path(target, suffix=".keras") as tmp:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp) as saved:
+            entries = [(info, saved.read(info)) for info in saved.infolist()]
+        with zipfile.ZipFile(tmp, "w") as fixed:
+            for info, data in entries:
+                if info.filename == "metadata.json":
+                    data = json.dumps({**json.loads(data), "date_saved": "unrecorded"}).encode()
+                stamped = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+                stamped.compress_type, stamped.external_attr = info.compress_type, info.external_attr
+                fixed.writestr(stamped, data)
 
 
 def write_json(path: Path | str, data: dict) -> None:

@@ -44,9 +44,10 @@ def _check_structure(frame: pd.DataFrame, raw: Path) -> None:
             raise ValueError(f"{raw / 'train'}: no {label} images ({label}.N.jpg)")
     if not (frame.split == "test").any():
         raise ValueError(f"{raw / 'test'}: no test images (N.jpg)")
-    dup = frame[frame.duplicated(["split", "id"], keep=False)]
+    dup = frame[frame.duplicated(["split", "id"], keep=False)].groupby(["split", "id"]).source.apply(" and ".join)
     if len(dup):
-        raise ValueError(f"duplicate ids: {', '.join(dup.source.tolist()[:10])}")
+        named = "; ".join(f"{split} id {id_}: {files}" for (split, id_), files in dup.head(10).items())
+        raise ValueError(f"duplicate ids (one file per id, please): {named}")
 
 
 def stratified_split(labels: pd.Series, val_fraction: float, seed: int) -> np.ndarray:
@@ -60,18 +61,18 @@ def stratified_split(labels: pd.Series, val_fraction: float, seed: int) -> np.nd
     return split
 
 
-def link_path(row: pd.Series, out: Path) -> Path:
+def link_path(source: str, split: str, label: str, out: Path) -> Path:
     """Where an image appears in the symlink tree: train/<class>/, val/<class>/ or test/."""
-    name = Path(row.source).name
-    return out / row.split / name if row.split == "test" else out / row.split / row.label / name
+    name = Path(source).name
+    return out / split / name if split == "test" else out / split / label / name
 
 
 def write_symlink_tree(manifest: pd.DataFrame, out: Path) -> None:
-    """Link every image into the seed layout with relative symlinks (nothing is copied)."""
+    """Link every image into the seed layout under out, with relative symlinks (nothing is copied)."""
     for sub in ("train/cat", "train/dog", "val/cat", "val/dog", "test"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    for file, source in zip(manifest.file, manifest.source, strict=True):
-        link = Path(file)
+    for source, split, label in zip(manifest.source, manifest.split, manifest.label, strict=True):
+        link = link_path(source, split, label, out)
         link.symlink_to(os.path.relpath(Path(source).resolve(), link.parent.resolve()))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from dogscats import feature_store
-from dogscats.atomic import atomic_dir
+from dogscats.atomic import atomic_dir, save_keras_model
 
 
 def feature_files(features_dir: Path | str, backbones: list[str]) -> list[Path]:
@@ -92,4 +92,4 @@ def save_heads(models: list[keras.Model], out: Path) -> None:
     names = ["head.keras"] if len(models) == 1 else [f"fold_{i}.keras" for i in range(1, len(models) + 1)]
     with atomic_dir(out) as tmp:
         for model, name in zip(models, names, strict=True):
-            model.save(tmp / name)
+            save_keras_model(model, tmp / name)

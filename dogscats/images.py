@@ -1,4 +1,5 @@
-"""Image decoding: any file PIL can read, EXIF orientation applied, RGB, fitted to the network's square input."""
+"""Image decoding: any file PIL can read (whatever its extension), EXIF orientation applied, RGB, fitted to the
+network's square input. 16-bit images are scaled to 8 bits; transparent pixels are composited over grey."""
 
 from pathlib import Path
 
@@ -10,6 +11,7 @@ RESIZE_POLICIES = ("squash", "crop", "pad")  # stretch to a square; centre-crop 
 DECODE_POLICIES = ("full", "reduced")  # reduced: JPEG decoded at 1/2, 1/4 or 1/8 scale (see load_resized)
 REDUCED_MIN_SIDE = 0.75  # reduced decoding keeps at least this fraction of the input size on each side
 PAD_COLOUR = (127, 127, 127)
+CHECK_DRAFT_SIZE = 64  # decode_problem decodes JPEGs at 1/8 scale: every byte is still read, a fraction of the memory
 
 
 def load_rgb(path: Path | str, draft_size: int | None = None) -> Image.Image:
@@ -18,8 +20,17 @@ def load_rgb(path: Path | str, draft_size: int | None = None) -> Image.Image:
         if draft_size:
             im.draft("RGB", (draft_size, draft_size))  # libjpeg DCT scaling, never below draft_size on either side
         im.load()
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+        return to_rgb(ImageOps.exif_transpose(im))
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit greys scaled (PIL's own conversion clips them at 255), alpha over grey."""
+    if im.mode == "I" or im.mode.startswith("I;16"):  # PIL opens 16-bit PNG and TIFF greys as I;16 or I
+        im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (*PAD_COLOUR, 255)), rgba)
+    return im.convert("RGB")
 
 
 def fit_square(im: Image.Image, size: int, resize: str) -> Image.Image:
@@ -48,7 +59,7 @@ def load_resized(path: Path | str, size: int, resize: str = "squash", decode: st
 def decode_problem(path: Path | str) -> str | None:
     """Why an image cannot be used, or None if it decodes."""
     try:
-        im = load_rgb(path)
+        im = load_rgb(path, draft_size=CHECK_DRAFT_SIZE)
     except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
         return f"{type(err).__name__}: {err}"
     if min(im.size) < 1:

@@ -21,7 +21,7 @@ def main(
     write_csv(roc_path, roc_points(val.label, val.p))
     write_csv(confusion_path, confusion_rows(val.label, val.p))
 
-    files = read_manifest(manifest_path).set_index("id").file
+    files = read_manifest(manifest_path).set_index("id").source
     val["file"], val["loss"] = files.loc[val.id].to_numpy(), image_log_losses(val.label, val.p)
     worst = val.sort_values(["loss", "id"], ascending=[False, True]).head(cfg["worst_mistakes"])
     with atomic_path(html_path, suffix=".html") as tmp:

@@ -30,7 +30,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
             rows = manifest[manifest.split == split]
             usable = (rows.problem == "").tolist()
             images = image_dataset(
-                rows.file.tolist(),
+                rows.source.tolist(),
                 usable,
                 backbone.input_size,
                 params["resize"],
@@ -42,9 +42,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
         progress.close()
     seconds = time.perf_counter() - start
     speed = len(manifest) / seconds
-    write_json(
-        metrics_path, {"images": len(manifest), "seconds": round(seconds, 2), "images_per_second": round(speed, 2)}
-    )
+    write_json(metrics_path, {"images": len(manifest), "usable": int((manifest.problem == "").sum()), "dim": dim})
     print(f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s")
 
 

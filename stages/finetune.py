@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from dogscats.atomic import atomic_path, write_csv, write_json
+from dogscats.atomic import save_keras_model, write_csv, write_json
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.dataset import label_index, read_manifest
 from dogscats.extract import image_dataset
@@ -63,7 +63,7 @@ def main(
         rows = usable[usable.split == split]
         size, resize, decode = backbone.input_size, images_cfg["resize"], images_cfg["decode"]
         return labelled_batches(
-            rows.file.tolist(), label_index(rows.label), size, resize, decode, backbone.preprocess,
+            rows.source.tolist(), label_index(rows.label), size, resize, decode, backbone.preprocess,
             cfg["batch_size"], shuffle_seed,
         )  # fmt: skip
 
@@ -76,15 +76,14 @@ def main(
         shuffle=False,
         verbose=2,
     )
-    with atomic_path(model_path, suffix=".keras") as tmp:
-        model.save(tmp)
+    save_keras_model(model, model_path)
     write_csv(history_path, pd.DataFrame(history.history).rename_axis("epoch").reset_index())
 
     # 4. p(dog) for val and test, single image and mirrored-average; an undecodable test image is left to predict.
     rows = manifest[manifest.split.isin(["val", "test"])]
     ok = (rows.problem == "").tolist()
     size, resize, decode = backbone.input_size, images_cfg["resize"], images_cfg["decode"]
-    images = image_dataset(rows.file.tolist(), ok, size, resize, decode, cfg["batch_size"])
+    images = image_dataset(rows.source.tolist(), ok, size, resize, decode, cfg["batch_size"])
     p, p_mirror = predict_with_mirror(model, images.map(lambda x: backbone.preprocess(tf.cast(x, tf.float32))))
     out = pd.DataFrame({"id": rows.id, "split": rows.split, "usable": ok, "p_dog": p, "p_dog_tta": p_mirror})
     write_csv(predictions_path, out)

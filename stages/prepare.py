@@ -1,6 +1,5 @@
 """Stage prepare: check every raw image, split train/val (seeded, stratified), link the layout, write the manifest."""
 
-import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -8,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from dogscats.atomic import write_csv, write_json
+from dogscats.atomic import atomic_dir, write_csv, write_json
 from dogscats.dataset import link_path, scan_raw, stratified_split, write_symlink_tree
 from dogscats.images import decode_problem
 from dogscats.params import load_params
@@ -38,9 +37,10 @@ def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) 
     train = images.split == "train"
     images.loc[train, "split"] = stratified_split(images.label[train], prep["val_fraction"], prep["seed"])
     out = Path(out_dir)
-    images["file"] = [str(link_path(row, out)) for row in images.itertuples()]
-    shutil.rmtree(out, ignore_errors=True)
-    write_symlink_tree(images, out)
+    rows = zip(images.source, images.split, images.label, strict=True)
+    images["file"] = [str(link_path(*row, out)) for row in rows]
+    with atomic_dir(out) as tmp:  # a sibling of out, so the relative links stay valid after the rename
+        write_symlink_tree(images, tmp)
     write_csv(manifest_path, images[["id", "file", "label", "split", "source", "problem"]])
     counts = images.split.value_counts()
     metrics = {f"n_{s}": int(counts.get(s, 0)) for s in ("train", "val", "test")}

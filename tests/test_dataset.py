@@ -1,5 +1,7 @@
 """The raw Kaggle layout, the stratified split and the symlink tree."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,13 +28,41 @@ def test_names_without_a_label_are_skipped_and_listed(kaggle_raw):
     assert [f for f, _ in skipped] == [str(puppy)]
 
 
-def test_missing_test_dir_stops_with_its_name(tmp_path):
+def test_upper_case_names_are_read(kaggle_raw):
+    write_image(kaggle_raw / "train" / "Cat.101.JPG", (1, 2, 3))
+    write_image(kaggle_raw / "train" / "DOG.102.JPEG", (1, 2, 3))
+    write_image(kaggle_raw / "test" / "77.JPG", (1, 2, 3))
+    frame, skipped = scan_raw(kaggle_raw)
+    ids = frame.set_index("id")
+    assert ids.loc["cat.101", "label"] == "cat" and ids.loc["dog.102", "label"] == "dog"
+    assert ids.loc["77", "split"] == "test" and skipped == []
+
+
+def test_duplicate_test_ids_stop_with_the_file_names(kaggle_raw):
+    write_image(kaggle_raw / "test" / "01.jpg", (1, 2, 3))  # the same id as 1.jpg
+    with pytest.raises(ValueError, match=r"duplicate ids.*: test id 1: \S*test/01\.jpg and \S*test/1\.jpg$"):
+        scan_raw(kaggle_raw)
+
+
+def test_duplicate_training_ids_stop(kaggle_raw):
+    write_image(kaggle_raw / "train" / "Cat.1.JPG", (1, 2, 3))  # cat.1.jpg, in other case
+    with pytest.raises(ValueError, match=r"train id cat\.1: \S*train/Cat\.1\.JPG and \S*train/cat\.1\.jpg$"):
+        scan_raw(kaggle_raw)
+
+
+@pytest.mark.parametrize("missing", ["train", "test"])
+def test_missing_train_or_test_dir_stops_with_its_name(tmp_path, missing):
     make_kaggle_layout(tmp_path)
-    for f in (tmp_path / "test").iterdir():
-        f.unlink()
-    (tmp_path / "test").rmdir()
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "test")):
+    shutil.rmtree(tmp_path / missing)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / missing}: missing"):
         scan_raw(tmp_path)
+
+
+def test_empty_test_dir_stops(kaggle_raw):
+    for f in (kaggle_raw / "test").iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match="no test images"):
+        scan_raw(kaggle_raw)
 
 
 def test_empty_class_stops(kaggle_raw):

@@ -1,11 +1,19 @@
-"""Image decoding: orientation, colour modes, resizing, and files that do not decode."""
+"""Image decoding: orientation, colour modes, formats, sizes, resizing, and files that do not decode."""
+
+import builtins
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dogscats.images import decode_problem, load_resized
 
-from .conftest import write_image
+from .conftest import REPO, write_image
+
+COLOUR = (200, 60, 40)
 
 
 def test_resized_is_uint8_rgb_square(tmp_path):
@@ -33,16 +41,101 @@ def test_exif_orientation_is_applied(tmp_path):
     assert img[:10].mean() > 200 and img[-10:].mean() < 50  # the white half is now on top
 
 
-def test_truncated_and_non_image_files_are_problems(tmp_path):
+def _close_to(img: np.ndarray, colour: tuple[int, int, int], tolerance: int = 12) -> bool:
+    return bool(np.abs(img.reshape(-1, 3).mean(axis=0) - colour).max() <= tolerance)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+def test_other_formats_named_jpg_decode_by_content(tmp_path, fmt):
+    path = tmp_path / "cat.1.jpg"
+    Image.new("RGB", (30, 20), COLOUR).save(path, format=fmt)
+    assert decode_problem(path) is None
+    assert _close_to(load_resized(path, 16, "crop", "reduced"), COLOUR)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("RGB", (30, 20), COLOUR).convert("CMYK").save(path, quality=95)
+    assert Image.open(path).mode == "CMYK" and decode_problem(path) is None
+    assert _close_to(load_resized(path, 16, "crop", "reduced"), COLOUR)
+
+
+def test_palette_image_becomes_rgb(tmp_path):
+    path = tmp_path / "palette.png"
+    Image.new("RGB", (30, 20), COLOUR).convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+    assert Image.open(path).mode == "P"
+    assert _close_to(load_resized(path, 16), COLOUR, tolerance=2)
+
+
+def test_transparent_pixels_are_composited_over_grey(tmp_path):
+    path = tmp_path / "rgba.png"
+    pixels = np.zeros((20, 40, 4), np.uint8)
+    pixels[:, :20] = (*COLOUR, 255)  # left half opaque; right half fully transparent black
+    Image.fromarray(pixels, "RGBA").save(path)
+    img = load_resized(path, 40, "squash")
+    assert _close_to(img[:, :15], COLOUR, 2) and _close_to(img[:, -15:], (127, 127, 127), 2)
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((20, 20), 128 * 257, np.uint16)).save(path)  # mid grey in 16 bits
+    assert Image.open(path).mode.startswith("I")
+    assert _close_to(load_resized(path, 8), (128, 128, 128), 1)  # PIL's plain convert("RGB") gives 255
+
+
+def test_one_pixel_image_is_upscaled(tmp_path):
+    path = tmp_path / "dot.jpg"
+    Image.new("RGB", (1, 1), COLOUR).save(path, quality=100)
+    assert decode_problem(path) is None
+    img = load_resized(path, 32, "crop", "reduced")
+    assert img.shape == (32, 32, 3) and _close_to(img, COLOUR, 3)
+
+
+def test_huge_jpeg_decodes_in_little_memory(tmp_path):
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (10_000, 10_000), COLOUR).save(path, quality=50)  # 300 MB of pixels at full scale
+    probe = (
+        "import resource, sys, warnings; from dogscats.images import decode_problem, load_resized\n"
+        "warnings.simplefilter('ignore'); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "assert decode_problem(sys.argv[1]) is None\n"
+        "img = load_resized(sys.argv[1], 224, 'crop', 'reduced'); assert img.shape == (224, 224, 3)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) < 60  # MiB of peak growth: JPEGs are checked and fed at 1/8 scale (1250 x 1250)
+
+
+def test_zero_byte_truncated_and_text_files_are_problems(tmp_path):
     good = write_image(tmp_path / "good.jpg", (1, 2, 3), size=(64, 64))
-    truncated = tmp_path / "truncated.jpg"
+    truncated, nearly_whole = tmp_path / "truncated.jpg", tmp_path / "nearly_whole.jpg"
     truncated.write_bytes(good.read_bytes()[:300])
+    nearly_whole.write_bytes(good.read_bytes()[:-40])  # only the last rows are lost: still caught at 1/8 scale
     text = tmp_path / "text.jpg"
     text.write_text("not an image")
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
     assert decode_problem(good) is None
-    assert decode_problem(truncated)
+    assert "truncated" in decode_problem(truncated).lower()
+    assert "truncated" in decode_problem(nearly_whole).lower()
     assert "cannot identify image file" in decode_problem(text)
-    assert decode_problem(tmp_path / "empty.jpg") is not None
+    assert "cannot identify image file" in decode_problem(empty)
+    assert "No such file" in decode_problem(tmp_path / "missing.jpg")
+
+
+def test_unreadable_file_is_a_problem(tmp_path, monkeypatch):
+    path = write_image(tmp_path / "locked.jpg", COLOUR)
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads any file: make open() refuse it as it would for any other user
+        real_open = builtins.open
+
+        def refusing_open(file, *args, **kwargs):
+            if str(file) == str(path):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+    assert "Permission denied" in decode_problem(path)
 
 
 def test_resize_policies(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from dogscats.scoring import log_loss
 from stages import evaluate, features, finetune, predict, prepare, submit, train
@@ -81,6 +82,37 @@ def test_prepare_stops_when_too_many_training_images_are_bad(kaggle_raw, in_proj
     assert not Path("data/split.csv").exists()
 
 
+def test_prepare_leaves_out_each_kind_of_bad_training_image_and_keeps_odd_but_whole_ones(kaggle_raw, in_project):
+    train, test = kaggle_raw / "train", kaggle_raw / "test"
+    (train / "cat.1.jpg").write_bytes(b"")
+    _truncate(train / "cat.2.jpg")
+    (train / "dog.1.jpg").write_text("<html>not found</html>")
+    (train / "puppy.jpg").write_bytes((train / "dog.2.jpg").read_bytes())
+    Image.open(train / "cat.4.jpg").save(train / "cat.4.jpg", format="PNG")  # a PNG named .jpg: kept
+    Image.open(train / "dog.4.jpg").convert("CMYK").save(train / "Dog.44.JPG")  # CMYK, upper case: kept
+    (test / "3.jpg").write_bytes(b"")
+    in_project(data={"raw": str(kaggle_raw)}, prepare={"max_bad_fraction": 0.25})
+    prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    reasons = {Path(f).name: r for f, r in pd.read_csv("data/prepare_report.csv").itertuples(index=False)}
+    assert set(reasons) == {"cat.1.jpg", "cat.2.jpg", "dog.1.jpg", "puppy.jpg", "3.jpg"}
+    assert "cannot identify image file" in reasons["cat.1.jpg"] and "truncated" in reasons["cat.2.jpg"].lower()
+    assert "cannot identify image file" in reasons["dog.1.jpg"] and "does not match" in reasons["puppy.jpg"]
+    assert "test image kept, predicted with the prior" in reasons["3.jpg"]
+    manifest = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False).set_index("id")
+    assert {"cat.1", "cat.2", "dog.1"}.isdisjoint(manifest.index) and {"cat.4", "dog.44"} <= set(manifest.index)
+    assert manifest.loc["3", "problem"] != "" and manifest.loc["dog.44", "problem"] == ""
+    metrics = json.loads(Path("metrics/prepare.json").read_text())
+    assert metrics["n_bad"] == 5 and metrics["n_bad_train"] == 3 and metrics["n_test"] == 6
+
+
+def test_prepare_stops_on_a_duplicate_id_before_writing_anything(kaggle_raw, in_project):
+    (kaggle_raw / "test" / "0002.jpg").write_bytes((kaggle_raw / "test" / "2.jpg").read_bytes())
+    in_project(data={"raw": str(kaggle_raw)})
+    with pytest.raises(ValueError, match=r"test id 2: \S*test/0002\.jpg and \S*test/2\.jpg"):
+        prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    assert not Path("data").exists() and not Path("metrics").exists()
+
+
 def test_features_train_predict_submit(prepared):
     out = f"data/features/{BACKBONE}.h5"
     features.main(BACKBONE, "data/split.csv", out, f"metrics/features/{BACKBONE}.json")
@@ -88,7 +120,11 @@ def test_features_train_predict_submit(prepared):
         assert h5["train/features"].shape == (15, 1280) and h5["test/features"].shape == (6, 1280)
         assert h5["test/ids"].asstr()[:].tolist() == ["1", "2", "3", "4", "5", "6"]
         assert h5["test/usable"][:].tolist() == [True, False, True, True, True, True]
-    assert json.loads(Path(f"metrics/features/{BACKBONE}.json").read_text())["images_per_second"] > 0
+    assert json.loads(Path(f"metrics/features/{BACKBONE}.json").read_text()) == {
+        "dim": 1280,
+        "images": 25,
+        "usable": 24,
+    }
     assert not list(Path("data/features").glob(".*tmp*"))
 
     train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
