@@ -5,6 +5,7 @@ removed by the next write of the same target."""
 
 import json
 import os
+import re
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+SHARED_OBJECT_ID = re.compile(r'("shared_object_id": )(\d+)')
 
 
 @contextmanager
@@ -59,7 +62,8 @@ def remove_leftovers(target: Path) -> None:
 def save_keras_model(model, target: Path | str) -> None:
     """Save a Keras model atomically and byte-reproducibly: the same weights give the same file (and DVC hash).
 
-    A .keras file is a zip; Keras stamps it with the save time (zip entry times, `date_saved`), which is fixed here."""
+    A .keras file is a zip; Keras stamps it with the save time (zip entry times, `date_saved`) and numbers shared
+    objects by their memory address (`shared_object_id`): both are replaced here by fixed values."""
     with atomic_path(target, suffix=".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp) as saved:
@@ -68,9 +72,17 @@ def save_keras_model(model, target: Path | str) -> None:
             for info, data in entries:
                 if info.filename == "metadata.json":
                     data = json.dumps({**json.loads(data), "date_saved": "unrecorded"}).encode()
+                if info.filename == "config.json":
+                    data = _renumber_shared_objects(data.decode()).encode()
                 stamped = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
                 stamped.compress_type, stamped.external_attr = info.compress_type, info.external_attr
                 fixed.writestr(stamped, data)
+
+
+def _renumber_shared_objects(config: str) -> str:
+    """Replace each distinct shared_object_id (a memory address) by its order of first appearance: 0, 1, ..."""
+    numbers: dict[str, int] = {}
+    return SHARED_OBJECT_ID.sub(lambda m: f"{m[1]}{numbers.setdefault(m[2], len(numbers))}", config)
 
 
 def write_json(path: Path | str, data: dict) -> None:

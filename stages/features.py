@@ -4,6 +4,7 @@ import sys
 import time
 
 import h5py
+import keras
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_path, write_json
@@ -20,6 +21,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     backbone = get_backbone(backbone_name)
     manifest = read_manifest(manifest_path)
     strategy = choose_strategy()
+    keras.utils.set_random_seed(0)  # with features.weights: null the weights are random: the same ones every run
     model = build_extractor(backbone.name, params["weights"], params["precision"], strategy)
     dim = int(model.output.shape[-1])
     start = time.perf_counter()

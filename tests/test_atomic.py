@@ -1,6 +1,7 @@
 """Atomic outputs: a failed write leaves the previous output whole and no temporary files behind."""
 
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -46,12 +47,23 @@ def test_a_killed_writes_leftovers_are_removed_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".y.h5.999.tmp.h5", "x.h5"]
 
 
+def _head() -> keras.Model:
+    """A small functional model, seeded, with fixed names: two calls build equal models from distinct objects."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,), name="features")
+    return keras.Model(
+        inputs, keras.layers.Dense(1, name="p")(keras.layers.Dropout(0.5, name="drop")(inputs)), name="head"
+    )
+
+
 def test_keras_models_are_saved_byte_for_byte_reproducibly(tmp_path):
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    save_keras_model(model, tmp_path / "a.keras")
+    first, second = _head(), _head()
+    save_keras_model(first, tmp_path / "a.keras")
     time.sleep(2.1)  # zip entry times have a 2 s resolution
-    save_keras_model(model, tmp_path / "b.keras")
+    save_keras_model(second, tmp_path / "b.keras")
+    with zipfile.ZipFile(tmp_path / "b.keras") as saved:
+        assert b'"shared_object_id": 0' in saved.read("config.json")  # memory addresses renumbered
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     loaded = keras.models.load_model(tmp_path / "b.keras")
-    assert np.array_equal(loaded.get_weights()[0], model.get_weights()[0])
+    assert np.array_equal(loaded.get_weights()[0], first.get_weights()[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "b.keras"]

@@ -1,8 +1,12 @@
-"""The DVC pipeline itself: a full repro, a no-op second repro, and reruns limited to what a change touches."""
+"""The DVC pipeline itself: reruns limited to what a change touches, recovery from a killed stage, determinism, and
+the CI regeneration of the models against a local DVC remote."""
 
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +17,13 @@ from .conftest import REPO, default_params
 pytestmark = pytest.mark.slow
 
 
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "test"}
+ENV = {**os.environ, **GIT_IDENTITY, "GIT_COMMITTER_EMAIL": "t@localhost", "DVC_NO_ANALYTICS": "1"}
+FEATURES = "features@efficientnet_lite0"
+
+
 def _run(cwd: Path, *args: str) -> str:
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
@@ -34,7 +43,9 @@ def project(tmp_path: Path) -> tuple[Path, dict]:
     """A copy of the pipeline on a tiny demo dataset with random-weight backbones."""
     for name in ("stages", "dogscats"):
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", tmp_path)
+    for name in ("dvc.yaml", ".gitignore", ".ci/regenerate"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
     params = default_params()
     params["data"]["raw"], params["submit"]["labels"] = "data/demo", None
     params["demo"].update(train_per_class=6, test_count=4)
@@ -43,8 +54,9 @@ def project(tmp_path: Path) -> tuple[Path, dict]:
     params["train"]["epochs"] = 2
     params["finetune"].update(backbone="efficientnet_lite0", epochs=1, head_epochs=2, batch_size=8)
     _set_params(tmp_path, params)
-    _run(tmp_path, "git", "init", "-q")
+    _run(tmp_path, "git", "init", "-q", "-b", "main")
     _run(tmp_path, "dvc", "init", "-q")
+    shutil.copy(REPO / ".dvcignore", tmp_path)
     return tmp_path, params
 
 
@@ -67,3 +79,78 @@ def test_repro_reruns_only_what_a_change_touches(project):
     _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit"})  # finetune untouched
     assert "up to date" in _run(path, "dvc", "status")
     assert not list((path / ".dvc" / "cache").rglob("*.jpg"))  # the symlink tree is not cached
+
+
+def _wait_for_progress(log: Path, process: subprocess.Popen, done: int) -> None:
+    """Wait until the features progress bar in the log has counted at least `done` images."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        counts = [int(n) for n in re.findall(rf"{FEATURES}:.*?\| *(\d+)/\d+", log.read_text())]
+        if counts and max(counts) >= done:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no progress to {done} images:\n{log.read_text()}")
+
+
+def test_a_killed_features_stage_is_recomputed_and_equals_an_uninterrupted_run(project):
+    path, params = project
+    params["demo"].update(train_per_class=24, test_count=12)  # 60 images in 15 batches: time to kill it halfway
+    params["features"]["batch_size"] = 4
+    _set_params(path, params)
+    _run(path, "dvc", "repro", "prepare")
+    log = path / "killed.log"
+    with log.open("w") as out:
+        killed = subprocess.Popen(
+            ["dvc", "repro", FEATURES], cwd=path, stdout=out, stderr=out, env=ENV, start_new_session=True
+        )
+        _wait_for_progress(log, killed, done=28)
+        os.killpg(killed.pid, signal.SIGKILL)  # DVC and the stage's python, mid-write
+        killed.wait()
+    features = path / "data" / "features"
+    h5 = features / "efficientnet_lite0.h5"
+    assert not h5.exists() and [p.name for p in features.glob(".efficientnet_lite0.h5.*.tmp.h5")]
+
+    _repro(path, {FEATURES, "train", "finetune", "predict", "evaluate", "submit"})
+    assert h5.exists() and not list(features.glob(".*.tmp*"))  # the leftover is gone
+    recovered = h5.read_bytes()
+    lock = (path / "dvc.lock").read_text()
+    _run(path, "dvc", "repro", "--force", FEATURES)  # an uninterrupted run
+    assert h5.read_bytes() == recovered
+    assert (path / "dvc.lock").read_text() == lock
+
+
+def test_a_forced_repro_gives_the_same_lock_and_metrics(project):
+    path, _ = project
+    _run(path, "dvc", "repro")
+    lock, metrics = (path / "dvc.lock").read_text(), _metrics(path)
+    output = _run(path, "dvc", "repro", "--force")
+    assert "Running stage 'features@efficientnet_lite0'" in output and "Running stage 'finetune'" in output
+    assert _metrics(path) == metrics
+    assert (path / "dvc.lock").read_text() == lock  # every hash: features, models, predictions
+
+
+def _metrics(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): p.read_text() for p in sorted((path / "metrics").rglob("*.json"))}
+
+
+def test_a_fresh_clone_pulls_the_models_and_reproduces_nothing(project, tmp_path_factory):
+    path, _ = project
+    remote, clone = tmp_path_factory.mktemp("remote"), tmp_path_factory.mktemp("clone") / "project"
+    _run(path, "dvc", "remote", "add", "-d", "local", str(remote))
+    _run(path, "git", "add", "-A")
+    _run(path, "git", "commit", "-qm", "pipeline")
+    first = _run(path, "bash", ".ci/regenerate", "main")
+    assert "Running stage 'finetune'" in first and "pushed" in first
+    report = (path / "report.md").read_text()
+    assert "## Metrics: workspace vs main" in report and "val_logloss" in report and "## Params" in report
+    assert (path / "dvc_plots" / "index.html").exists()
+    _run(path, "git", "add", "-A")
+    _run(path, "git", "commit", "-qm", "models")
+
+    _run(path.parent, "git", "clone", "-q", str(path), str(clone))
+    second = _run(clone, "bash", ".ci/regenerate", "main")
+    assert "Running stage" not in second, second
+    assert "Data and pipelines are up to date" in _run(clone, "dvc", "status")
+    assert _run(clone, "git", "status", "--porcelain") == ""  # dvc.lock and metrics unchanged
+    for model in ("models/finetuned.keras", "models/head/head.keras", "data/submission.csv"):
+        assert (clone / model).read_bytes() == (path / model).read_bytes(), model
