@@ -127,7 +127,7 @@ def predict_with_mirror(model: keras.Model, batches: tf.data.Dataset) -> tuple[n
 
     plain, mirrored = [], []
     for x in batches:
-        p, pm = step(x[0] if isinstance(x, tuple) else x)
+        p, pm = step(x)
         plain.append(p.numpy())
         mirrored.append(pm.numpy())
     if not plain:
