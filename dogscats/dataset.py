@@ -1,5 +1,6 @@
 """The raw Kaggle layout (train/cat.N.jpg, train/dog.N.jpg, test/N.jpg), the split manifest and the symlink tree."""
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ import pandas as pd
 CLASSES = ("cat", "dog")  # label index: 0 = cat, 1 = dog; the submission's label is p(dog)
 TRAIN_NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 TEST_NAME = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
-MANIFEST_COLUMNS = ["id", "file", "label", "split", "source"]
+MANIFEST_COLUMNS = ["id", "file", "label", "split", "source", "problem", "md5"]
 
 
 def scan_raw(raw: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -74,6 +75,15 @@ def write_symlink_tree(manifest: pd.DataFrame, out: Path) -> None:
     for source, split, label in zip(manifest.source, manifest.split, manifest.label, strict=True):
         link = link_path(source, split, label, out)
         link.symlink_to(os.path.relpath(Path(source).resolve(), link.parent.resolve()))
+
+
+def file_md5(path: Path | str) -> str:
+    """The MD5 of a file's bytes (as DVC hashes files), or "" if it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "md5").hexdigest()
+    except OSError:
+        return ""
 
 
 def label_index(labels: pd.Series) -> np.ndarray:

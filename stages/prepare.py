@@ -8,7 +8,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_dir, write_csv, write_json
-from dogscats.dataset import link_path, scan_raw, stratified_split, write_symlink_tree
+from dogscats.dataset import MANIFEST_COLUMNS, file_md5, link_path, scan_raw, stratified_split, write_symlink_tree
 from dogscats.images import decode_problem
 from dogscats.params import load_params
 
@@ -21,6 +21,9 @@ def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) 
     with ThreadPoolExecutor() as pool:
         checks = tqdm(pool.map(decode_problem, images.source), total=len(images), desc="prepare: decoding")
         images["problem"] = [p or "" for p in checks]
+        # The manifest records each image's hash, so the stages that read images depend on it alone, and DVC hashes
+        # data.raw once (for prepare) instead of once per stage.
+        images["md5"] = list(pool.map(file_md5, images.source))
     for source, problem, split in images[images.problem != ""][["source", "problem", "split"]].itertuples(index=False):
         bad.append((source, problem if split == "train" else f"{problem} (test image kept, predicted with the prior)"))
         print(f"prepare: warning: {source}: {problem}", file=sys.stderr)
@@ -41,7 +44,7 @@ def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) 
     images["file"] = [str(link_path(*row, out)) for row in rows]
     with atomic_dir(out) as tmp:  # a sibling of out, so the relative links stay valid after the rename
         write_symlink_tree(images, tmp)
-    write_csv(manifest_path, images[["id", "file", "label", "split", "source", "problem"]])
+    write_csv(manifest_path, images[MANIFEST_COLUMNS])
     counts = images.split.value_counts()
     metrics = {f"n_{s}": int(counts.get(s, 0)) for s in ("train", "val", "test")}
     metrics["n_bad"], metrics["n_bad_train"] = len(bad), n_bad_train

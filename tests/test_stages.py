@@ -1,5 +1,6 @@
 """The stage entry points, run in order on a tiny generated dataset (random backbone weights, for speed)."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -65,6 +66,9 @@ def test_prepare_links_splits_and_reports(prepared):
     link = Path(manifest.set_index("id").loc["dog.1", "file"])
     assert link.is_symlink() and not os.path.isabs(os.readlink(link))
     assert link.resolve() == (prepared / "train" / "dog.1.jpg").resolve()
+    md5 = manifest.set_index("id").md5  # the stages that read images depend on them through these hashes
+    assert md5["dog.1"] == hashlib.md5((prepared / "train" / "dog.1.jpg").read_bytes()).hexdigest()
+    assert md5.str.fullmatch("[0-9a-f]{32}").all() and md5.is_unique
     report = pd.read_csv("data/prepare_report.csv")
     assert sorted(Path(f).name for f in report.file) == ["2.jpg", "cat.3.jpg"]
     metrics = json.loads(Path("metrics/prepare.json").read_text())
