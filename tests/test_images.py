@@ -157,3 +157,9 @@ def test_reduced_decode_is_close_to_full(tmp_path):
     full, reduced = load_resized(path, 224, decode="full"), load_resized(path, 224, decode="reduced")
     assert full.shape == reduced.shape == (224, 224, 3)
     assert np.abs(full.astype(int) - reduced.astype(int)).mean() < 8
+
+
+def test_a_decompression_bomb_is_a_problem(tmp_path, monkeypatch):
+    path = write_image(tmp_path / "bomb.jpg", COLOUR, size=(100, 100))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000)  # PIL refuses over twice this: 10,000 > 8,000 pixels
+    assert "DecompressionBombError" in decode_problem(path)
