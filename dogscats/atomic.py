@@ -56,7 +56,10 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
 def remove_leftovers(target: Path) -> None:
     """Delete temporary files and folders that a killed write of this target left behind."""
     for leftover in target.parent.glob(f".{target.name}.*.tmp*"):
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def save_keras_model(model, target: Path | str) -> None:

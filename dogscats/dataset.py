@@ -3,10 +3,13 @@
 import hashlib
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from dogscats.atomic import atomic_dir
 
 CLASSES = ("cat", "dog")  # label index: 0 = cat, 1 = dog; the submission's label is p(dog)
 TRAIN_NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
@@ -79,11 +82,14 @@ def write_symlink_tree(manifest: pd.DataFrame, out: Path) -> None:
 
 def file_md5(path: Path | str) -> str:
     """The MD5 of a file's bytes (as DVC hashes files), or "" if it cannot be read."""
+    digest = hashlib.md5()
     try:
         with open(path, "rb") as file:
-            return hashlib.file_digest(file, "md5").hexdigest()
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
     except OSError:
         return ""
+    return digest.hexdigest()
 
 
 def label_index(labels: pd.Series) -> np.ndarray:
@@ -94,3 +100,9 @@ def label_index(labels: pd.Series) -> np.ndarray:
 def read_manifest(path: Path | str) -> pd.DataFrame:
     """The split manifest, ids and labels as strings."""
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+if __name__ == "__main__":  # rebuild the symlink tree from a manifest: python -m dogscats.dataset data/split.csv out
+    manifest_path, tree = sys.argv[1:]
+    with atomic_dir(tree) as tmp:
+        write_symlink_tree(read_manifest(manifest_path), tmp)

@@ -4,7 +4,6 @@ import sys
 import time
 
 import h5py
-import keras
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_path, write_json
@@ -12,6 +11,7 @@ from dogscats.backbones import get_backbone
 from dogscats.dataset import label_index, read_manifest
 from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset
 from dogscats.feature_store import SPLITS, write_split
+from dogscats.head import set_seed
 from dogscats.params import load_params
 
 
@@ -21,7 +21,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     backbone = get_backbone(backbone_name)
     manifest = read_manifest(manifest_path)
     strategy = choose_strategy()
-    keras.utils.set_random_seed(0)  # with features.weights: null the weights are random: the same ones every run
+    set_seed(0)  # with features.weights: null the weights are random: the same ones on every run
     model = build_extractor(backbone.name, params["weights"], params["precision"], strategy)
     dim = int(model.output.shape[-1])
     start = time.perf_counter()

@@ -13,17 +13,20 @@ from dogscats.images import decode_problem
 from dogscats.params import load_params
 
 
+def check_image(path: str) -> tuple[str, str]:
+    """Why an image cannot be used ("" if it decodes), and its md5: the manifest records each image's hash, so the
+    stages that read images depend on the manifest alone, and DVC hashes data.raw once, for prepare."""
+    return decode_problem(path) or "", file_md5(path)
+
+
 def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) -> None:
     """Prepare the raw data named by data.raw."""
     params = load_params()
     raw, prep = Path(params["data"]["raw"]), params["prepare"]
     images, bad = scan_raw(raw)
     with ThreadPoolExecutor() as pool:
-        checks = tqdm(pool.map(decode_problem, images.source), total=len(images), desc="prepare: decoding")
-        images["problem"] = [p or "" for p in checks]
-        # The manifest records each image's hash, so the stages that read images depend on it alone, and DVC hashes
-        # data.raw once (for prepare) instead of once per stage.
-        images["md5"] = list(pool.map(file_md5, images.source))
+        checks = tqdm(pool.map(check_image, images.source), total=len(images), desc="prepare: checking images")
+        images["problem"], images["md5"] = zip(*checks, strict=True)
     for source, problem, split in images[images.problem != ""][["source", "problem", "split"]].itertuples(index=False):
         bad.append((source, problem if split == "train" else f"{problem} (test image kept, predicted with the prior)"))
         print(f"prepare: warning: {source}: {problem}", file=sys.stderr)

@@ -1,6 +1,10 @@
 """The raw Kaggle layout, the stratified split and the symlink tree."""
 
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -54,7 +58,7 @@ def test_duplicate_training_ids_stop(kaggle_raw):
 def test_missing_train_or_test_dir_stops_with_its_name(tmp_path, missing):
     make_kaggle_layout(tmp_path)
     shutil.rmtree(tmp_path / missing)
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path / missing}: missing"):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / missing}: missing")):
         scan_raw(tmp_path)
 
 
@@ -83,3 +87,15 @@ def test_split_is_stratified_seeded_and_sized():
 
 def test_label_index_is_dog_one_cat_zero_unknown_minus_one():
     assert label_index(pd.Series(["cat", "dog", ""])).tolist() == [0, 1, -1]
+
+
+def test_the_symlink_tree_can_be_rebuilt_from_the_manifest(kaggle_raw, tmp_path):
+    frame, _ = scan_raw(kaggle_raw)
+    frame["split"] = ["val" if i % 5 == 0 and s == "train" else s for i, s in enumerate(frame.split)]
+    frame.to_csv(tmp_path / "split.csv", index=False)
+    tree = tmp_path / "prepared"
+    subprocess.run([sys.executable, "-m", "dogscats.dataset", str(tmp_path / "split.csv"), str(tree)], check=True)
+    links = sorted(p for p in tree.rglob("*") if p.is_symlink())
+    assert len(links) == len(frame) and all(os.readlink(p)[0] != "/" for p in links)
+    assert (tree / "val" / "cat" / "cat.1.jpg").resolve() == (kaggle_raw / "train" / "cat.1.jpg").resolve()
+    assert (tree / "test" / "1.jpg").read_bytes() == (kaggle_raw / "test" / "1.jpg").read_bytes()
