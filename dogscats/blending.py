@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from dogscats.scoring import clip, log_loss
+from dogscats.scoring import as_matrix, clip, log_loss
 
 BLEND_GRID = np.linspace(0, 1, 21)  # fine-tuned model weights tried by blend: auto
 TEMPERATURE_GRID = np.geomspace(0.5, 2.0, 25)  # temperatures tried by calibrate: true
@@ -10,7 +10,7 @@ CLIP_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # low bounds tried 
 
 
 def blend(p_head: np.ndarray, p_finetuned: np.ndarray, weight: float) -> np.ndarray:
-    """Weighted mean of the two models' p(dog): weight is the fine-tuned model's share."""
+    """Weighted mean of the two models' probabilities: weight is the fine-tuned model's share."""
     return (1 - weight) * np.asarray(p_head) + weight * np.asarray(p_finetuned)
 
 
@@ -21,9 +21,12 @@ def best_blend_weight(y: np.ndarray, p_head: np.ndarray, p_finetuned: np.ndarray
 
 
 def with_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
-    """Divide the log-odds by the temperature: above 1 softens over-confident probabilities, below 1 sharpens."""
-    logit = np.log(p) - np.log1p(-p)
-    return 1 / (1 + np.exp(-logit / temperature))
+    """Divide the log-probabilities by the temperature and renormalise (softmax(log p / T); for two classes the
+    log-odds divided by T): above 1 softens over-confident probabilities, below 1 sharpens. Keeps p's shape."""
+    scaled = np.log(as_matrix(p)) / temperature
+    probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return probs[:, 1] if np.ndim(p) == 1 else probs
 
 
 def best_temperature(y: np.ndarray, p: np.ndarray) -> float:
@@ -43,6 +46,6 @@ def best_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
 def final_p(
     p_head: np.ndarray, p_finetuned: np.ndarray, weight: float, temperature: float, low: float, high: float
 ) -> np.ndarray:
-    """The submitted p(dog): blend, then temperature, then clip."""
+    """The submitted probabilities: blend, then temperature, then clip."""
     p = np.clip(blend(p_head, p_finetuned, weight), 1e-12, 1 - 1e-12)
     return clip(with_temperature(p, temperature), low, high)

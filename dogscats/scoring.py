@@ -1,14 +1,24 @@
-"""The competition's metric (binary log loss on p(dog)) and accuracy at 0.5."""
+"""The competition's metric, log loss, and accuracy, for two classes or more.
+
+Probabilities come as an (N, K) matrix, one column per class, or for two classes as the (N,) probability of the
+second class (p(dog)); labels are class indices."""
 
 import numpy as np
 
-LOSS_EPS = 1e-15  # Kaggle clips probabilities to [eps, 1 - eps] before scoring
+LOSS_EPS = 1e-15  # Kaggle clips probabilities to [eps, 1 - eps] (and rescales rows to sum to 1) before scoring
+
+
+def as_matrix(p: np.ndarray) -> np.ndarray:
+    """(N, K) class probabilities as float64; an (N,) p(second class) becomes the columns (1 - p, p)."""
+    p = np.asarray(p, dtype=np.float64)
+    return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
 
 def image_log_losses(y_true: np.ndarray, p: np.ndarray, eps: float = LOSS_EPS) -> np.ndarray:
-    """Each image's binary cross-entropy, probabilities clipped to [eps, 1 - eps] as Kaggle does."""
-    y, p = np.asarray(y_true, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    """Each image's cross-entropy, probabilities clipped to [eps, 1 - eps] and rows rescaled as Kaggle does."""
+    probs = np.clip(as_matrix(p), eps, 1 - eps)
+    probs /= probs.sum(axis=1, keepdims=True)
+    return -np.log(probs[np.arange(len(probs)), np.asarray(y_true, dtype=np.int64)])
 
 
 def log_loss(y_true: np.ndarray, p: np.ndarray, eps: float = LOSS_EPS) -> float:
@@ -16,11 +26,19 @@ def log_loss(y_true: np.ndarray, p: np.ndarray, eps: float = LOSS_EPS) -> float:
     return float(np.mean(image_log_losses(y_true, p, eps)))
 
 
+def predicted_class(p: np.ndarray) -> np.ndarray:
+    """The most probable class of each row; with two classes, the second from p = 0.5 on."""
+    p = np.asarray(p, dtype=np.float64)
+    return (p >= 0.5).astype(np.int64) if p.ndim == 1 else np.argmax(p, axis=1)
+
+
 def accuracy(y_true: np.ndarray, p: np.ndarray) -> float:
-    """Share of predictions on the right side of 0.5."""
-    return float(np.mean((np.asarray(p) >= 0.5) == (np.asarray(y_true) == 1)))
+    """Share of images whose most probable class is the true one."""
+    return float(np.mean(predicted_class(p) == np.asarray(y_true)))
 
 
 def clip(p: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Clip probabilities: a confident mistake then costs at most -log(low)."""
-    return np.clip(p, low, high)
+    """Clip probabilities, so a confident mistake costs at most -log(low); an (N, K) matrix's rows are rescaled to
+    sum to 1 afterwards (for two classes that changes nothing)."""
+    clipped = np.clip(np.asarray(p, dtype=np.float64), low, high)
+    return clipped if clipped.ndim == 1 else clipped / clipped.sum(axis=1, keepdims=True)

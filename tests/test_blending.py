@@ -44,3 +44,20 @@ def test_an_over_confident_model_gets_a_temperature_above_one():
     p = np.full(10, 0.999)  # right 9 times in 10, but claims 999 in 1000
     assert best_temperature(y, p) > 1.5
     assert best_temperature(y, np.full(10, 0.9)) == pytest.approx(1.0, abs=0.06)
+
+
+def test_temperature_on_three_classes_keeps_rows_normalised_and_matches_two_classes():
+    p3 = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    soft = with_temperature(p3, 2.0)
+    assert np.allclose(soft.sum(axis=1), 1) and soft[0, 0] < 0.7 and soft[1, 2] < 0.8
+    assert np.allclose(with_temperature(p3, 1.0), p3)
+    p = np.array([0.1, 0.9])  # the (N,) p(second class) form and its (N, 2) matrix agree
+    assert np.allclose(with_temperature(p, 0.5), with_temperature(np.column_stack([1 - p, p]), 0.5)[:, 1])
+
+
+def test_blend_and_temperature_choices_work_on_three_classes():
+    y = np.array([0, 1, 2, 2])
+    sharp = np.eye(3)[y] * 0.9 + 0.1 / 3
+    vague = np.full((4, 3), 1 / 3)
+    assert best_blend_weight(y, vague, sharp) == 1.0
+    assert best_temperature(y, np.eye(3)[y] * 0.98 + 0.02 / 3) < 1.0  # always right: sharpen

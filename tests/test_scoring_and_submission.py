@@ -51,3 +51,19 @@ def test_score_against_answer_key():
     assert score["test_logloss"] == pytest.approx(-(math.log(0.9) + math.log(0.8)) / 2)
     with pytest.raises(ValueError, match="answer key has 1 ids"):
         score_submission(sub, key.iloc[:1])
+
+
+def test_three_class_log_loss_accuracy_and_clip():
+    y = np.array([0, 2, 1])
+    p = np.array([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6], [0.5, 0.25, 0.25]])
+    assert log_loss(y, p) == pytest.approx(-(math.log(0.8) + math.log(0.6) + math.log(0.25)) / 3)
+    assert accuracy(y, p) == pytest.approx(2 / 3)
+    clipped = clip(np.array([[1.0, 0.0, 0.0]]), 0.005, 0.995)
+    assert np.allclose(clipped.sum(axis=1), 1) and clipped.min() > 0.004
+
+
+def test_two_class_forms_agree():
+    y, p = np.array([1, 0, 1]), np.array([0.9, 0.3, 0.2])
+    matrix = np.column_stack([1 - p, p])
+    assert log_loss(y, p) == pytest.approx(log_loss(y, matrix))
+    assert accuracy(y, p) == accuracy(y, matrix)
