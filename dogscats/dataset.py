@@ -1,4 +1,8 @@
-"""The raw Kaggle layout (train/cat.N.jpg, train/dog.N.jpg, test/N.jpg), the split manifest and the symlink tree."""
+"""The raw data's two layouts, the split manifest and the symlink tree.
+
+Kaggle layout: train/cat.N.jpg and train/dog.N.jpg, the label in the file name. Folder-per-class layout:
+train/<class>/*.jpg, any number of classes named by their folders. Both have unlabelled test/<id>.jpg.
+Classes are indexed in sorted order (cat 0, dog 1): with two, the submission's label is p(second class)."""
 
 import hashlib
 import os
@@ -11,54 +15,87 @@ import pandas as pd
 
 from dogscats.atomic import atomic_dir
 
-CLASSES = ("cat", "dog")  # label index: 0 = cat, 1 = dog; the submission's label is p(dog)
+CLASSES = ("cat", "dog")  # the Kaggle layout's classes
 TRAIN_NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 TEST_NAME = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
+IMAGE_NAME = re.compile(r"^(.+)\.(jpe?g|png|gif|webp|bmp)$", re.IGNORECASE)  # the folder-per-class layout's images
 MANIFEST_COLUMNS = ["id", "file", "label", "split", "source", "problem", "md5"]
 
 
 def scan_raw(raw: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Read the raw layout: a frame of (id, label, source) rows, and (file, reason) for names that carry no label."""
+    """Read the raw data in either layout: a frame of (id, label, split, source) rows, and (file, reason) for the
+    files that were skipped (no label in the name, not in a class folder)."""
     for sub in ("train", "test"):
         if not (raw / sub).is_dir():
-            raise FileNotFoundError(f"{raw / sub}: missing; the raw data needs train/ and test/ (Kaggle layout)")
+            raise FileNotFoundError(f"{raw / sub}: missing; the raw data needs train/ and test/")
+    class_dirs = sorted(p for p in (raw / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+    rows, skipped = _scan_class_folders(raw / "train", class_dirs) if class_dirs else _scan_kaggle_train(raw / "train")
+    for path in sorted((raw / "test").iterdir()):
+        match = (TEST_NAME if not class_dirs else IMAGE_NAME).match(path.name)
+        if match:
+            rows.append((str(int(match[1])) if not class_dirs else match[1], "", "test", str(path)))
+        elif not path.name.startswith("."):
+            skipped.append((str(path), "name does not match N.jpg" if not class_dirs else "not an image file name"))
+    frame = pd.DataFrame(rows, columns=["id", "label", "split", "source"])
+    _check_structure(frame, raw, [p.name for p in class_dirs] or list(CLASSES))
+    return frame, skipped
+
+
+def _scan_kaggle_train(train: Path) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str]]]:
+    """Rows of train/cat.N.jpg and train/dog.N.jpg (names read case-insensitively), and the names skipped."""
     rows, skipped = [], []
-    for path in sorted((raw / "train").iterdir()):
+    for path in sorted(train.iterdir()):
         match = TRAIN_NAME.match(path.name)
         if match:
             rows.append((f"{match[1].lower()}.{match[2]}", match[1].lower(), "train", str(path)))
         elif not path.name.startswith("."):
             skipped.append((str(path), "name does not match cat.N.jpg or dog.N.jpg"))
-    for path in sorted((raw / "test").iterdir()):
-        match = TEST_NAME.match(path.name)
-        if match:
-            rows.append((str(int(match[1])), "", "test", str(path)))
-        elif not path.name.startswith("."):
-            skipped.append((str(path), "name does not match N.jpg"))
-    frame = pd.DataFrame(rows, columns=["id", "label", "split", "source"])
-    _check_structure(frame, raw)
-    return frame, skipped
+    return rows, skipped
 
 
-def _check_structure(frame: pd.DataFrame, raw: Path) -> None:
-    """Stop on problems no amount of skipping fixes: an empty class or test set, duplicate ids."""
+def _scan_class_folders(
+    train: Path, class_dirs: list[Path]
+) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str]]]:
+    """Rows of train/<class>/<name>.<image extension>, id <class>/<name>, and the files skipped."""
+    rows = []
+    skipped = [(str(p), "not in a class folder") for p in sorted(train.iterdir()) if p.is_file() and p.name[0] != "."]
+    for folder in class_dirs:
+        for path in sorted(folder.iterdir()):
+            match = IMAGE_NAME.match(path.name)
+            if match and path.is_file():
+                rows.append((f"{folder.name}/{match[1]}", folder.name, "train", str(path)))
+            elif not path.name.startswith("."):
+                skipped.append((str(path), "not an image file name"))
+    return rows, skipped
+
+
+def _check_structure(frame: pd.DataFrame, raw: Path, classes: list[str]) -> None:
+    """Stop on problems no amount of skipping fixes: fewer than two classes, an empty class or test set, duplicate
+    ids."""
     train = frame[frame.split == "train"]
-    for label in CLASSES:
+    if len(classes) < 2:
+        raise ValueError(f"{raw / 'train'}: one class folder ({classes[0]}); classification needs two or more")
+    for label in classes:
         if not (train.label == label).any():
-            raise ValueError(f"{raw / 'train'}: no {label} images ({label}.N.jpg)")
+            raise ValueError(f"{raw / 'train'}: no {label} images")
     if not (frame.split == "test").any():
-        raise ValueError(f"{raw / 'test'}: no test images (N.jpg)")
+        raise ValueError(f"{raw / 'test'}: no test images")
     dup = frame[frame.duplicated(["split", "id"], keep=False)].groupby(["split", "id"]).source.apply(" and ".join)
     if len(dup):
         named = "; ".join(f"{split} id {id_}: {files}" for (split, id_), files in dup.head(10).items())
         raise ValueError(f"duplicate ids (one file per id, please): {named}")
 
 
+def classes_of(labels: pd.Series) -> list[str]:
+    """The classes, sorted: their positions are the label indices (Kaggle: cat 0, dog 1)."""
+    return sorted({label for label in labels if label})
+
+
 def stratified_split(labels: pd.Series, val_fraction: float, seed: int) -> np.ndarray:
     """'train' or 'val' per row: a seeded shuffle within each class, the first round(n * val_fraction) to val."""
     rng = np.random.default_rng(seed)
     split = np.full(len(labels), "train", dtype=object)
-    for label in CLASSES:
+    for label in classes_of(labels):
         positions = np.flatnonzero(labels.to_numpy() == label)
         chosen = rng.permutation(positions)[: int(round(len(positions) * val_fraction))]
         split[chosen] = "val"
@@ -73,7 +110,8 @@ def link_path(source: str, split: str, label: str, out: Path) -> Path:
 
 def write_symlink_tree(manifest: pd.DataFrame, out: Path) -> None:
     """Link every image into the seed layout under out, with relative symlinks (nothing is copied)."""
-    for sub in ("train/cat", "train/dog", "val/cat", "val/dog", "test"):
+    classes = classes_of(manifest.label)
+    for sub in [f"{split}/{label}" for split in ("train", "val") for label in classes] + ["test"]:
         (out / sub).mkdir(parents=True, exist_ok=True)
     for source, split, label in zip(manifest.source, manifest.split, manifest.label, strict=True):
         link = link_path(source, split, label, out)
@@ -92,9 +130,10 @@ def file_md5(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def label_index(labels: pd.Series) -> np.ndarray:
-    """Class names to 0 (cat) / 1 (dog); -1 where the label is unknown (test)."""
-    return np.array([CLASSES.index(lb) if lb in CLASSES else -1 for lb in labels], dtype=np.int8)
+def label_index(labels: pd.Series, classes: list[str]) -> np.ndarray:
+    """Class names to their index in classes; -1 where the label is unknown (test)."""
+    index = {label: i for i, label in enumerate(classes)}
+    return np.array([index.get(label, -1) for label in labels], dtype=np.int16)
 
 
 def read_manifest(path: Path | str) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dogscats.dataset import label_index, scan_raw, stratified_split
+from dogscats.dataset import classes_of, label_index, scan_raw, stratified_split
 
 from .conftest import make_kaggle_layout, write_image
 
@@ -86,7 +86,7 @@ def test_split_is_stratified_seeded_and_sized():
 
 
 def test_label_index_is_dog_one_cat_zero_unknown_minus_one():
-    assert label_index(pd.Series(["cat", "dog", ""])).tolist() == [0, 1, -1]
+    assert label_index(pd.Series(["cat", "dog", ""]), ["cat", "dog"]).tolist() == [0, 1, -1]
 
 
 def test_the_symlink_tree_can_be_rebuilt_from_the_manifest(kaggle_raw, tmp_path):
@@ -99,3 +99,38 @@ def test_the_symlink_tree_can_be_rebuilt_from_the_manifest(kaggle_raw, tmp_path)
     assert len(links) == len(frame) and all(os.readlink(p)[0] != "/" for p in links)
     assert (tree / "val" / "cat" / "cat.1.jpg").resolve() == (kaggle_raw / "train" / "cat.1.jpg").resolve()
     assert (tree / "test" / "1.jpg").read_bytes() == (kaggle_raw / "test" / "1.jpg").read_bytes()
+
+
+def make_folder_layout(root, classes=("bird", "cat", "dog"), per_class=5, n_test=4):
+    """train/<class>/<name>.jpg and test/<id>.jpg, the folder-per-class layout."""
+    for label in classes:
+        for n in range(per_class):
+            write_image(root / "train" / label / f"img{n}.jpg", (40 * len(label), 60, 200))
+    for n in range(n_test):
+        write_image(root / "test" / f"t{n}.jpg", (1, 2, 3))
+    return root
+
+
+def test_folder_per_class_layout_takes_the_classes_from_the_folders(tmp_path):
+    raw = make_folder_layout(tmp_path)
+    write_image(raw / "train" / "stray.jpg", (1, 2, 3))
+    frame, skipped = scan_raw(raw)
+    train = frame[frame.split == "train"]
+    assert classes_of(train.label) == ["bird", "cat", "dog"] and len(train) == 15
+    assert train.set_index("id").loc["bird/img3", "label"] == "bird"
+    assert sorted(frame[frame.split == "test"].id) == ["t0", "t1", "t2", "t3"]
+    assert skipped == [(str(raw / "train" / "stray.jpg"), "not in a class folder")]
+    split = stratified_split(train.label.reset_index(drop=True), 0.4, seed=0)
+    assert [(split[train.label.to_numpy() == c] == "val").sum() for c in ("bird", "cat", "dog")] == [2, 2, 2]
+    assert label_index(pd.Series(["dog", "bird", ""]), classes_of(train.label)).tolist() == [2, 0, -1]
+
+
+def test_an_empty_class_folder_or_a_single_class_stops(tmp_path):
+    raw = make_folder_layout(tmp_path)
+    (raw / "train" / "fish").mkdir()
+    with pytest.raises(ValueError, match="no fish images"):
+        scan_raw(raw)
+    shutil.rmtree(raw / "train")
+    make_folder_layout(raw, classes=("cat",))
+    with pytest.raises(ValueError, match="one class folder"):
+        scan_raw(raw)
