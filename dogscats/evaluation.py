@@ -9,28 +9,37 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from dogscats.dataset import CLASSES
 from dogscats.images import load_rgb
+from dogscats.scoring import as_matrix, predicted_class
 
 THUMBNAIL = 160  # pixels, longest side
 
 
 def roc_points(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
-    """The ROC curve: false and true positive rates (dog is positive) at each threshold."""
-    fpr, tpr, thresholds = roc_curve(y, p)
+    """The ROC curve: false and true positive rates at each threshold; the second class is positive (dog), and with
+    more classes the curve is the micro-average of one class against the rest."""
+    truth, score = _one_vs_rest(y, p)
+    fpr, tpr, thresholds = roc_curve(truth, score)
     return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)})
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Area under the ROC curve."""
-    return float(roc_auc_score(y, p))
+    """Area under that ROC curve."""
+    return float(roc_auc_score(*_one_vs_rest(y, p)))
 
 
-def confusion_rows(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
-    """One (actual, predicted) row per image, class names at threshold 0.5: DVC's confusion template input."""
-    return pd.DataFrame(
-        {"actual": [CLASSES[int(t)] for t in y], "predicted": [CLASSES[int(q >= 0.5)] for q in np.asarray(p)]}
-    )
+def _one_vs_rest(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(is positive, score) pairs: p(second class) for two classes; every (image, class) cell for more."""
+    probs = as_matrix(p)
+    if probs.shape[1] == 2:
+        return np.asarray(y) == 1, probs[:, 1]
+    return (np.eye(probs.shape[1])[np.asarray(y)] == 1).ravel(), probs.ravel()
+
+
+def confusion_rows(y: np.ndarray, p: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One (actual, predicted) row per image, by class name, predicted = most probable: DVC's confusion template."""
+    predicted = predicted_class(as_matrix(p))
+    return pd.DataFrame({"actual": [classes[int(t)] for t in y], "predicted": [classes[int(q)] for q in predicted]})
 
 
 def thumbnail_data_uri(path: str) -> str:
@@ -43,11 +52,13 @@ def thumbnail_data_uri(path: str) -> str:
 
 
 def worst_mistakes_html(rows: pd.DataFrame, title: str) -> str:
-    """An HTML page of the rows (id, file, label 0/1, p = p(dog), loss), in the given order."""
+    """An HTML page of the rows (id, file, truth = class name, p_truth = its probability, loss), in the given order."""
     cards = []
     for row in rows.itertuples():
-        truth = CLASSES[int(row.label)]
-        caption = f"{html.escape(str(row.id))}: a {truth}, p(dog) = {row.p:.4f}, loss {row.loss:.3f}"
+        caption = (
+            f"{html.escape(str(row.id))}: a {html.escape(row.truth)}, p({html.escape(row.truth)}) = {row.p_truth:.4f},"
+            f" loss {row.loss:.3f}"
+        )
         cards.append(
             f'<figure><img src="{thumbnail_data_uri(row.file)}" alt="{html.escape(str(row.id))}">'
             f"<figcaption>{caption}</figcaption></figure>"

@@ -1,4 +1,5 @@
-"""HDF5 feature files: per split (train, val, test) the float32 GAP features, labels and file ids, in manifest order."""
+"""HDF5 feature files: per split (train, val, test) the float32 GAP features, labels and file ids, in manifest order;
+the attributes name the backbone and the classes (labels index them)."""
 
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ def write_split(
     """Create a split's datasets and fill the features batch by batch, never holding them all in memory."""
     group = h5.create_group(split)
     group.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-    group.create_dataset("labels", data=np.asarray(labels, dtype=np.int8))
+    group.create_dataset("labels", data=np.asarray(labels, dtype=np.int16))
     group.create_dataset("usable", data=np.asarray(usable, dtype=bool))
     chunks = (min(256, len(ids)), dim) if ids else None
     features = group.create_dataset("features", shape=(len(ids), dim), dtype=np.float32, chunks=chunks)
@@ -62,3 +63,9 @@ def backbone_of(path: Path | str) -> str:
     """The name of the backbone whose features a file holds."""
     with h5py.File(path, "r") as h5:
         return str(h5.attrs["backbone"])
+
+
+def classes_of_file(path: Path | str) -> list[str]:
+    """The class names a file's labels index."""
+    with h5py.File(path, "r") as h5:
+        return [str(c) for c in h5.attrs["classes"]]

@@ -1,8 +1,9 @@
 """Fine-tuning the top of a backbone on augmented images, the second half of the reference recipe.
 
 The model is augmentation -> backbone (frozen below its last blocks, BatchNorm in inference mode) -> Dropout ->
-Dense(1, sigmoid), and the Dense layer starts from a head already trained on the backbone's stored features: a
-random head on a pretrained base would send large gradients into the pretrained weights and wreck them.
+Dense(1, sigmoid) (Dense(K, softmax) for more than two classes), and the Dense layer starts from a head already
+trained on the backbone's stored features: a random head on a pretrained base would send large gradients into the
+pretrained weights and wreck them.
 """
 
 import re
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 from dogscats.extract import decoded
 from dogscats.feature_store import backbone_of, read_split
-from dogscats.head import fit_head, predict_proba
+from dogscats.head import fit_head, output_layer, predict_proba, probabilities
 from dogscats.scoring import log_loss
 
 # Layer-name prefix of one block: blockN_ (EfficientNet-Lite, VGG16, Xception), blockNx_ (EfficientNetV2),
@@ -23,14 +24,20 @@ BLOCK_PREFIX = re.compile(r"^(block\w+?|conv\d+_block\d+)_")
 
 
 def starting_head(
-    features_path: str, backbone: str, dropout: float, learning_rate: float, epochs: int, batch_size: int
+    features_path: str,
+    backbone: str,
+    n_classes: int,
+    dropout: float,
+    learning_rate: float,
+    epochs: int,
+    batch_size: int,
 ) -> tuple[keras.Model, float]:
     """A Dropout + Dense head trained (adam) on one backbone's stored train features; also its val log loss."""
     stored = backbone_of(features_path)
     if stored != backbone:
         raise ValueError(f"{features_path} holds {stored} features, but finetune.backbone is {backbone}")
     train, val = read_split(features_path, "train"), read_split(features_path, "val")
-    head, _ = fit_head(train, None, dropout, "adam", learning_rate, epochs, batch_size)
+    head, _ = fit_head(train, None, n_classes, dropout, "adam", learning_rate, epochs, batch_size)
     return head, log_loss(val.labels, predict_proba(head, val.features))
 
 
@@ -78,14 +85,15 @@ def augmentation(flip: bool, rotation: float, zoom: float, shift: float, seed: i
 def build_finetune_model(
     base: keras.Model, augment: keras.Sequential, head: keras.Model, dropout: float, input_size: int
 ) -> keras.Model:
-    """Preprocessed image -> augmentation -> backbone -> Dropout -> Dense(1, sigmoid) holding the head's weights."""
+    """Preprocessed image -> augmentation -> backbone -> Dropout -> the head's output layer, with its weights."""
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = augment(inputs)
     x = base(x, training=False)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_dog")(x)
+    units = head.get_layer("p").units
+    outputs = output_layer(2 if units == 1 else units)(x)
     model = keras.Model(inputs, outputs, name=f"{base.name}_finetuned")
-    model.get_layer("p_dog").set_weights(head.get_layer("p_dog").get_weights())
+    model.get_layer("p").set_weights(head.get_layer("p").get_weights())
     return model
 
 
@@ -118,12 +126,13 @@ def labelled_batches(
 
 
 def predict_with_mirror(model: keras.Model, batches: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """p(dog) of each image, and of each image averaged with its mirror image (test-time augmentation)."""
+    """(N, K) class probabilities of each image, and of each image averaged with its mirror image (test-time
+    augmentation)."""
 
     @tf.function(reduce_retracing=True)
     def step(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        plain = model(x, training=False)[:, 0]
-        return plain, (plain + model(tf.reverse(x, axis=[2]), training=False)[:, 0]) / 2
+        plain = model(x, training=False)
+        return plain, (plain + model(tf.reverse(x, axis=[2]), training=False)) / 2
 
     plain, mirrored = [], []
     for x in batches:
@@ -131,5 +140,5 @@ def predict_with_mirror(model: keras.Model, batches: tf.data.Dataset) -> tuple[n
         plain.append(p.numpy())
         mirrored.append(pm.numpy())
     if not plain:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(plain).astype(np.float64), np.concatenate(mirrored).astype(np.float64)
+        return np.zeros((0, 0)), np.zeros((0, 0))
+    return probabilities(np.concatenate(plain)), probabilities(np.concatenate(mirrored))

@@ -1,4 +1,5 @@
-"""The ensemble head: concatenated GAP features -> Dropout -> Dense(1, sigmoid), the reference recipe."""
+"""The ensemble head: concatenated GAP features -> Dropout -> Dense(1, sigmoid), the reference recipe; with more
+than two classes, Dense(K, softmax)."""
 
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import tensorflow as tf
 
 from dogscats import feature_store
 from dogscats.atomic import atomic_dir, save_keras_model
+from dogscats.scoring import as_matrix
 
 
 def feature_files(features_dir: Path | str, backbones: list[str]) -> list[Path]:
@@ -31,20 +33,32 @@ def set_seed(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build_head(input_dim: int, dropout: float, optimizer: str, learning_rate: float) -> keras.Model:
-    """Dropout + Dense(1, sigmoid) on the features, compiled with binary cross-entropy."""
+def output_layer(n_classes: int) -> keras.layers.Dense:
+    """Dense(1, sigmoid) for two classes (p of the second), Dense(K, softmax) for more."""
+    if n_classes == 2:
+        return keras.layers.Dense(1, activation="sigmoid", name="p")
+    return keras.layers.Dense(n_classes, activation="softmax", name="p")
+
+
+def loss_for(n_classes: int) -> str:
+    """Binary cross-entropy for two classes, categorical (integer labels) for more: both are the log loss."""
+    return "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
+
+
+def build_head(input_dim: int, n_classes: int, dropout: float, optimizer: str, learning_rate: float) -> keras.Model:
+    """Dropout + the output layer on the features, compiled with the log loss."""
     inputs = keras.Input((input_dim,), name="features")
     x = keras.layers.Dropout(dropout, name="dropout")(inputs)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_dog")(x)
-    model = keras.Model(inputs, outputs, name="head")
+    model = keras.Model(inputs, output_layer(n_classes)(x), name="head")
     opt = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
-    model.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=opt, loss=loss_for(n_classes), metrics=["accuracy"])
     return model
 
 
 def fit_head(
     train: feature_store.SplitFeatures,
     val: feature_store.SplitFeatures | None,
+    n_classes: int,
     dropout: float,
     optimizer: str,
     learning_rate: float,
@@ -52,7 +66,7 @@ def fit_head(
     batch_size: int,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build and train a head on one split's features; the history has val_ columns when val is given."""
-    model = build_head(train.features.shape[1], dropout, optimizer, learning_rate)
+    model = build_head(train.features.shape[1], n_classes, dropout, optimizer, learning_rate)
     history = model.fit(
         train.features,
         train.labels,
@@ -83,8 +97,13 @@ def pooled(a: feature_store.SplitFeatures, b: feature_store.SplitFeatures) -> fe
 
 
 def predict_proba(model: keras.Model, features: np.ndarray) -> np.ndarray:
-    """p(dog) per row, as float64."""
-    return model.predict(features, batch_size=1024, verbose=0)[:, 0].astype(np.float64)
+    """(N, K) class probabilities, as float64."""
+    return probabilities(model.predict(features, batch_size=1024, verbose=0))
+
+
+def probabilities(outputs: np.ndarray) -> np.ndarray:
+    """A model's outputs as (N, K) class probabilities: a sigmoid's single column p becomes (1 - p, p)."""
+    return as_matrix(outputs[:, 0]) if outputs.shape[1] == 1 else np.asarray(outputs, dtype=np.float64)
 
 
 def save_heads(models: list[keras.Model], out: Path) -> None:

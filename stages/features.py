@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from dogscats.atomic import atomic_path, write_json
 from dogscats.backbones import get_backbone
-from dogscats.dataset import label_index, read_manifest
+from dogscats.dataset import classes_of, label_index, read_manifest
 from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset
 from dogscats.feature_store import SPLITS, write_split
 from dogscats.head import set_seed
@@ -20,13 +20,14 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     params = load_params()["features"]
     backbone = get_backbone(backbone_name)
     manifest = read_manifest(manifest_path)
+    classes = classes_of(manifest.label)
     strategy = choose_strategy()
     set_seed(0)  # with features.weights: null the weights are random: the same ones on every run
     model = build_extractor(backbone.name, params["weights"], params["precision"], strategy)
     dim = int(model.output.shape[-1])
     start = time.perf_counter()
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs.update(backbone=backbone.name, input_size=backbone.input_size)
+        h5.attrs.update(backbone=backbone.name, input_size=backbone.input_size, classes=classes)
         progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
         for split in SPLITS:
             rows = manifest[manifest.split == split]
@@ -40,7 +41,8 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
                 params["batch_size"],
             )
             batches = feature_batches(model, backbone, images, strategy, params["tta"])
-            write_split(h5, split, rows.id.tolist(), label_index(rows.label), usable, _counted(batches, progress), dim)
+            labels = label_index(rows.label, classes)
+            write_split(h5, split, rows.id.tolist(), labels, usable, _counted(batches, progress), dim)
         progress.close()
     seconds = time.perf_counter() - start
     speed = len(manifest) / seconds

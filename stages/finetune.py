@@ -12,6 +12,7 @@ from dogscats.atomic import save_keras_model, write_csv, write_json
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.dataset import label_index, read_manifest
 from dogscats.extract import image_dataset
+from dogscats.feature_store import classes_of_file
 from dogscats.finetune import (
     augmentation,
     build_finetune_model,
@@ -21,8 +22,9 @@ from dogscats.finetune import (
     predict_with_mirror,
     starting_head,
 )
-from dogscats.head import set_seed
+from dogscats.head import loss_for, set_seed
 from dogscats.params import load_params
+from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss
 
 
@@ -37,8 +39,15 @@ def main(
     start = time.perf_counter()
 
     # 1. The starting head: Dropout + Dense on this backbone's stored GAP features alone.
+    classes = classes_of_file(features_path)
     head, head_val_logloss = starting_head(
-        features_path, backbone.name, cfg["dropout"], cfg["head_learning_rate"], cfg["head_epochs"], cfg["batch_size"]
+        features_path,
+        backbone.name,
+        len(classes),
+        cfg["dropout"],
+        cfg["head_learning_rate"],
+        cfg["head_epochs"],
+        cfg["batch_size"],
     )
 
     # 2. The backbone, frozen below its top blocks, with the head on top and augmentation below.
@@ -49,13 +58,13 @@ def main(
     model = build_finetune_model(base, augment, head, cfg["dropout"], backbone.input_size)
     model.compile(
         optimizer=make_optimizer(cfg["optimizer"], cfg["learning_rate"], cfg["momentum"]),
-        loss="binary_crossentropy",
+        loss=loss_for(len(classes)),
         metrics=["accuracy"],
     )
     trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
     print(f"finetune: {backbone.name}, trainable blocks {blocks}, {trainable:,} trainable weights")
 
-    # 3. Fine-tune with early stopping on validation log loss (binary cross-entropy), keeping the best epoch.
+    # 3. Fine-tune with early stopping on validation log loss, keeping the best epoch.
     manifest = read_manifest(manifest_path)
     usable = manifest[manifest.problem == ""]
 
@@ -63,7 +72,7 @@ def main(
         rows = usable[usable.split == split]
         size, resize, decode = backbone.input_size, images_cfg["resize"], images_cfg["decode"]
         return labelled_batches(
-            rows.source.tolist(), label_index(rows.label), size, resize, decode, backbone.preprocess,
+            rows.source.tolist(), label_index(rows.label, classes), size, resize, decode, backbone.preprocess,
             cfg["batch_size"], shuffle_seed,
         )  # fmt: skip
 
@@ -79,22 +88,24 @@ def main(
     save_keras_model(model, model_path)
     write_csv(history_path, pd.DataFrame(history.history).rename_axis("epoch").reset_index())
 
-    # 4. p(dog) for val and test, single image and mirrored-average; an undecodable test image is left to predict.
-    rows = manifest[manifest.split.isin(["val", "test"])]
+    # 4. Class probabilities for val and test, single image and mirrored-average (suffix _tta); an undecodable test
+    # image is left to predict.
+    rows = manifest[manifest.split.isin(["val", "test"])].reset_index(drop=True)
     ok = (rows.problem == "").tolist()
     size, resize, decode = backbone.input_size, images_cfg["resize"], images_cfg["decode"]
     images = image_dataset(rows.source.tolist(), ok, size, resize, decode, cfg["batch_size"])
     p, p_mirror = predict_with_mirror(model, images.map(lambda x: backbone.preprocess(tf.cast(x, tf.float32))))
-    out = pd.DataFrame({"id": rows.id, "split": rows.split, "usable": ok, "p_dog": p, "p_dog_tta": p_mirror})
+    out = pd.DataFrame({"id": rows.id, "split": rows.split, "usable": ok})
+    out = out.join(probability_table(p, classes)).join(probability_table(p_mirror, classes, "_tta"))
     write_csv(predictions_path, out)
 
-    val = out[out.split == "val"]
-    y_val = label_index(rows[rows.split == "val"].label)
+    on_val = (rows.split == "val").to_numpy()
+    y_val = label_index(rows.label[on_val], classes)
     metrics = {
         "head_val_logloss": head_val_logloss,
-        "val_logloss": log_loss(y_val, val.p_dog),
-        "val_logloss_tta": log_loss(y_val, val.p_dog_tta),
-        "val_accuracy": accuracy(y_val, val.p_dog_tta),
+        "val_logloss": log_loss(y_val, p[on_val]),
+        "val_logloss_tta": log_loss(y_val, p_mirror[on_val]),
+        "val_accuracy": accuracy(y_val, p_mirror[on_val]),
         "best_epoch": int(np.argmin(history.history["val_loss"])) + 1,  # counted from 1, as Keras prints them
         "epochs_run": len(history.history["val_loss"]),
         "trainable_weights": trainable,

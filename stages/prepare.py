@@ -8,7 +8,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_dir, write_csv, write_json
-from dogscats.dataset import MANIFEST_COLUMNS, file_md5, link_path, scan_raw, stratified_split, write_symlink_tree
+from dogscats.dataset import (
+    MANIFEST_COLUMNS,
+    classes_of,
+    file_md5,
+    link_path,
+    scan_raw,
+    stratified_split,
+    write_symlink_tree,
+)
 from dogscats.images import decode_problem
 from dogscats.params import load_params
 
@@ -51,6 +59,7 @@ def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) 
     counts = images.split.value_counts()
     metrics = {f"n_{s}": int(counts.get(s, 0)) for s in ("train", "val", "test")}
     metrics["n_bad"], metrics["n_bad_train"] = len(bad), n_bad_train
+    metrics["n_classes"] = len(classes_of(images.label))
     write_json(metrics_path, metrics)
     print(f"prepare: {metrics}")
 

@@ -1,7 +1,8 @@
-"""Stage train: concatenate the backbones' features and train the ensemble head (dropout + sigmoid).
+"""Stage train: concatenate the backbones' features and train the ensemble head (dropout + sigmoid, or softmax for
+more than two classes).
 
 With train.folds > 1 the train and val splits are pooled and cut into stratified folds: each image's validation
-p(dog) comes from the head that did not see it (out-of-fold), and the test p(dog) is the folds' average.
+probabilities come from the head that did not see it (out-of-fold), and the test ones are the folds' average.
 """
 
 import sys
@@ -12,6 +13,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from dogscats.atomic import write_csv, write_json
+from dogscats.feature_store import classes_of_file
 from dogscats.head import (
     feature_files,
     fit_head,
@@ -23,17 +25,19 @@ from dogscats.head import (
     subset,
 )
 from dogscats.params import load_params
+from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss
 
 
 def main(features_dir: str, models_dir: str, predictions_path: str, history_path: str, metrics_path: str) -> None:
-    """Train the head (or one per fold), save it, and write its val and test p(dog)."""
+    """Train the head (or one per fold), save it, and write its val and test class probabilities."""
     params = load_params()
     cfg = params["train"]
     files = feature_files(features_dir, params["backbones"])
+    classes = classes_of_file(files[0])
     set_seed(cfg["seed"])
     train, val, test = (load_concatenated(files, split) for split in ("train", "val", "test"))
-    fit_args = (cfg["dropout"], cfg["optimizer"], cfg["learning_rate"], cfg["epochs"], cfg["batch_size"])
+    fit_args = (len(classes), cfg["dropout"], cfg["optimizer"], cfg["learning_rate"], cfg["epochs"], cfg["batch_size"])
 
     if cfg["folds"] <= 1:
         scored, splits = val, ["val"] * len(val.ids)
@@ -43,7 +47,7 @@ def main(features_dir: str, models_dir: str, predictions_path: str, history_path
         scored = pooled(train, val)
         splits = ["train"] * len(train.ids) + ["val"] * len(val.ids)
         folds = StratifiedKFold(cfg["folds"], shuffle=True, random_state=cfg["seed"]).split(scored.ids, scored.labels)
-        models, histories, p_scored = [], [], np.zeros(len(scored.ids))
+        models, histories, p_scored = [], [], np.zeros((len(scored.ids), len(classes)))
         for fit_rows, held_out in folds:
             model, fold_history = fit_head(subset(scored, fit_rows), subset(scored, held_out), *fit_args)
             p_scored[held_out] = predict_proba(model, scored.features[held_out])
@@ -54,17 +58,14 @@ def main(features_dir: str, models_dir: str, predictions_path: str, history_path
 
     save_heads(models, Path(models_dir))
     write_csv(history_path, pd.DataFrame(history).rename_axis("epoch").reset_index())
-    write_csv(
-        predictions_path,
-        pd.DataFrame(
-            {
-                "id": scored.ids + test.ids,
-                "split": splits + ["test"] * len(test.ids),
-                "usable": np.concatenate([scored.usable, test.usable]),
-                "p_dog": np.concatenate([p_scored, p_test]),
-            }
-        ),
+    rows = pd.DataFrame(
+        {
+            "id": scored.ids + test.ids,
+            "split": splits + ["test"] * len(test.ids),
+            "usable": np.concatenate([scored.usable, test.usable]),
+        }
     )
+    write_csv(predictions_path, rows.join(probability_table(np.concatenate([p_scored, p_test]), classes)))
     on_val = np.array(splits) == "val"
     metrics = {
         "val_logloss": log_loss(scored.labels[on_val], p_scored[on_val]),

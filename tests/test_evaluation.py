@@ -17,8 +17,17 @@ def test_roc_of_a_perfect_ranking():
 
 
 def test_confusion_rows_name_classes():
-    rows = confusion_rows(np.array([0, 1, 1]), np.array([0.7, 0.9, 0.2]))
+    rows = confusion_rows(np.array([0, 1, 1]), np.array([0.7, 0.9, 0.2]), ["cat", "dog"])
     assert rows.values.tolist() == [["cat", "dog"], ["dog", "dog"], ["dog", "cat"]]
+    three = confusion_rows(np.array([2, 0]), np.array([[0.2, 0.3, 0.5], [0.1, 0.8, 0.1]]), ["bird", "cat", "dog"])
+    assert three.values.tolist() == [["dog", "dog"], ["bird", "cat"]]
+
+
+def test_three_class_roc_is_the_one_vs_rest_micro_average():
+    y = np.array([0, 1, 2])
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    assert auc(y, p) == 1.0 and roc_points(y, p).tpr.iloc[-1] == 1
+    assert auc(y, np.roll(p, 1, axis=1)) < 0.5  # every true class gets a low probability
 
 
 def test_image_log_losses():
@@ -28,7 +37,7 @@ def test_image_log_losses():
 
 def test_worst_mistakes_page_embeds_thumbnails(tmp_path):
     big = write_image(tmp_path / "cat.1.jpg", (200, 60, 40), size=(800, 600))
-    rows = pd.DataFrame({"id": ["cat.1<b>"], "file": [str(big)], "label": [0], "p": [0.97], "loss": [3.5]})
+    rows = pd.DataFrame({"id": ["cat.1<b>"], "file": [str(big)], "truth": ["cat"], "p_truth": [0.03], "loss": [3.5]})
     page = worst_mistakes_html(rows, "worst")
     assert page.count('src="data:image/jpeg;base64,') == 1
-    assert "cat.1&lt;b&gt;: a cat, p(dog) = 0.9700" in page
+    assert "cat.1&lt;b&gt;: a cat, p(cat) = 0.0300" in page

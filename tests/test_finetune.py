@@ -51,8 +51,8 @@ def test_a_backbone_without_named_blocks_is_refused():
 
 def test_starts_from_the_head_and_augments_only_in_training(base):
     freeze_below_top_blocks(base, 1)
-    head = build_head(1280, 0.5, "adam", 1e-3)
-    head.get_layer("p_dog").set_weights([np.full((1280, 1), 0.01, np.float32), np.array([0.2], np.float32)])
+    head = build_head(1280, 2, 0.5, "adam", 1e-3)
+    head.get_layer("p").set_weights([np.full((1280, 1), 0.01, np.float32), np.array([0.2], np.float32)])
     model = build_finetune_model(base, augmentation(True, 10, 0.1, 0.1, seed=0), head, 0.5, 224)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
     expected = head(base(x, training=False), training=False).numpy()

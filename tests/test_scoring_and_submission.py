@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dogscats.dataset import CLASSES
 from dogscats.scoring import accuracy, clip, log_loss
 from dogscats.submission import make_submission, score_submission
 
@@ -19,13 +20,13 @@ def test_log_loss_and_accuracy():
 
 def _predictions(tmp_path, ids, labels):
     path = tmp_path / "pred.csv"
-    pd.DataFrame({"id": ids, "label": labels}).to_csv(path, index=False)
+    pd.DataFrame({"id": ids, "p_cat": 1 - np.array(labels), "p_dog": labels}).to_csv(path, index=False)
     return path
 
 
 def test_submission_is_sorted_by_numeric_id(tmp_path):
     path = _predictions(tmp_path, ["10", "2", "1"], [0.1, 0.2, 0.3])
-    sub = make_submission(path, ["1", "2", "10"])
+    sub = make_submission(path, ["1", "2", "10"], CLASSES)
     assert sub.id.tolist() == [1, 2, 10] and sub.label.tolist() == [0.3, 0.2, 0.1]
 
 
@@ -40,17 +41,17 @@ def test_submission_is_sorted_by_numeric_id(tmp_path):
 )
 def test_bad_predictions_are_refused(tmp_path, ids, labels, message):
     with pytest.raises(ValueError, match=message):
-        make_submission(_predictions(tmp_path, ids, labels), ["1", "2", "3"])
+        make_submission(_predictions(tmp_path, ids, labels), ["1", "2", "3"], CLASSES)
 
 
 def test_score_against_answer_key():
     sub = pd.DataFrame({"id": [1, 2], "label": [0.9, 0.2]})
-    key = pd.DataFrame({"id": [2, 1], "label": [0, 1]})
-    score = score_submission(sub, key)
+    key = pd.DataFrame({"id": ["2", "1"], "label": ["0", "1"]})
+    score = score_submission(sub, key, CLASSES)
     assert score["test_accuracy"] == 1.0
     assert score["test_logloss"] == pytest.approx(-(math.log(0.9) + math.log(0.8)) / 2)
     with pytest.raises(ValueError, match="answer key has 1 ids"):
-        score_submission(sub, key.iloc[:1])
+        score_submission(sub, key.iloc[:1], CLASSES)
 
 
 def test_three_class_log_loss_accuracy_and_clip():
@@ -67,3 +68,17 @@ def test_two_class_forms_agree():
     matrix = np.column_stack([1 - p, p])
     assert log_loss(y, p) == pytest.approx(log_loss(y, matrix))
     assert accuracy(y, p) == accuracy(y, matrix)
+
+
+def test_three_class_submission_has_a_column_per_class_and_is_scored_by_class_name(tmp_path):
+    path = tmp_path / "pred.csv"
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    pd.DataFrame({"id": ["b", "a"], "p_bird": probs[:, 0], "p_cat": probs[:, 1], "p_dog": probs[:, 2]}).to_csv(path)
+    sub = make_submission(path, ["a", "b"], ["bird", "cat", "dog"])
+    assert list(sub) == ["id", "bird", "cat", "dog"] and sub.id.tolist() == ["a", "b"]
+    key = pd.DataFrame({"id": ["a", "b"], "label": ["dog", "cat"]})
+    score = score_submission(sub, key, ["bird", "cat", "dog"])
+    assert score["test_accuracy"] == 0.5
+    assert score["test_logloss"] == pytest.approx(-(math.log(0.8) + math.log(0.2)) / 2)
+    with pytest.raises(ValueError, match="neither class indices nor names"):
+        score_submission(sub, key.assign(label=["dog", "fish"]), ["bird", "cat", "dog"])
