@@ -15,6 +15,8 @@ from PIL import Image
 from dogscats.scoring import log_loss
 from stages import evaluate, features, finetune, predict, prepare, submit, train
 
+from .conftest import write_image
+
 BACKBONE = "efficientnet_lite0"
 TRAIN_JSON = "metrics/train.json"
 PREDICT_ARGS = (
@@ -72,7 +74,7 @@ def test_prepare_links_splits_and_reports(prepared):
     report = pd.read_csv("data/prepare_report.csv")
     assert sorted(Path(f).name for f in report.file) == ["2.jpg", "cat.3.jpg"]
     metrics = json.loads(Path("metrics/prepare.json").read_text())
-    assert metrics == {"n_bad": 2, "n_bad_train": 1, "n_test": 6, "n_train": 15, "n_val": 4}
+    assert metrics == {"n_bad": 2, "n_bad_train": 1, "n_classes": 2, "n_test": 6, "n_train": 15, "n_val": 4}
 
 
 def test_prepare_stops_when_too_many_training_images_are_bad(kaggle_raw, in_project):
@@ -141,21 +143,21 @@ def test_features_train_predict_submit(prepared):
 
     _finetune()
     tuned = pd.read_csv("data/finetune_predictions.csv")
-    assert list(tuned) == ["id", "split", "usable", "p_dog", "p_dog_tta"] and len(tuned) == 10
+    assert list(tuned) == ["id", "split", "usable", "p_cat", "p_dog", "p_cat_tta", "p_dog_tta"] and len(tuned) == 10
     assert tuned.usable.sum() == 9
     assert len(pd.read_csv("metrics/finetune_history.csv")) >= 1
 
     predict.main(*PREDICT_ARGS)
     pred = pd.read_csv("data/predictions.csv")
-    assert pred.label.between(0.005, 0.995).all()
-    assert pred.set_index("id").loc[2, "label"] == pytest.approx(8 / 15)  # undecodable: the prior, 8 of 15 dogs
+    assert pred.p_dog.between(0.005, 0.995).all() and np.allclose(pred.p_cat + pred.p_dog, 1)
+    assert pred.set_index("id").loc[2, "p_dog"] == pytest.approx(8 / 15)  # undecodable: the prior, 8 of 15 dogs
     val = pd.read_csv("data/val_predictions.csv")
     scores = json.loads(Path("metrics/predict.json").read_text())
     w = scores["blend"]
     assert 0 <= w <= 1
-    blended = np.clip((1 - w) * val.p_head + w * val.p_finetuned, 0.005, 0.995)
-    assert np.allclose(val.p, blended)
-    assert scores["val_logloss"] == pytest.approx(log_loss(val.label, val.p))
+    blended = np.clip((1 - w) * val.p_dog_head + w * val.p_dog_finetuned, 0.005, 0.995)
+    assert np.allclose(val.p_dog, blended)
+    assert scores["val_logloss"] == pytest.approx(log_loss(val.label, val.p_dog))
 
     evaluate.main(*EVALUATE_ARGS)
     assert len(pd.read_csv("metrics/confusion.csv")) == 4
@@ -230,3 +232,44 @@ def _finetune() -> None:
         "metrics/finetune_history.csv",
         "metrics/finetune.json",
     )
+
+
+def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
+    raw = tmp_path / "raw3"
+    colours = {"bird": (40, 200, 60), "cat": (200, 60, 40), "dog": (40, 60, 200)}
+    for label, colour in colours.items():
+        for n in range(6):
+            write_image(raw / "train" / label / f"{label}{n}.jpg", colour)
+    for n, colour in enumerate([*colours.values(), (1, 2, 3)]):
+        write_image(raw / "test" / f"pic{n}.jpg", colour)
+    _truncate(raw / "test" / "pic3.jpg")  # undecodable: predicted with the class shares
+    Path("answers.csv").write_text("id,label\npic0,bird\npic1,cat\npic2,dog\npic3,dog\n")
+    in_project(
+        data={"raw": str(raw)},
+        prepare={"val_fraction": 0.34},
+        backbones=[BACKBONE],
+        train={"epochs": 2},
+        finetune={"backbone": BACKBONE, "epochs": 1, "head_epochs": 2, "batch_size": 8},
+        predict={"blend": "auto", "calibrate": True, "clip": [0.005, 0.995]},
+        submit={"labels": "answers.csv"},
+    )
+    prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    assert json.loads(Path("metrics/prepare.json").read_text())["n_classes"] == 3
+    assert sorted(p.name for p in Path("data/prepared/val").iterdir()) == ["bird", "cat", "dog"]
+    features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
+    train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
+    head = pd.read_csv("data/head_predictions.csv")
+    assert {"p_bird", "p_cat", "p_dog"} <= set(head) and np.allclose(head[["p_bird", "p_cat", "p_dog"]].sum(1), 1)
+    _finetune()
+    assert {"p_bird_tta", "p_dog"} <= set(pd.read_csv("data/finetune_predictions.csv"))
+    predict.main(*PREDICT_ARGS)
+    evaluate.main(*EVALUATE_ARGS)
+    assert set(pd.read_csv("metrics/confusion.csv").actual) == {"bird", "cat", "dog"}
+    assert 0 <= json.loads(Path("metrics/evaluate.json").read_text())["val_auc"] <= 1
+    submit.main("data/split.csv", "data/predictions.csv", "data/submission.csv", "metrics/submit.json")
+    submission = pd.read_csv("data/submission.csv")
+    assert list(submission) == ["id", "bird", "cat", "dog"] and submission.id.tolist() == [f"pic{n}" for n in range(4)]
+    assert np.allclose(submission[["bird", "cat", "dog"]].sum(1), 1, atol=1e-5)
+    assert submission.iloc[3, 1:].tolist() == pytest.approx([1 / 3] * 3, abs=1e-5)  # the prior: 4 train images each
+    scores = json.loads(Path("metrics/submit.json").read_text())
+    assert scores["n_rows"] == 4 and 0 < scores["test_logloss"] < 10 and 0 <= scores["test_accuracy"] <= 1
