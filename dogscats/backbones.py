@@ -1,4 +1,8 @@
-"""The backbone registry: for each name, how to build the network, its input size, preprocessing and weights."""
+"""The backbone registry: for each name, how to build the network, its input size, preprocessing and weights.
+
+A feature extractor is the backbone's last convolutional feature map, pooled: global average (the reference
+recipe's GAP), global max, or flattened (the classic VGG16 "bottleneck features"). `small_cnn` is the classic
+from-scratch baseline: it has no pretrained weights, and is meant to be trained by the finetune stage."""
 
 import os
 from collections.abc import Callable
@@ -11,6 +15,8 @@ import numpy as np
 from dogscats import efficientnet_lite
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
+POOLINGS = ("avg", "max", "flatten")
+SMALL_CNN_FILTERS = (32, 64, 128, 128)
 
 
 @dataclass(frozen=True)
@@ -22,12 +28,18 @@ class Backbone:
     preprocess: Preprocess  # float32 RGB in [0, 255] -> network input
     weights_source: str  # where the ImageNet weights come from, for messages and README
     offline: bool  # True when the weights ship in an installed package
+    pretrained: bool = True  # False: no ImageNet weights exist, the network is trained from scratch
 
 
 @dataclass(frozen=True)
 class _KerasApp:
     constructor: Callable[..., keras.Model]
     preprocess: Preprocess
+
+
+def unit_preprocess(x: np.ndarray) -> np.ndarray:
+    """Pixels scaled to [0, 1], for networks trained from scratch."""
+    return x / 255.0
 
 
 def lite_preprocess(x: np.ndarray) -> np.ndarray:
@@ -72,6 +84,7 @@ def registry() -> dict[str, Backbone]:
     for name, (size, app) in _keras_apps().items():
         source = f"keras.applications download, cached in {keras_weights_dir()}"
         known[name] = Backbone(name, size, app.preprocess, source, False)
+    known["small_cnn"] = Backbone("small_cnn", 150, unit_preprocess, "none: trained from scratch", True, False)
     return known
 
 
@@ -85,14 +98,14 @@ def get_backbone(name: str) -> Backbone:
 
 def offline_backbones() -> list[str]:
     """Names of the backbones whose ImageNet weights need no download."""
-    return sorted(name for name, b in registry().items() if b.offline)
+    return sorted(name for name, b in registry().items() if b.offline and b.pretrained)
 
 
-def _keras_app_model(name: str, weights: str | None) -> keras.Model:
-    """Build a keras.applications backbone with GAP output; a failed weights download gets a clear message."""
-    size, app = _keras_apps()[name]
+def _keras_app_model(name: str, weights: str | None, input_size: int) -> keras.Model:
+    """A keras.applications backbone up to its last feature map; a failed weights download gets a clear message."""
+    _, app = _keras_apps()[name]
     try:
-        return app.constructor(include_top=False, weights=weights, pooling="avg", input_shape=(size, size, 3))
+        return app.constructor(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
     except Exception as err:  # keras raises a bare Exception naming the URL when the download fails
         if weights != "imagenet" or "URL fetch failure" not in str(err):
             raise
@@ -104,15 +117,41 @@ def _keras_app_model(name: str, weights: str | None) -> keras.Model:
         ) from err
 
 
-def load_feature_extractor(name: str, weights: str | None = "imagenet") -> keras.Model:
-    """The backbone as a Keras model: preprocessed (S, S, 3) images -> GAP features. weights=None is random."""
-    backbone = get_backbone(name)
+def small_cnn(input_size: int) -> keras.Model:
+    """Four blocks of Conv2D(32, 64, 128, 128 filters; 3x3, ReLU) + MaxPooling(2), randomly initialised."""
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = inputs
+    for i, filters in enumerate(SMALL_CNN_FILTERS, start=1):
+        x = keras.layers.Conv2D(filters, 3, activation="relu", name=f"block{i}_conv")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    return keras.Model(inputs, x, name="small_cnn")
+
+
+def feature_map_model(name: str, weights: str | None, input_size: int) -> keras.Model:
+    """The backbone up to its last convolutional feature map, for (input_size, input_size, 3) images."""
+    if weights not in ("imagenet", None):
+        raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
+    if name == "small_cnn":
+        return small_cnn(input_size)  # no pretrained weights exist: always random
     if name in efficientnet_lite.LITE_VARIANTS:
-        if weights == "imagenet":
-            classifier = efficientnet_lite.load_imagenet_classifier(name, weights_cache_dir())
-        elif weights is None:
-            classifier = efficientnet_lite.build_efficientnet_lite(name)
-        else:
-            raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
-        return keras.Model(classifier.input, classifier.get_layer("avg_pool").output, name=backbone.name)
-    return _keras_app_model(name, weights)
+        classifier = efficientnet_lite.build_efficientnet_lite(name, input_size)
+        if weights == "imagenet":  # convolution weights do not depend on the input size
+            classifier.set_weights(efficientnet_lite.load_imagenet_classifier(name, weights_cache_dir()).get_weights())
+        return keras.Model(classifier.input, classifier.get_layer("avg_pool").input, name=name)
+    return _keras_app_model(name, weights, input_size)
+
+
+def load_feature_extractor(
+    name: str, weights: str | None = "imagenet", pooling: str = "avg", input_size: int | None = None
+) -> keras.Model:
+    """The backbone as a Keras model: preprocessed (S, S, 3) images -> pooled features. weights=None is random;
+    input_size None is the backbone's own."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    conv = feature_map_model(name, weights, input_size or get_backbone(name).input_size)
+    pool = {
+        "avg": keras.layers.GlobalAveragePooling2D(name="avg_pool"),
+        "max": keras.layers.GlobalMaxPooling2D(name="max_pool"),
+        "flatten": keras.layers.Flatten(name="flatten"),
+    }[pooling]
+    return keras.Model(conv.input, pool(conv.output), name=name)

@@ -87,11 +87,18 @@ def dtype_policy(precision: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def build_extractor(name: str, weights: str | None, precision: str, strategy: tf.distribute.Strategy) -> keras.Model:
-    """The backbone's GAP feature model, built under the strategy's scope and the precision's dtype policy."""
+def build_extractor(
+    name: str,
+    weights: str | None,
+    precision: str,
+    strategy: tf.distribute.Strategy,
+    pooling: str = "avg",
+    input_size: int | None = None,
+) -> keras.Model:
+    """The backbone's pooled feature model, built under the strategy's scope and the precision's dtype policy."""
     check_precision(precision)
     with strategy.scope(), dtype_policy(precision):
-        return load_feature_extractor(name, weights)
+        return load_feature_extractor(name, weights, pooling, input_size)
 
 
 def feature_batches(

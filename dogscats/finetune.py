@@ -1,9 +1,9 @@
 """Fine-tuning the top of a backbone on augmented images, the second half of the reference recipe.
 
-The model is augmentation -> backbone (frozen below its last blocks, BatchNorm in inference mode) -> Dropout ->
-Dense(1, sigmoid) (Dense(K, softmax) for more than two classes), and the Dense layer starts from a head already
-trained on the backbone's stored features: a random head on a pretrained base would send large gradients into the
-pretrained weights and wreck them.
+The model is augmentation -> backbone (frozen below its last blocks, BatchNorm in inference mode) -> the head
+([Dense(hidden)], Dropout, Dense(1, sigmoid) or Dense(K, softmax)), and the head starts trained on the backbone's
+stored features: a random head on a pretrained base would send large gradients into the pretrained weights and
+wreck them. (With head_epochs 0 the head starts random: for a frozen base, or a network trained from scratch.)
 """
 
 import re
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dogscats.extract import decoded
 from dogscats.feature_store import backbone_of, read_split
-from dogscats.head import fit_head, output_layer, predict_proba, probabilities
+from dogscats.head import fit_head, predict_proba, probabilities
 from dogscats.scoring import log_loss
 
 # Layer-name prefix of one block: blockN_ (EfficientNet-Lite, VGG16, Xception), blockNx_ (EfficientNetV2),
@@ -27,17 +27,18 @@ def starting_head(
     features_path: str,
     backbone: str,
     n_classes: int,
+    hidden: int,
     dropout: float,
     learning_rate: float,
     epochs: int,
     batch_size: int,
 ) -> tuple[keras.Model, float]:
-    """A Dropout + Dense head trained (adam) on one backbone's stored train features; also its val log loss."""
+    """A head trained (adam) on one backbone's stored train features, random with 0 epochs; its val log loss."""
     stored = backbone_of(features_path)
     if stored != backbone:
         raise ValueError(f"{features_path} holds {stored} features, but finetune.backbone is {backbone}")
     train, val = read_split(features_path, "train"), read_split(features_path, "val")
-    head, _ = fit_head(train, None, n_classes, dropout, "adam", learning_rate, epochs, batch_size)
+    head, _ = fit_head(train, None, n_classes, hidden, dropout, "adam", learning_rate, epochs, batch_size)
     return head, log_loss(val.labels, predict_proba(head, val.features))
 
 
@@ -68,8 +69,8 @@ def freeze_below_top_blocks(base: keras.Model, trainable_blocks: int) -> list[st
     return top
 
 
-def augmentation(flip: bool, rotation: float, zoom: float, shift: float, seed: int) -> keras.Sequential:
-    """Random flips, rotations (degrees), zooms and shifts (fractions of the side), active only in training."""
+def augmentation(flip: bool, rotation: float, zoom: float, shift: float, shear: float, seed: int) -> keras.Sequential:
+    """Random flips, rotations (degrees), zooms, shifts and shears (fractions of the side), active only in training."""
     steps: list[keras.layers.Layer] = []
     if flip:
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
@@ -79,22 +80,19 @@ def augmentation(flip: bool, rotation: float, zoom: float, shift: float, seed: i
         steps.append(keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed + 2))
     if shift:
         steps.append(keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed + 3))
+    if shear:
+        steps.append(keras.layers.RandomShear(shear, shear, fill_mode="reflect", seed=seed + 4))
     return keras.Sequential(steps, name="augmentation")
 
 
 def build_finetune_model(
-    base: keras.Model, augment: keras.Sequential, head: keras.Model, dropout: float, input_size: int
+    base: keras.Model, augment: keras.Sequential, head: keras.Model, input_size: int
 ) -> keras.Model:
-    """Preprocessed image -> augmentation -> backbone -> Dropout -> the head's output layer, with its weights."""
+    """Preprocessed image -> augmentation -> backbone -> the head (its layers and weights, trained on)."""
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = augment(inputs)
     x = base(x, training=False)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    units = head.get_layer("p").units
-    outputs = output_layer(2 if units == 1 else units)(x)
-    model = keras.Model(inputs, outputs, name=f"{base.name}_finetuned")
-    model.get_layer("p").set_weights(head.get_layer("p").get_weights())
-    return model
+    return keras.Model(inputs, head(x), name=f"{base.name}_finetuned")
 
 
 def make_optimizer(name: str, learning_rate: float, momentum: float) -> keras.optimizers.Optimizer:

@@ -45,10 +45,13 @@ def loss_for(n_classes: int) -> str:
     return "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
 
 
-def build_head(input_dim: int, n_classes: int, dropout: float, optimizer: str, learning_rate: float) -> keras.Model:
-    """Dropout + the output layer on the features, compiled with the log loss."""
+def build_head(
+    input_dim: int, n_classes: int, hidden: int, dropout: float, optimizer: str, learning_rate: float
+) -> keras.Model:
+    """[Dense(hidden, ReLU)] + Dropout + the output layer on the features, compiled with the log loss."""
     inputs = keras.Input((input_dim,), name="features")
-    x = keras.layers.Dropout(dropout, name="dropout")(inputs)
+    x = keras.layers.Dense(hidden, activation="relu", name="hidden")(inputs) if hidden else inputs
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
     model = keras.Model(inputs, output_layer(n_classes)(x), name="head")
     opt = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
     model.compile(optimizer=opt, loss=loss_for(n_classes), metrics=["accuracy"])
@@ -59,6 +62,7 @@ def fit_head(
     train: feature_store.SplitFeatures,
     val: feature_store.SplitFeatures | None,
     n_classes: int,
+    hidden: int,
     dropout: float,
     optimizer: str,
     learning_rate: float,
@@ -66,7 +70,7 @@ def fit_head(
     batch_size: int,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build and train a head on one split's features; the history has val_ columns when val is given."""
-    model = build_head(train.features.shape[1], n_classes, dropout, optimizer, learning_rate)
+    model = build_head(train.features.shape[1], n_classes, hidden, dropout, optimizer, learning_rate)
     history = model.fit(
         train.features,
         train.labels,

@@ -21,8 +21,11 @@ SCHEMA: dict = {
         "decode": str,
         "tta": bool,
         "precision": str,
+        "pooling": str,
+        "input_size": (int, None),
     },
     "train": {
+        "hidden": int,
         "dropout": float,
         "optimizer": str,
         "learning_rate": float,
@@ -36,6 +39,7 @@ SCHEMA: dict = {
         "trainable_blocks": int,
         "head_epochs": int,
         "head_learning_rate": float,
+        "hidden": int,
         "dropout": float,
         "optimizer": str,
         "learning_rate": float,
@@ -43,7 +47,7 @@ SCHEMA: dict = {
         "epochs": int,
         "patience": int,
         "batch_size": int,
-        "augment": {"flip": bool, "rotation": float, "zoom": float, "shift": float},
+        "augment": {"flip": bool, "rotation": float, "zoom": float, "shift": float, "shear": float},
         "seed": int,
     },
     "predict": {"blend": (float, AUTO), "finetune_tta": bool, "calibrate": bool, "clip": (list, AUTO)},
@@ -107,7 +111,7 @@ def _describe(expected: type | tuple | None | str) -> str:
 
 def _check_values(params: dict) -> list[str]:
     """Ranges and choices that types alone do not catch."""
-    from dogscats.backbones import registry  # imported here: it loads Keras
+    from dogscats.backbones import POOLINGS, registry  # imported here: it loads Keras
 
     known = registry()
     problems = []
@@ -131,7 +135,15 @@ def _check_values(params: dict) -> list[str]:
         problems.append(f"predict.clip must be auto or [low, high] with 0 <= low < high <= 1, got {clip}")
     for section, key in [("demo", "train_per_class"), ("features", "batch_size"), ("train", "epochs"),
                          ("train", "batch_size"), ("train", "folds"), ("finetune", "epochs"),
-                         ("finetune", "batch_size"), ("finetune", "head_epochs")]:  # fmt: skip
+                         ("finetune", "batch_size")]:  # fmt: skip
         if params[section][key] < 1:
             problems.append(f"{section}.{key} must be at least 1, got {params[section][key]}")
+    for section, key in [("train", "hidden"), ("finetune", "hidden"), ("finetune", "head_epochs")]:
+        if params[section][key] < 0:
+            problems.append(f"{section}.{key} must be 0 or more, got {params[section][key]}")
+    if params["features"]["pooling"] not in POOLINGS:
+        problems.append(f"features.pooling must be one of {', '.join(POOLINGS)}, got {params['features']['pooling']!r}")
+    size = params["features"]["input_size"]
+    if size is not None and size < 32:
+        problems.append(f"features.input_size must be null (the backbone's own) or at least 32, got {size}")
     return problems

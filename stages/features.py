@@ -23,11 +23,12 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     classes = classes_of(manifest.label)
     strategy = choose_strategy()
     set_seed(0)  # with features.weights: null the weights are random: the same ones on every run
-    model = build_extractor(backbone.name, params["weights"], params["precision"], strategy)
+    size = params["input_size"] or backbone.input_size
+    model = build_extractor(backbone.name, params["weights"], params["precision"], strategy, params["pooling"], size)
     dim = int(model.output.shape[-1])
     start = time.perf_counter()
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs.update(backbone=backbone.name, input_size=backbone.input_size, classes=classes)
+        h5.attrs.update(backbone=backbone.name, input_size=size, pooling=params["pooling"], classes=classes)
         progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
         for split in SPLITS:
             rows = manifest[manifest.split == split]
@@ -35,7 +36,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
             images = image_dataset(
                 rows.source.tolist(),
                 usable,
-                backbone.input_size,
+                size,
                 params["resize"],
                 params["decode"],
                 params["batch_size"],

@@ -44,6 +44,7 @@ def main(
         features_path,
         backbone.name,
         len(classes),
+        cfg["hidden"],
         cfg["dropout"],
         cfg["head_learning_rate"],
         cfg["head_epochs"],
@@ -51,11 +52,12 @@ def main(
     )
 
     # 2. The backbone, frozen below its top blocks, with the head on top and augmentation below.
-    base = load_feature_extractor(backbone.name, images_cfg["weights"])
+    size = images_cfg["input_size"] or backbone.input_size
+    base = load_feature_extractor(backbone.name, images_cfg["weights"], images_cfg["pooling"], size)
     blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"])
     aug = cfg["augment"]
-    augment = augmentation(aug["flip"], aug["rotation"], aug["zoom"], aug["shift"], cfg["seed"])
-    model = build_finetune_model(base, augment, head, cfg["dropout"], backbone.input_size)
+    augment = augmentation(aug["flip"], aug["rotation"], aug["zoom"], aug["shift"], aug["shear"], cfg["seed"])
+    model = build_finetune_model(base, augment, head, size)
     model.compile(
         optimizer=make_optimizer(cfg["optimizer"], cfg["learning_rate"], cfg["momentum"]),
         loss=loss_for(len(classes)),
@@ -70,7 +72,7 @@ def main(
 
     def batches(split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
         rows = usable[usable.split == split]
-        size, resize, decode = backbone.input_size, images_cfg["resize"], images_cfg["decode"]
+        resize, decode = images_cfg["resize"], images_cfg["decode"]
         return labelled_batches(
             rows.source.tolist(), label_index(rows.label, classes), size, resize, decode, backbone.preprocess,
             cfg["batch_size"], shuffle_seed,
@@ -92,7 +94,7 @@ def main(
     # image is left to predict.
     rows = manifest[manifest.split.isin(["val", "test"])].reset_index(drop=True)
     ok = (rows.problem == "").tolist()
-    size, resize, decode = backbone.input_size, images_cfg["resize"], images_cfg["decode"]
+    resize, decode = images_cfg["resize"], images_cfg["decode"]
     images = image_dataset(rows.source.tolist(), ok, size, resize, decode, cfg["batch_size"])
     p, p_mirror = predict_with_mirror(model, images.map(lambda x: backbone.preprocess(tf.cast(x, tf.float32))))
     out = pd.DataFrame({"id": rows.id, "split": rows.split, "usable": ok})

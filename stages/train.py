@@ -37,7 +37,10 @@ def main(features_dir: str, models_dir: str, predictions_path: str, history_path
     classes = classes_of_file(files[0])
     set_seed(cfg["seed"])
     train, val, test = (load_concatenated(files, split) for split in ("train", "val", "test"))
-    fit_args = (len(classes), cfg["dropout"], cfg["optimizer"], cfg["learning_rate"], cfg["epochs"], cfg["batch_size"])
+    fit_args = (
+        len(classes), cfg["hidden"], cfg["dropout"], cfg["optimizer"], cfg["learning_rate"], cfg["epochs"],
+        cfg["batch_size"],
+    )  # fmt: skip
 
     if cfg["folds"] <= 1:
         scored, splits = val, ["val"] * len(val.ids)

@@ -81,3 +81,23 @@ def test_failed_imagenet_download_is_a_clear_message(monkeypatch, tmp_path):
     message = str(err.value)
     assert "resnet50" in message and str(tmp_path / "models") in message
     assert "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2" in message
+
+
+@pytest.mark.parametrize(
+    ("pooling", "size", "dim"), [("flatten", 150, 4 * 4 * 512), ("max", 150, 512), ("avg", 224, 512)]
+)
+def test_pooling_and_input_size_vgg16_bottleneck_features(pooling, size, dim):
+    model = load_feature_extractor("vgg16", weights=None, pooling=pooling, input_size=size)
+    assert tuple(model.input.shape[1:]) == (size, size, 3) and model.output.shape[-1] == dim
+
+
+def test_lite_imagenet_weights_at_another_input_size_give_the_same_features_where_they_agree():
+    default = load_feature_extractor("efficientnet_lite0", weights="imagenet")
+    smaller = load_feature_extractor("efficientnet_lite0", weights="imagenet", input_size=160, pooling="max")
+    assert tuple(smaller.input.shape[1:]) == (160, 160, 3) and smaller.output.shape[-1] == 1280
+    assert all(np.array_equal(a, b) for a, b in zip(default.get_weights(), smaller.get_weights(), strict=True))
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="unknown pooling 'sum'"):
+        load_feature_extractor("small_cnn", weights=None, pooling="sum")
