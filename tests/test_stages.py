@@ -223,10 +223,10 @@ def _set_param(section: str, key: str | None, value) -> None:
     Path("params.yaml").write_text(yaml.safe_dump(params))
 
 
-def _finetune() -> None:
+def _finetune(backbone: str = BACKBONE) -> None:
     finetune.main(
         "data/split.csv",
-        f"data/features/{BACKBONE}.h5",
+        f"data/features/{backbone}.h5",
         "models/finetuned.keras",
         "data/finetune_predictions.csv",
         "metrics/finetune_history.csv",
@@ -273,3 +273,22 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     assert submission.iloc[3, 1:].tolist() == pytest.approx([1 / 3] * 3, abs=1e-5)  # the prior: 4 train images each
     scores = json.loads(Path("metrics/submit.json").read_text())
     assert scores["n_rows"] == 4 and 0 < scores["test_logloss"] < 10 and 0 <= scores["test_accuracy"] <= 1
+
+
+def test_the_from_scratch_recipe_runs_through_the_finetune_stage(prepared):
+    _set_param("backbones", None, ["small_cnn"])
+    _set_param("features", "pooling", "flatten")
+    _set_param("train", "hidden", 16)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["finetune"].update(backbone="small_cnn", trainable_blocks=4, head_epochs=0, hidden=16)
+    params["finetune"].update(optimizer="rmsprop", learning_rate=1e-4)
+    params["finetune"]["augment"].update(rotation=40, zoom=0.2, shift=0.2, shear=0.2)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    features.main("small_cnn", "data/split.csv", "data/features/small_cnn.h5", "metrics/features/small_cnn.json")
+    with h5py.File("data/features/small_cnn.h5") as h5:
+        assert h5["train/features"].shape == (15, 7 * 7 * 128) and h5.attrs["pooling"] == "flatten"
+    _finetune("small_cnn")
+    metrics = json.loads(Path("metrics/finetune.json").read_text())
+    weights = 896 + 18_496 + 73_856 + 147_584 + (6272 * 16 + 16) + 17  # every conv layer, the hidden and output
+    assert metrics["trainable_weights"] == weights and 0 < metrics["val_logloss"] < 5
+    assert len(pd.read_csv("data/finetune_predictions.csv")) == 10
