@@ -134,11 +134,11 @@ def _check_values(params: dict) -> list[str]:
     if clip != AUTO and not (len(clip) == 2 and all(_has_type(c, float) for c in clip) and 0 <= clip[0] < clip[1] <= 1):
         problems.append(f"predict.clip must be auto or [low, high] with 0 <= low < high <= 1, got {clip}")
     for section, key in [("demo", "train_per_class"), ("features", "batch_size"), ("train", "epochs"),
-                         ("train", "batch_size"), ("train", "folds"), ("finetune", "epochs"),
-                         ("finetune", "batch_size")]:  # fmt: skip
+                         ("train", "batch_size"), ("train", "folds"), ("finetune", "batch_size")]:  # fmt: skip
         if params[section][key] < 1:
             problems.append(f"{section}.{key} must be at least 1, got {params[section][key]}")
-    for section, key in [("train", "hidden"), ("finetune", "hidden"), ("finetune", "head_epochs")]:
+    for section, key in [("train", "hidden"), ("finetune", "hidden"), ("finetune", "head_epochs"),
+                         ("finetune", "epochs")]:  # fmt: skip
         if params[section][key] < 0:
             problems.append(f"{section}.{key} must be 0 or more, got {params[section][key]}")
     if params["features"]["pooling"] not in POOLINGS:

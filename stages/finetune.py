@@ -54,7 +54,7 @@ def main(
     # 2. The backbone, frozen below its top blocks, with the head on top and augmentation below.
     size = images_cfg["input_size"] or backbone.input_size
     base = load_feature_extractor(backbone.name, images_cfg["weights"], images_cfg["pooling"], size)
-    blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"])
+    blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"] if cfg["epochs"] else 0)
     aug = cfg["augment"]
     augment = augmentation(aug["flip"], aug["rotation"], aug["zoom"], aug["shift"], aug["shear"], cfg["seed"])
     model = build_finetune_model(base, augment, head, size)
@@ -78,17 +78,20 @@ def main(
             cfg["batch_size"], shuffle_seed,
         )  # fmt: skip
 
+    # epochs 0 skips this: the starting head on the frozen backbone predicts (for recipes that only use features).
     stop = keras.callbacks.EarlyStopping("val_loss", patience=cfg["patience"], restore_best_weights=True, verbose=1)
-    history = model.fit(
-        batches("train", cfg["seed"]),
-        validation_data=batches("val"),
-        epochs=cfg["epochs"],
-        callbacks=[stop],
-        shuffle=False,
-        verbose=2,
-    )
+    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    if cfg["epochs"]:
+        history = model.fit(
+            batches("train", cfg["seed"]),
+            validation_data=batches("val"),
+            epochs=cfg["epochs"],
+            callbacks=[stop],
+            shuffle=False,
+            verbose=2,
+        ).history
     save_keras_model(model, model_path)
-    write_csv(history_path, pd.DataFrame(history.history).rename_axis("epoch").reset_index())
+    write_csv(history_path, pd.DataFrame(history).rename_axis("epoch").reset_index())
 
     # 4. Class probabilities for val and test, single image and mirrored-average (suffix _tta); an undecodable test
     # image is left to predict.
@@ -108,8 +111,8 @@ def main(
         "val_logloss": log_loss(y_val, p[on_val]),
         "val_logloss_tta": log_loss(y_val, p_mirror[on_val]),
         "val_accuracy": accuracy(y_val, p_mirror[on_val]),
-        "best_epoch": int(np.argmin(history.history["val_loss"])) + 1,  # counted from 1, as Keras prints them
-        "epochs_run": len(history.history["val_loss"]),
+        "best_epoch": int(np.argmin(history["val_loss"])) + 1 if history["val_loss"] else 0,  # from 1, as Keras
+        "epochs_run": len(history["val_loss"]),
         "trainable_weights": trainable,
     }
     write_json(metrics_path, metrics)

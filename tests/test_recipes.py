@@ -1,0 +1,123 @@
+"""Each recipe of README's Recipes table, its command's params applied as written, run through the real stages on
+a tiny generated dataset with random weights (the ImageNet weights of recipes 2 to 5 cannot be downloaded here)."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from dogscats.params import load_params
+from stages import features, finetune, predict, prepare, train
+
+README = Path(__file__).parent.parent / "README.md"
+QUICK = {"train.epochs": 2, "finetune.epochs": 1, "finetune.head_epochs": 2}  # the most epochs the tests run
+
+
+def recipe_commands() -> dict[int, str]:
+    """Recipe number -> its command (the `dvc exp run -S ...` overrides) from README's Recipes table."""
+    section = README.read_text().split("## Recipes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d) \| [^|]+ \| ([^|]+) \|", section, re.MULTILINE)
+    return {int(number): command.strip("` ") for number, command in rows}
+
+
+def overrides(command: str) -> dict[str, object]:
+    """The `-S key=value` pairs of a command, each value parsed as YAML (as DVC does)."""
+    words = shlex.split(command)
+    pairs = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+    return {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in pairs)}
+
+
+def apply_overrides(params: dict, values: dict[str, object]) -> dict:
+    """params with each dotted key set to its value."""
+    for key, value in values.items():
+        *sections, name = key.split(".")
+        node = params
+        for section in sections:
+            node = node[section]
+        node[name] = value
+    return params
+
+
+def test_readme_lists_six_recipes_and_each_command_sets_known_params():
+    commands = recipe_commands()
+    assert sorted(commands) == [1, 2, 3, 4, 5, 6]
+    for number, command in commands.items():
+        if number == 3:
+            assert command == "the same experiment as recipe 2"  # its finetune stage
+            continue
+        params = load_params(README.parent / "params.yaml")
+        for key in overrides(command):
+            *sections, name = key.split(".")
+            node = params
+            for section in sections:
+                node = node[section]
+            assert name in node, f"recipe {number}: {key} is not in params.yaml"
+
+
+RECIPES = {  # recipe -> the checks on what it built; recipe 3 is recipe 2's finetune stage, 6 is the default
+    1: "small_cnn",
+    2: "vgg16",
+    4: "vgg16",
+    5: "resnet50,inception_v3,xception",
+}
+
+
+@pytest.mark.slow  # VGG16, ResNet50, InceptionV3 and Xception built and run on 25 images: about 2 minutes
+@pytest.mark.parametrize("number", sorted(RECIPES))
+def test_each_recipe_runs_through_the_stages_with_random_weights(number, kaggle_raw, in_project):
+    values = overrides(recipe_commands()[number])
+    params = apply_overrides(in_project(data={"raw": str(kaggle_raw)}, finetune={"batch_size": 8}), values)
+    for key, most in QUICK.items():
+        section, name = key.split(".")
+        params[section][name] = min(params[section][name], most)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert ",".join(params["backbones"]) == RECIPES[number]
+
+    prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    for name in params["backbones"]:
+        features.main(name, "data/split.csv", f"data/features/{name}.h5", f"metrics/features/{name}.json")
+    train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", "x.json")
+    tuned_features = f"data/features/{params['finetune']['backbone']}.h5"
+    finetune.main(
+        "data/split.csv",
+        tuned_features,
+        "models/finetuned.keras",
+        "data/finetune_predictions.csv",
+        "metrics/finetune_history.csv",
+        "metrics/finetune.json",
+    )
+    predict.main(
+        "data/split.csv",
+        "data/head_predictions.csv",
+        "data/finetune_predictions.csv",
+        "data/predictions.csv",
+        "data/val_predictions.csv",
+        "metrics/predict.json",
+    )
+
+    dim = sum(json.loads(Path(f"metrics/features/{n}.json").read_text())["dim"] for n in params["backbones"])
+    expected_dim = {1: 7 * 7 * 128, 2: 4 * 4 * 512, 4: 512, 5: 2048 + 2048 + 2048}[number]
+    assert dim == expected_dim  # recipes 1 and 2 flatten the last feature map; 4 and 5 pool it
+    with h5py.File(tuned_features) as h5:
+        assert h5.attrs["pooling"] == params["features"]["pooling"]
+    tuned = json.loads(Path("metrics/finetune.json").read_text())
+    head = json.loads(Path("x.json").read_text())
+    assert 0 < head["val_logloss"] < 5 and 0 < tuned["val_logloss"] < 5
+    trainable = {  # recipe 2's finetune stage is recipe 3: VGG16's block5 (3 convs, 512 -> 512) and the head
+        1: 896 + 18_496 + 73_856 + 147_584 + (6272 * 512 + 512) + 513,  # every layer
+        2: 3 * (9 * 512 * 512 + 512) + (8192 * 256 + 256) + 257,
+        4: (512 * 1024 + 1024) + 1025,  # the base frozen: Dense(1024) and the output
+        5: 2048 + 1,  # not fine-tuned: the starting head alone, Dropout + Dense(1) on Xception's features
+    }[number]
+    assert tuned["trainable_weights"] == trainable
+    history = pd.read_csv("metrics/finetune_history.csv")
+    assert len(history) == tuned["epochs_run"] == params["finetune"]["epochs"]  # recipe 5 does not fine-tune
+    scores = json.loads(Path("metrics/predict.json").read_text())
+    blend = params["predict"]["blend"]
+    assert scores["blend"] == blend if blend != "auto" else 0 <= scores["blend"] <= 1
+    assert scores["n_test"] == 6
