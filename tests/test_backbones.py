@@ -33,7 +33,7 @@ def test_unknown_backbone_lists_the_known_names():
         get_backbone("resnet5")
 
 
-SLOW_TO_BUILD = {"efficientnetv2_b1", "efficientnetv2_b2", "efficientnetv2_b3"}  # several seconds each
+SLOW_TO_BUILD = {"efficientnetv2_b1", "efficientnetv2_b2", "efficientnetv2_b3", "efficientnetv2_s"}  # seconds each
 
 
 @pytest.mark.parametrize(

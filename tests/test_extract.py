@@ -98,6 +98,7 @@ MIRRORED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh TensorFlow process with two logical CPUs: about 15 s
 def test_mirrored_strategy_on_two_logical_cpus(photos):
     result = subprocess.run([sys.executable, "-c", MIRRORED, *photos], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
