@@ -75,6 +75,11 @@ def _check_structure(frame: pd.DataFrame, raw: Path, classes: list[str]) -> None
     train = frame[frame.split == "train"]
     if len(classes) < 2:
         raise ValueError(f"{raw / 'train'}: one class folder ({classes[0]}); classification needs two or more")
+    reserved = sorted(set(classes) & {"id", "label"})
+    if reserved:
+        raise ValueError(
+            f"{raw / 'train'}: class folder {reserved[0]!r} would clash with the submission's columns; rename it"
+        )
     for label in classes:
         if not (train.label == label).any():
             raise ValueError(f"{raw / 'train'}: no {label} images")

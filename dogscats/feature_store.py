@@ -69,3 +69,12 @@ def classes_of_file(path: Path | str) -> list[str]:
     """The class names a file's labels index."""
     with h5py.File(path, "r") as h5:
         return [str(c) for c in h5.attrs["classes"]]
+
+
+def shared_classes(paths: list[Path]) -> list[str]:
+    """The class names every feature file's labels index; a file with other classes is stale and stops the run."""
+    classes = classes_of_file(paths[0])
+    for path in paths[1:]:
+        if classes_of_file(path) != classes:
+            raise ValueError(f"{path}: classes {classes_of_file(path)}, but {paths[0]} has {classes}; rerun features")
+    return classes

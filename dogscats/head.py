@@ -5,7 +5,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from dogscats import feature_store
 from dogscats.atomic import atomic_dir, save_keras_model
@@ -25,12 +24,6 @@ def load_concatenated(feature_files: list[Path], split: str) -> feature_store.Sp
             raise ValueError(f"{path}: its {split} images differ from {feature_files[0]}; rerun its features stage")
     features = np.concatenate([part.features for part in parts], axis=1)
     return feature_store.SplitFeatures(parts[0].ids, features, parts[0].labels, parts[0].usable)
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow and make TF ops deterministic, so reruns give the same model."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
 
 
 def output_layer(n_classes: int) -> keras.layers.Dense:

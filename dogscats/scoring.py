@@ -27,8 +27,10 @@ def log_loss(y_true: np.ndarray, p: np.ndarray, eps: float = LOSS_EPS) -> float:
 
 
 def predicted_class(p: np.ndarray) -> np.ndarray:
-    """The most probable class of each row; with two classes, the second from p = 0.5 on."""
+    """The most probable class of each row; with two classes, the second from p = 0.5 on (a tie goes to dog)."""
     p = np.asarray(p, dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] == 2:
+        p = p[:, 1]
     return (p >= 0.5).astype(np.int64) if p.ndim == 1 else np.argmax(p, axis=1)
 
 
@@ -38,7 +40,13 @@ def accuracy(y_true: np.ndarray, p: np.ndarray) -> float:
 
 
 def clip(p: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Clip probabilities, so a confident mistake costs at most -log(low); an (N, K) matrix's rows are rescaled to
-    sum to 1 afterwards (for two classes that changes nothing)."""
-    clipped = np.clip(np.asarray(p, dtype=np.float64), low, high)
-    return clipped if clipped.ndim == 1 else clipped / clipped.sum(axis=1, keepdims=True)
+    """Clip probabilities, so a confident mistake costs at most -log(low). Two classes: p(second) is clipped to
+    [low, high] exactly and the first is 1 - p; more: the rows are rescaled to sum to 1 after clipping, so the bounds
+    hold only approximately."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim == 1:
+        return np.clip(p, low, high)
+    if p.shape[1] == 2:
+        return as_matrix(np.clip(p[:, 1], low, high))
+    clipped = np.clip(p, low, high)
+    return clipped / clipped.sum(axis=1, keepdims=True)

@@ -25,12 +25,13 @@ def make_submission(predictions_path: Path | str, test_ids: list[str], classes: 
     probs = read_probabilities(pred, classes)
     if not np.all((probs >= 0) & (probs <= 1)):  # also catches NaN
         raise ValueError(f"{predictions_path}: labels must be probabilities in [0, 1]")
-    ids = pred.id.astype(int) if pred.id.str.fullmatch(r"\d+").all() else pred.id
     if len(classes) == 2:
-        submission = pd.DataFrame({"id": ids, "label": probs[:, 1]})
+        submission = pd.DataFrame({"id": pred.id, "label": probs[:, 1]})
     else:
-        submission = pd.DataFrame({"id": ids}).join(pd.DataFrame(probs, columns=classes, index=pred.index))
-    return submission.sort_values("id", kind="stable").reset_index(drop=True)
+        submission = pd.DataFrame({"id": pred.id}).join(pd.DataFrame(probs, columns=classes, index=pred.index))
+    numeric = pred.id.str.fullmatch(r"\d+").all()  # ids are kept as written (0001 stays 0001), sorted by value
+    order = submission.id.astype(int) if numeric else submission.id
+    return submission.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
 def write_submission(path: Path | str, submission: pd.DataFrame) -> None:

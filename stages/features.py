@@ -9,9 +9,9 @@ from tqdm import tqdm
 from dogscats.atomic import atomic_path, write_json
 from dogscats.backbones import get_backbone
 from dogscats.dataset import classes_of, label_index, read_manifest
+from dogscats.determinism import set_seed
 from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset
 from dogscats.feature_store import SPLITS, write_split
-from dogscats.head import set_seed
 from dogscats.params import load_params
 
 

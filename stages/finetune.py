@@ -11,6 +11,7 @@ import tensorflow as tf
 from dogscats.atomic import save_keras_model, write_csv, write_json
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.dataset import label_index, read_manifest
+from dogscats.determinism import set_seed
 from dogscats.extract import image_dataset
 from dogscats.feature_store import classes_of_file
 from dogscats.finetune import (
@@ -22,7 +23,7 @@ from dogscats.finetune import (
     predict_with_mirror,
     starting_head,
 )
-from dogscats.head import loss_for, set_seed
+from dogscats.head import loss_for
 from dogscats.params import load_params
 from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss

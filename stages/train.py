@@ -13,7 +13,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from dogscats.atomic import write_csv, write_json
-from dogscats.feature_store import classes_of_file
+from dogscats.determinism import set_seed
+from dogscats.feature_store import shared_classes
 from dogscats.head import (
     feature_files,
     fit_head,
@@ -21,7 +22,6 @@ from dogscats.head import (
     pooled,
     predict_proba,
     save_heads,
-    set_seed,
     subset,
 )
 from dogscats.params import load_params
@@ -34,7 +34,7 @@ def main(features_dir: str, models_dir: str, predictions_path: str, history_path
     params = load_params()
     cfg = params["train"]
     files = feature_files(features_dir, params["backbones"])
-    classes = classes_of_file(files[0])
+    classes = shared_classes(files)
     set_seed(cfg["seed"])
     train, val, test = (load_concatenated(files, split) for split in ("train", "val", "test"))
     fit_args = (

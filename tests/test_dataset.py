@@ -130,6 +130,10 @@ def test_an_empty_class_folder_or_a_single_class_stops(tmp_path):
     (raw / "train" / "fish").mkdir()
     with pytest.raises(ValueError, match="no fish images"):
         scan_raw(raw)
+    (raw / "train" / "fish").rmdir()
+    (raw / "train" / "bird").rename(raw / "train" / "label")
+    with pytest.raises(ValueError, match="class folder 'label' would clash with the submission's columns"):
+        scan_raw(raw)
     shutil.rmtree(raw / "train")
     make_folder_layout(raw, classes=("cat",))
     with pytest.raises(ValueError, match="one class folder"):

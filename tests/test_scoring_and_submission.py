@@ -27,7 +27,15 @@ def _predictions(tmp_path, ids, labels):
 def test_submission_is_sorted_by_numeric_id(tmp_path):
     path = _predictions(tmp_path, ["10", "2", "1"], [0.1, 0.2, 0.3])
     sub = make_submission(path, ["1", "2", "10"], CLASSES)
-    assert sub.id.tolist() == [1, 2, 10] and sub.label.tolist() == [0.3, 0.2, 0.1]
+    assert sub.id.tolist() == ["1", "2", "10"] and sub.label.tolist() == [0.3, 0.2, 0.1]
+
+
+def test_numeric_ids_keep_their_leading_zeros_and_score_against_the_key(tmp_path):
+    path = _predictions(tmp_path, ["0010", "0002"], [0.1, 0.8])
+    sub = make_submission(path, ["0002", "0010"], CLASSES)
+    assert sub.id.tolist() == ["0002", "0010"]
+    key = pd.DataFrame({"id": ["0010", "0002"], "label": ["cat", "dog"]})
+    assert score_submission(sub, key, CLASSES)["test_accuracy"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -68,6 +76,14 @@ def test_two_class_forms_agree():
     matrix = np.column_stack([1 - p, p])
     assert log_loss(y, p) == pytest.approx(log_loss(y, matrix))
     assert accuracy(y, p) == accuracy(y, matrix)
+    tie = np.array([0.5])
+    assert accuracy([1], tie) == accuracy([1], np.column_stack([1 - tie, tie])) == 1.0  # a tie goes to dog
+
+
+def test_two_class_clip_bounds_hold_exactly_even_when_asymmetric():
+    p = np.array([0.95, 0.001, 0.5])
+    clipped = clip(np.column_stack([1 - p, p]), 0.005, 0.9)
+    assert clipped[:, 1].tolist() == pytest.approx([0.9, 0.005, 0.5]) and np.allclose(clipped.sum(axis=1), 1)
 
 
 def test_three_class_submission_has_a_column_per_class_and_is_scored_by_class_name(tmp_path):

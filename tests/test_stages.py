@@ -257,6 +257,9 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     assert json.loads(Path("metrics/prepare.json").read_text())["n_classes"] == 3
     assert sorted(p.name for p in Path("data/prepared/val").iterdir()) == ["bird", "cat", "dog"]
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
+    with h5py.File(f"data/features/{BACKBONE}.h5") as h5:
+        assert h5.attrs["classes"].tolist() == ["bird", "cat", "dog"]
+        assert sorted(h5["val/labels"][:].tolist()) == [0, 0, 1, 1, 2, 2]
     train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
     head = pd.read_csv("data/head_predictions.csv")
     assert {"p_bird", "p_cat", "p_dog"} <= set(head) and np.allclose(head[["p_bird", "p_cat", "p_dog"]].sum(1), 1)
@@ -269,6 +272,9 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     submit.main("data/split.csv", "data/predictions.csv", "data/submission.csv", "metrics/submit.json")
     submission = pd.read_csv("data/submission.csv")
     assert list(submission) == ["id", "bird", "cat", "dog"] and submission.id.tolist() == [f"pic{n}" for n in range(4)]
+    predicted = pd.read_csv("data/predictions.csv").set_index("id").loc[submission.id]
+    for name in ("bird", "cat", "dog"):  # each column is its class's probability
+        assert np.allclose(submission[name], predicted[f"p_{name}"], atol=1e-6)
     assert np.allclose(submission[["bird", "cat", "dog"]].sum(1), 1, atol=1e-5)
     assert submission.iloc[3, 1:].tolist() == pytest.approx([1 / 3] * 3, abs=1e-5)  # the prior: 4 train images each
     scores = json.loads(Path("metrics/submit.json").read_text())
