@@ -6,6 +6,7 @@ import yaml
 
 PARAMS_FILE = Path("params.yaml")
 AUTO = "auto"
+MIN_INPUT_SIZE = {"inception_v3": 75, "xception": 71}  # the smallest sides keras.applications accepts; others 32
 
 # The expected type of every key: int, float (an int is accepted), bool, str, list, None (null allowed), AUTO (the
 # string "auto" allowed), or a nested section.
@@ -146,4 +147,8 @@ def _check_values(params: dict) -> list[str]:
     size = params["features"]["input_size"]
     if size is not None and size < 32:
         problems.append(f"features.input_size must be null (the backbone's own) or at least 32, got {size}")
+    elif size is not None:
+        for name in sorted(set(params["backbones"]) & set(MIN_INPUT_SIZE)):
+            if size < MIN_INPUT_SIZE[name]:
+                problems.append(f"features.input_size: {name} needs at least {MIN_INPUT_SIZE[name]}, got {size}")
     return problems

@@ -51,6 +51,10 @@ def test_the_repository_params_are_valid():
         ({"backbones": ["efficientnet_lite0"]}, "finetune.backbone 'efficientnet_lite2' must be one of backbones"),
         ({"train__folds": 0}, "train.folds must be at least 1, got 0"),
         ({"finetune__epochs": -1}, "finetune.epochs must be 0 or more, got -1"),
+        (
+            {"backbones": ["xception", "efficientnet_lite2"], "features__input_size": 64},
+            "features.input_size: xception needs at least 71, got 64",
+        ),
         ({"prepare__max_bad_fraction": -0.1}, "prepare.max_bad_fraction must be between 0 and 1, got -0.1"),
     ],
 )
