@@ -31,6 +31,37 @@ def make_kaggle_layout(root: Path, per_class: int = 10, n_test: int = 6) -> Path
     return root
 
 
+# The stage entry points' arguments, as dvc.yaml passes them (paths relative to the project).
+PREDICT_ARGS = (
+    "data/split.csv",
+    "data/head_predictions.csv",
+    "data/finetune_predictions.csv",
+    "data/predictions.csv",
+    "data/val_predictions.csv",
+    "metrics/predict.json",
+)
+EVALUATE_ARGS = (
+    "data/split.csv",
+    "data/val_predictions.csv",
+    "metrics/roc.csv",
+    "metrics/confusion.csv",
+    "metrics/worst_mistakes.html",
+    "metrics/evaluate.json",
+)
+
+
+def finetune_args(backbone: str) -> tuple[str, ...]:
+    """The finetune stage's arguments when finetune.backbone is backbone."""
+    return (
+        "data/split.csv",
+        f"data/features/{backbone}.h5",
+        "models/finetuned.keras",
+        "data/finetune_predictions.csv",
+        "metrics/finetune_history.csv",
+        "metrics/finetune.json",
+    )
+
+
 def default_params() -> dict:
     """The repository's params.yaml."""
     return yaml.safe_load((REPO / "params.yaml").read_text())

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from dogscats.params import load_params
+from dogscats.params import check_params
 from stages import features, finetune, predict, prepare, train
+
+from .conftest import PREDICT_ARGS, default_params, finetune_args
 
 README = Path(__file__).parent.parent / "README.md"
 QUICK = {"train.epochs": 2, "finetune.epochs": 1, "finetune.head_epochs": 2}  # the most epochs the tests run
@@ -50,13 +52,8 @@ def test_readme_lists_six_recipes_and_each_command_sets_known_params():
         if number == 3:
             assert command == "the same experiment as recipe 2"  # its finetune stage
             continue
-        params = load_params(README.parent / "params.yaml")
-        for key in overrides(command):
-            *sections, name = key.split(".")
-            node = params
-            for section in sections:
-                node = node[section]
-            assert name in node, f"recipe {number}: {key} is not in params.yaml"
+        problems = check_params(apply_overrides(default_params(), overrides(command)))  # unknown keys included
+        assert problems == [], f"recipe {number}: {problems}"
 
 
 RECIPES = {  # recipe -> the checks on what it built; recipe 3 is recipe 2's finetune stage, 6 is the default
@@ -82,28 +79,14 @@ def test_each_recipe_runs_through_the_stages_with_random_weights(number, kaggle_
     for name in params["backbones"]:
         features.main(name, "data/split.csv", f"data/features/{name}.h5", f"metrics/features/{name}.json")
     train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", "x.json")
-    tuned_features = f"data/features/{params['finetune']['backbone']}.h5"
-    finetune.main(
-        "data/split.csv",
-        tuned_features,
-        "models/finetuned.keras",
-        "data/finetune_predictions.csv",
-        "metrics/finetune_history.csv",
-        "metrics/finetune.json",
-    )
-    predict.main(
-        "data/split.csv",
-        "data/head_predictions.csv",
-        "data/finetune_predictions.csv",
-        "data/predictions.csv",
-        "data/val_predictions.csv",
-        "metrics/predict.json",
-    )
+    tuned_args = finetune_args(params["finetune"]["backbone"])
+    finetune.main(*tuned_args)
+    predict.main(*PREDICT_ARGS)
 
     dim = sum(json.loads(Path(f"metrics/features/{n}.json").read_text())["dim"] for n in params["backbones"])
     expected_dim = {1: 7 * 7 * 128, 2: 4 * 4 * 512, 4: 512, 5: 2048 + 2048 + 2048}[number]
     assert dim == expected_dim  # recipes 1 and 2 flatten the last feature map; 4 and 5 pool it
-    with h5py.File(tuned_features) as h5:
+    with h5py.File(tuned_args[1]) as h5:
         assert h5.attrs["pooling"] == params["features"]["pooling"]
     tuned = json.loads(Path("metrics/finetune.json").read_text())
     head = json.loads(Path("x.json").read_text())

@@ -15,26 +15,10 @@ from PIL import Image
 from dogscats.scoring import log_loss
 from stages import evaluate, features, finetune, predict, prepare, submit, train
 
-from .conftest import write_image
+from .conftest import EVALUATE_ARGS, PREDICT_ARGS, finetune_args, write_image
 
 BACKBONE = "efficientnet_lite0"
 TRAIN_JSON = "metrics/train.json"
-PREDICT_ARGS = (
-    "data/split.csv",
-    "data/head_predictions.csv",
-    "data/finetune_predictions.csv",
-    "data/predictions.csv",
-    "data/val_predictions.csv",
-    "metrics/predict.json",
-)
-EVALUATE_ARGS = (
-    "data/split.csv",
-    "data/val_predictions.csv",
-    "metrics/roc.csv",
-    "metrics/confusion.csv",
-    "metrics/worst_mistakes.html",
-    "metrics/evaluate.json",
-)
 
 
 def _truncate(path: Path) -> None:
@@ -224,14 +208,7 @@ def _set_param(section: str, key: str | None, value) -> None:
 
 
 def _finetune(backbone: str = BACKBONE) -> None:
-    finetune.main(
-        "data/split.csv",
-        f"data/features/{backbone}.h5",
-        "models/finetuned.keras",
-        "data/finetune_predictions.csv",
-        "metrics/finetune_history.csv",
-        "metrics/finetune.json",
-    )
+    finetune.main(*finetune_args(backbone))
 
 
 def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
