@@ -1,7 +1,8 @@
 """Atomic outputs: write to a temporary file beside the target, then rename, so a killed stage leaves no half file.
 
-Temporary names start with a dot and contain `.tmp` (`.dvcignore` hides them from DVC); a killed run's leftovers are
-removed by the next write of the same target."""
+Temporary names start with a dot and contain the writer's process id and `.tmp` (`.dvcignore` hides them from DVC), so
+concurrent writers of one target never share a name; a killed run's leftovers are removed by the next write of the same
+target, while a live process's temporary file is left alone."""
 
 import json
 import os
@@ -54,12 +55,29 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
 
 
 def remove_leftovers(target: Path) -> None:
-    """Delete temporary files and folders that a killed write of this target left behind."""
+    """Delete temporary files and folders that a killed write of this target left behind (not a live writer's)."""
     for leftover in target.parent.glob(f".{target.name}.*.tmp*"):
+        pid = leftover.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            continue
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:  # a zombie (ended, not yet reaped) holds its id but writes nothing
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc: not Linux
+        return True
 
 
 def save_keras_model(model, target: Path | str) -> None:

