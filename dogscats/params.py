@@ -1,61 +1,146 @@
-"""Access to params.yaml, the single source of every tunable of the pipeline, checked before any work starts."""
+"""Access to params.yaml, the single source of every tunable of the pipeline, checked before any work starts.
+
+The schema is a pydantic model (pydantic comes with DVC): types, choices and ranges declared once, every problem
+reported at once. Checking needs no TensorFlow, so the stages that run no network start in well under a second."""
 
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES
 
 PARAMS_FILE = Path("params.yaml")
 AUTO = "auto"
-MIN_INPUT_SIZE = {"inception_v3": 75, "xception": 71}  # the smallest sides keras.applications accepts; others 32
+NON_EMPTY = {"string_too_short": "a non-empty string", "too_short": "a non-empty list"}  # every min_length here is 1
+OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl", "lion", "nadam", "rmsprop", "sgd")
 
-# The expected type of every key: int, float (an int is accepted), bool, str, list, None (null allowed), AUTO (the
-# string "auto" allowed), or a nested section.
-SCHEMA: dict = {
-    "data": {"raw": str},
-    "demo": {"train_per_class": int, "test_count": int, "seed": int},
-    "prepare": {"val_fraction": float, "max_bad_fraction": float, "seed": int},
-    "backbones": list,
-    "features": {
-        "weights": (str, None),
-        "batch_size": int,
-        "resize": str,
-        "decode": str,
-        "tta": bool,
-        "precision": str,
-        "pooling": str,
-        "input_size": (int, None),
-    },
-    "train": {
-        "hidden": int,
-        "dropout": float,
-        "optimizer": str,
-        "learning_rate": float,
-        "epochs": int,
-        "batch_size": int,
-        "folds": int,
-        "seed": int,
-    },
-    "finetune": {
-        "backbone": str,
-        "trainable_blocks": int,
-        "head_epochs": int,
-        "head_learning_rate": float,
-        "hidden": int,
-        "dropout": float,
-        "optimizer": str,
-        "learning_rate": float,
-        "momentum": float,
-        "epochs": int,
-        "patience": int,
-        "batch_size": int,
-        "augment": {"flip": bool, "rotation": float, "zoom": float, "shift": float, "shear": float},
-        "seed": int,
-    },
-    "predict": {"blend": (float, AUTO), "finetune_tta": bool, "calibrate": bool, "clip": (list, AUTO)},
-    "evaluate": {"worst_mistakes": int},
-    "submit": {"labels": (str, None)},
-}
-TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # NumPy's range
+AtLeastOne = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(gt=0)]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Optimizer = Literal[OPTIMIZERS]
+
+
+class ParamsError(SystemExit):
+    """Bad params: the run ends with one line per problem, and no traceback."""
+
+
+class Section(BaseModel):
+    """A params section: no unknown keys, no type conversions (30 is not "30", 1 is not true)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Data(Section):
+    raw: Annotated[str, Field(min_length=1)]
+
+
+class Demo(Section):
+    train_per_class: AtLeastOne
+    test_count: AtLeastOne
+    seed: Seed
+
+
+class Prepare(Section):
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    max_bad_fraction: Annotated[float, Field(ge=0, le=1)]
+    seed: Seed
+
+
+class Features(Section):
+    weights: Literal["imagenet", None]
+    batch_size: AtLeastOne
+    resize: Literal["squash", "crop", "pad"]
+    decode: Literal["full", "reduced"]
+    tta: bool
+    precision: Literal["float32", "bfloat16", "float16"]
+    pooling: Literal["avg", "max", "flatten"]
+    input_size: Annotated[int, Field(ge=MIN_SIZE)] | None
+
+
+class Train(Section):
+    hidden: NonNegative
+    dropout: Dropout
+    optimizer: Optimizer
+    learning_rate: Rate
+    epochs: AtLeastOne
+    batch_size: AtLeastOne
+    folds: AtLeastOne
+    seed: Seed
+
+
+class Augment(Section):
+    flip: bool
+    rotation: Annotated[float, Field(ge=0, le=180)]
+    zoom: Fraction
+    shift: Fraction
+    shear: Fraction
+
+
+class Finetune(Section):
+    backbone: str
+    trainable_blocks: NonNegative
+    head_epochs: NonNegative
+    head_learning_rate: Rate
+    hidden: NonNegative
+    dropout: Dropout
+    optimizer: Optimizer
+    learning_rate: Rate
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    epochs: NonNegative
+    patience: NonNegative
+    batch_size: AtLeastOne
+    augment: Augment
+    seed: Seed
+
+
+class Predict(Section):
+    blend: Any
+    finetune_tta: bool
+    calibrate: bool
+    clip: Any
+
+    @field_validator("blend", mode="plain")
+    @classmethod
+    def _blend(cls, value: Any) -> Any:
+        if value != AUTO and not (_is_number(value) and 0 <= value <= 1):
+            raise ValueError('"auto" or a number from 0 to 1')
+        return value
+
+    @field_validator("clip", mode="plain")
+    @classmethod
+    def _clip(cls, value: Any) -> Any:
+        pair = isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)
+        if value != AUTO and not (pair and 0 <= value[0] < value[1] <= 1):
+            raise ValueError('"auto" or [low, high] with 0 <= low < high <= 1')
+        return value
+
+
+class Evaluate(Section):
+    worst_mistakes: NonNegative
+
+
+class Submit(Section):
+    labels: Annotated[str, Field(min_length=1)] | None
+
+
+class Params(Section):
+    """params.yaml."""
+
+    data: Data
+    demo: Demo
+    prepare: Prepare
+    backbones: Annotated[list[str], Field(min_length=1)]
+    features: Features
+    train: Train
+    finetune: Finetune
+    predict: Predict
+    evaluate: Evaluate
+    submit: Submit
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> dict:
@@ -64,91 +149,51 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict:
         params = yaml.safe_load(f)
     problems = check_params(params)
     if problems:
-        raise ValueError(f"{path}: " + "; ".join(problems))
+        raise ParamsError("\n".join(f"{path}: {problem}" for problem in problems))
     return params
 
 
-def check_params(params: dict) -> list[str]:
-    """Every problem found in the params: unknown or missing keys, wrong types, values out of range."""
-    problems = _check_types(params, SCHEMA, "")
-    return problems or _check_values(params)
+def check_params(params: Any) -> list[str]:
+    """Every problem found in the params, one line each naming the key, the value and what is allowed."""
+    try:
+        Params.model_validate(params)
+    except ValidationError as err:
+        return [_describe(error) for error in err.errors()]
+    return _check_backbones(params)
 
 
-def _check_types(values: dict, schema: dict, prefix: str) -> list[str]:
-    """Unknown keys, missing keys and wrong types, recursively, named by their dotted path."""
-    if not isinstance(values, dict):
-        return [f"{prefix.rstrip('.') or 'params'} must be a section of keys"]
-    problems = [f"unknown key {prefix}{key}" for key in values if key not in schema]
-    for key, expected in schema.items():
-        name = f"{prefix}{key}"
-        if key not in values:
-            problems.append(f"missing key {name}")
-        elif isinstance(expected, dict):
-            problems += _check_types(values[key], expected, f"{name}.")
-        elif not _has_type(values[key], expected):
-            problems.append(f"{name} must be {_describe(expected)}, got {values[key]!r}")
-    return problems
+def _describe(error: dict) -> str:
+    """One pydantic error as a line: the dotted key, what is allowed, the value given."""
+    key = ".".join(str(part) for part in error["loc"]) or "params"
+    if error["type"] == "missing":
+        return f"missing key {key}"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key}"
+    allowed = NON_EMPTY.get(error["type"]) or error["msg"].removeprefix("Value error, ").removeprefix(
+        "Input should be "
+    )
+    return f"{key} must be {allowed}, got {error['input']!r}"
 
 
-def _has_type(value: object, expected: type | tuple | None | str) -> bool:
-    """Whether a value matches an expected type (see SCHEMA)."""
-    if isinstance(expected, tuple):
-        return any(_has_type(value, e) for e in expected)
-    if expected is None or expected == AUTO:
-        return value == expected
-    if expected is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
-
-
-def _describe(expected: type | tuple | None | str) -> str:
-    """An expected type in words."""
-    if isinstance(expected, tuple):
-        return " or ".join(_describe(e) for e in expected)
-    return "null" if expected is None else f'"{expected}"' if expected == AUTO else TYPE_NAMES[expected]
-
-
-def _check_values(params: dict) -> list[str]:
-    """Ranges and choices that types alone do not catch."""
-    from dogscats.backbones import POOLINGS, registry  # imported here: it loads Keras
-
-    known = registry()
-    problems = []
-    if not 0 < params["prepare"]["val_fraction"] < 1:
-        problems.append(f"prepare.val_fraction must be between 0 and 1, got {params['prepare']['val_fraction']}")
-    if not 0 <= params["prepare"]["max_bad_fraction"] <= 1:
-        problems.append(
-            f"prepare.max_bad_fraction must be between 0 and 1, got {params['prepare']['max_bad_fraction']}"
-        )
-    if not params["backbones"]:
-        problems.append("backbones must name at least one backbone")
-    unknown = [name for name in [*params["backbones"], params["finetune"]["backbone"]] if name not in known]
-    problems += [f"unknown backbone {name!r}; known backbones: {', '.join(sorted(known))}" for name in unknown]
-    if not unknown and params["finetune"]["backbone"] not in params["backbones"]:
-        problems.append(f"finetune.backbone {params['finetune']['backbone']!r} must be one of backbones")
-    blend = params["predict"]["blend"]
-    if blend != AUTO and not 0 <= blend <= 1:
-        problems.append(f"predict.blend must be auto or between 0 and 1, got {blend}")
-    clip = params["predict"]["clip"]
-    if clip != AUTO and not (len(clip) == 2 and all(_has_type(c, float) for c in clip) and 0 <= clip[0] < clip[1] <= 1):
-        problems.append(f"predict.clip must be auto or [low, high] with 0 <= low < high <= 1, got {clip}")
-    for section, key in [("demo", "train_per_class"), ("features", "batch_size"), ("train", "epochs"),
-                         ("train", "batch_size"), ("train", "folds"), ("finetune", "batch_size")]:  # fmt: skip
-        if params[section][key] < 1:
-            problems.append(f"{section}.{key} must be at least 1, got {params[section][key]}")
-    for section, key in [("train", "hidden"), ("finetune", "hidden"), ("finetune", "head_epochs"),
-                         ("finetune", "epochs")]:  # fmt: skip
-        if params[section][key] < 0:
-            problems.append(f"{section}.{key} must be 0 or more, got {params[section][key]}")
-    if params["features"]["pooling"] not in POOLINGS:
-        problems.append(f"features.pooling must be one of {', '.join(POOLINGS)}, got {params['features']['pooling']!r}")
+def _check_backbones(params: dict) -> list[str]:
+    """The rules that tie keys together: known and distinct backbones, the fine-tuned one among them, input sizes."""
+    backbones, tuned = params["backbones"], params["finetune"]["backbone"]
+    known = ", ".join(sorted(NATIVE_SIZES))
+    problems = [
+        f"backbones: unknown backbone {name!r}; known: {known}" for name in backbones if name not in NATIVE_SIZES
+    ]
+    problems += [f"backbones: {name!r} is listed twice" for name in sorted(set(backbones)) if backbones.count(name) > 1]
+    if tuned not in NATIVE_SIZES:
+        problems.append(f"finetune.backbone: unknown backbone {tuned!r}; known: {known}")
+    elif tuned not in backbones:
+        problems.append(f"finetune.backbone {tuned!r} must be one of backbones ({', '.join(backbones)})")
     size = params["features"]["input_size"]
-    if size is not None and size < 32:
-        problems.append(f"features.input_size must be null (the backbone's own) or at least 32, got {size}")
-    elif size is not None:
-        for name in sorted(set(params["backbones"]) & set(MIN_INPUT_SIZE)):
-            if size < MIN_INPUT_SIZE[name]:
-                problems.append(f"features.input_size: {name} needs at least {MIN_INPUT_SIZE[name]}, got {size}")
+    for name in sorted(set(backbones) & set(MIN_SIZES)):
+        if size is not None and size < MIN_SIZES[name]:
+            problems.append(f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {size}")
     return problems
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,18 +1,21 @@
-"""params.yaml is checked before any work: one clear message per problem."""
+"""params.yaml is checked before any work: one clear line per problem, naming the key, what is allowed and the value;
+and checking needs no TensorFlow."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from dogscats.params import check_params, load_params
+from dogscats.params import OPTIMIZERS, ParamsError, check_params, load_params
 from stages import prepare
 
-from .conftest import default_params
+from .conftest import REPO, default_params
 
 
 def _problems(**changes) -> list[str]:
-    """The problems found after setting dotted keys to values."""
+    """The problems found after setting dotted keys (written with __) to values."""
     params = copy.deepcopy(default_params())
     for dotted, value in changes.items():
         *sections, key = dotted.split("__")
@@ -32,35 +35,65 @@ def test_the_repository_params_are_valid():
     [
         ({"train__epoch": 3}, "unknown key train.epoch"),
         ({"colour": "red"}, "unknown key colour"),
-        ({"train__epochs": "30"}, "train.epochs must be an integer, got '30'"),
-        ({"train__epochs": True}, "train.epochs must be an integer, got True"),
-        ({"features__tta": "yes"}, "features.tta must be true or false, got 'yes'"),
-        ({"predict__blend": "half"}, "predict.blend must be a number or \"auto\", got 'half'"),
-        ({"finetune__augment__zoom": None}, "finetune.augment.zoom must be a number, got None"),
-        ({"prepare__val_fraction": 0}, "prepare.val_fraction must be between 0 and 1, got 0"),
-        ({"features__pooling": "sum"}, "features.pooling must be one of avg, max, flatten, got 'sum'"),
-        ({"features__input_size": 16}, "features.input_size must be null (the backbone's own) or at least 32, got 16"),
-        ({"train__hidden": -1}, "train.hidden must be 0 or more, got -1"),
-        ({"finetune__augment__shear": "x"}, "finetune.augment.shear must be a number, got 'x'"),
-        ({"prepare__val_fraction": 1.5}, "prepare.val_fraction must be between 0 and 1, got 1.5"),
-        ({"predict__clip": [0.995, 0.005]}, "predict.clip must be auto or [low, high] with 0 <= low < high <= 1"),
-        ({"predict__clip": [0.005]}, "predict.clip must be auto or [low, high]"),
-        ({"predict__blend": 1.5}, "predict.blend must be auto or between 0 and 1, got 1.5"),
-        ({"backbones": ["resnet5O"]}, "unknown backbone 'resnet5O'; known backbones: "),
-        ({"finetune__backbone": "efficientnet_lite3"}, "unknown backbone 'efficientnet_lite3'"),
+        ({"train__epochs": "30"}, "train.epochs must be a valid integer, got '30'"),
+        ({"train__epochs": True}, "train.epochs must be a valid integer, got True"),
+        ({"train__epochs": 3.0}, "train.epochs must be a valid integer, got 3.0"),
+        ({"features__tta": "yes"}, "features.tta must be a valid boolean, got 'yes'"),
+        ({"predict__blend": "half"}, "predict.blend must be \"auto\" or a number from 0 to 1, got 'half'"),
+        ({"predict__blend": 1.5}, 'predict.blend must be "auto" or a number from 0 to 1, got 1.5'),
+        ({"finetune__augment__zoom": None}, "finetune.augment.zoom must be a valid number, got None"),
+        ({"prepare__val_fraction": 0}, "prepare.val_fraction must be greater than 0, got 0"),
+        ({"prepare__val_fraction": 1.5}, "prepare.val_fraction must be less than 1, got 1.5"),
+        ({"prepare__max_bad_fraction": -0.1}, "prepare.max_bad_fraction must be greater than or equal to 0, got -0.1"),
+        ({"features__resize": "crops"}, "features.resize must be 'squash', 'crop' or 'pad', got 'crops'"),
+        ({"features__decode": "reduce"}, "features.decode must be 'full' or 'reduced', got 'reduce'"),
+        ({"features__precision": "fp16"}, "features.precision must be 'float32', 'bfloat16' or 'float16', got 'fp16'"),
+        ({"features__pooling": "sum"}, "features.pooling must be 'avg', 'max' or 'flatten', got 'sum'"),
+        ({"features__weights": "imagenet21k"}, "features.weights must be 'imagenet' or None, got 'imagenet21k'"),
+        ({"features__input_size": 16}, "features.input_size must be greater than or equal to 32, got 16"),
+        ({"features__batch_size": 0}, "features.batch_size must be greater than or equal to 1, got 0"),
+        ({"train__optimizer": "adamm"}, "train.optimizer must be 'adadelta', 'adafactor', "),
+        ({"finetune__optimizer": "SGD"}, "finetune.optimizer must be 'adadelta', 'adafactor', "),
+        ({"train__dropout": 1.5}, "train.dropout must be less than 1, got 1.5"),
+        ({"finetune__dropout": -0.5}, "finetune.dropout must be greater than or equal to 0, got -0.5"),
+        ({"train__learning_rate": -0.001}, "train.learning_rate must be greater than 0, got -0.001"),
+        ({"finetune__head_learning_rate": 0}, "finetune.head_learning_rate must be greater than 0, got 0"),
+        ({"finetune__momentum": 1.0}, "finetune.momentum must be less than 1, got 1.0"),
+        ({"finetune__trainable_blocks": -3}, "finetune.trainable_blocks must be greater than or equal to 0, got -3"),
+        ({"finetune__patience": -1}, "finetune.patience must be greater than or equal to 0, got -1"),
+        ({"finetune__augment__rotation": 400}, "finetune.augment.rotation must be less than or equal to 180, got 400"),
+        ({"finetune__augment__shear": "x"}, "finetune.augment.shear must be a valid number, got 'x'"),
+        ({"evaluate__worst_mistakes": -5}, "evaluate.worst_mistakes must be greater than or equal to 0, got -5"),
+        ({"train__seed": -1}, "train.seed must be greater than or equal to 0, got -1"),
+        ({"train__hidden": -1}, "train.hidden must be greater than or equal to 0, got -1"),
+        ({"train__folds": 0}, "train.folds must be greater than or equal to 1, got 0"),
+        ({"finetune__epochs": -1}, "finetune.epochs must be greater than or equal to 0, got -1"),
+        ({"predict__clip": [0.995, 0.005]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < high <= 1'),
+        ({"predict__clip": [0.005]}, 'predict.clip must be "auto" or [low, high]'),
+        ({"submit__labels": ""}, "submit.labels must be a non-empty string, got ''"),
+        ({"data__raw": 5}, "data.raw must be a valid string, got 5"),
+        ({"backbones": []}, "backbones must be a non-empty list, got []"),
+        ({"backbones": ["resnet5O", "efficientnet_lite2"]}, "backbones: unknown backbone 'resnet5O'; known: "),
+        (
+            {"backbones": ["efficientnet_lite2", "efficientnet_lite2"]},
+            "backbones: 'efficientnet_lite2' is listed twice",
+        ),
+        ({"finetune__backbone": "efficientnet_lite3"}, "finetune.backbone: unknown backbone 'efficientnet_lite3'"),
         ({"backbones": ["efficientnet_lite0"]}, "finetune.backbone 'efficientnet_lite2' must be one of backbones"),
-        ({"train__folds": 0}, "train.folds must be at least 1, got 0"),
-        ({"finetune__epochs": -1}, "finetune.epochs must be 0 or more, got -1"),
         (
             {"backbones": ["xception", "efficientnet_lite2"], "features__input_size": 64},
-            "features.input_size: xception needs at least 71, got 64",
+            "features.input_size must be at least 71 for xception, got 64",
         ),
-        ({"prepare__max_bad_fraction": -0.1}, "prepare.max_bad_fraction must be between 0 and 1, got -0.1"),
     ],
 )
 def test_each_problem_has_a_clear_message(changes, message):
     problems = _problems(**changes)
     assert len(problems) == 1 and problems[0].startswith(message), problems
+
+
+def test_every_problem_is_reported_at_once():
+    problems = _problems(features__resize="crops", train__dropout=1.5, evaluate__worst_mistakes=-5)
+    assert [p.split(" ")[0] for p in problems] == ["features.resize", "train.dropout", "evaluate.worst_mistakes"]
 
 
 def test_a_missing_key_is_named():
@@ -69,14 +102,32 @@ def test_a_missing_key_is_named():
     assert check_params(params) == ["missing key train.seed"]
 
 
-def test_a_stage_stops_before_any_work(in_project, kaggle_raw, tmp_path):
-    params = in_project(data={"raw": str(kaggle_raw)}, prepare={"val_fraction": 2})
-    assert params["prepare"]["val_fraction"] == 2
-    with pytest.raises(ValueError, match="params.yaml: prepare.val_fraction must be between 0 and 1, got 2"):
+def test_keras_knows_every_optimizer_the_params_allow():
+    import keras
+
+    for name in OPTIMIZERS:
+        assert keras.optimizers.get({"class_name": name, "config": {"learning_rate": 0.01}}).learning_rate == 0.01
+
+
+def test_a_stage_stops_before_any_work_with_one_line_per_problem(in_project, kaggle_raw, tmp_path):
+    in_project(data={"raw": str(kaggle_raw)}, prepare={"val_fraction": 2}, features={"resize": "crops"})
+    with pytest.raises(ParamsError) as stop:
         prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    assert str(stop.value).splitlines() == [
+        "params.yaml: prepare.val_fraction must be less than 1, got 2",
+        "params.yaml: features.resize must be 'squash', 'crop' or 'pad', got 'crops'",
+    ]
     assert not (tmp_path / "data").exists()
 
 
 def test_load_params_returns_the_file(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
     assert load_params(tmp_path / "params.yaml") == default_params()
+
+
+@pytest.mark.parametrize("stage", ["demo", "prepare", "predict", "evaluate", "submit"])
+def test_stages_that_run_no_network_never_import_tensorflow(stage):
+    check = f"import sys, stages.{stage}; from dogscats.params import load_params; load_params(); "
+    check += "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

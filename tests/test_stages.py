@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from dogscats.params import ParamsError
 from dogscats.scoring import log_loss
 from stages import evaluate, features, finetune, predict, prepare, submit, train
 
@@ -176,7 +177,7 @@ def test_finetune_is_reproducible_and_depends_on_the_seed(prepared):
 def test_finetune_refuses_another_backbones_features(prepared):
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
     _set_param("finetune", "backbone", "x")
-    with pytest.raises(ValueError, match="unknown backbone 'x'"):
+    with pytest.raises(ParamsError, match="finetune.backbone: unknown backbone 'x'"):
         _finetune()
     _set_param("finetune", "backbone", "efficientnet_lite1")
     _set_param("backbones", None, [BACKBONE, "efficientnet_lite1"])
