@@ -1,4 +1,4 @@
-"""The raw data's two layouts, the split manifest and the symlink tree.
+"""The raw data's two layouts, its optional answer key, the split manifest and the symlink tree.
 
 Kaggle layout: train/cat.N.jpg and train/dog.N.jpg, the label in the file name. Folder-per-class layout:
 train/<class>/*.jpg, any number of classes named by their folders. Both have unlabelled test/<id>.jpg.
@@ -25,6 +25,12 @@ MANIFEST_COLUMNS = ["id", "file", "label", "split", "source", "problem", "md5"]
 def scan_raw(raw: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Read the raw data in either layout: a frame of (id, label, split, source) rows, and (file, reason) for the
     files that were skipped (no label in the name, not in a class folder)."""
+    if not raw.is_dir():
+        raise FileNotFoundError(
+            f"data.raw: {raw.absolute()} is not a folder. A relative path is read from the project's root; experiments"
+            f" run with --queue or --temp run in a copy of the project under .dvc/tmp/exps, where it points elsewhere:"
+            f" give them an absolute path, e.g. -S data.raw=$(realpath {raw})"
+        )
     for sub in ("train", "test"):
         if not (raw / sub).is_dir():
             raise FileNotFoundError(f"{raw / sub}: missing; the raw data needs train/ and test/")
@@ -97,13 +103,14 @@ def classes_of(labels: pd.Series) -> list[str]:
 
 
 def stratified_split(labels: pd.Series, val_fraction: float, seed: int) -> np.ndarray:
-    """'train' or 'val' per row: a seeded shuffle within each class, the first round(n * val_fraction) to val."""
+    """'train' or 'val' per row: a seeded shuffle within each class, the first round(n * val_fraction) to val, but
+    never a class's last image: every class keeps at least one training image."""
     rng = np.random.default_rng(seed)
     split = np.full(len(labels), "train", dtype=object)
     for label in classes_of(labels):
         positions = np.flatnonzero(labels.to_numpy() == label)
-        chosen = rng.permutation(positions)[: int(round(len(positions) * val_fraction))]
-        split[chosen] = "val"
+        n_val = min(int(round(len(positions) * val_fraction)), len(positions) - 1)
+        split[rng.permutation(positions)[:n_val]] = "val"
     return split
 
 
@@ -144,6 +151,36 @@ def label_index(labels: pd.Series, classes: list[str]) -> np.ndarray:
 def read_manifest(path: Path | str) -> pd.DataFrame:
     """The split manifest, ids and labels as strings."""
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def read_answer_key(path: Path | str) -> pd.DataFrame:
+    """An answer key: id,label (a class name, or its index: two classes, 1 = dog), ids and labels as strings."""
+    key = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(key.columns[:2]) != ["id", "label"]:
+        raise ValueError(f"{path}: an answer key needs the columns id,label")
+    return key[["id", "label"]]
+
+
+def checked_answer_key(path: Path, raw: Path, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
+    """The answer key (submit.labels) with class names for labels, in test id order, checked: inside data.raw (which
+    DVC tracks, so editing the key reruns the scoring), one row per test id, every label a class."""
+    if not path.resolve().is_relative_to(raw.resolve()):
+        raise ValueError(
+            f"submit.labels: {path} lies outside data.raw ({raw}); DVC tracks data.raw, so keep the answer key in it"
+        )
+    key = read_answer_key(path)
+    duplicated = sorted(set(key.id[key.id.duplicated()]))
+    missing, extra = sorted(set(test_ids) - set(key.id)), sorted(set(key.id) - set(test_ids))
+    if duplicated or missing or extra:
+        raise ValueError(
+            f"{path}: the answer key needs one row per test image; ids twice {duplicated[:10]}, test ids missing"
+            f" {missing[:10]}, ids not in test/ {extra[:10]}"
+        )
+    names = {name: name for name in classes} | {str(i): name for i, name in enumerate(classes)}
+    unknown = sorted(set(key.label) - set(names))
+    if unknown:
+        raise ValueError(f"{path}: labels {unknown[:10]} are neither class names nor indices ({', '.join(classes)})")
+    return key.set_index("id").loc[test_ids].reset_index().assign(label=lambda k: k.label.map(names))
 
 
 if __name__ == "__main__":  # rebuild the symlink tree from a manifest: python -m dogscats.dataset data/split.csv out

@@ -10,22 +10,31 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from dogscats.images import load_rgb
-from dogscats.scoring import as_matrix, predicted_class
+from dogscats.scoring import as_matrix, image_log_losses, predicted_class
 
 THUMBNAIL = 160  # pixels, longest side
 
 
 def roc_points(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
     """The ROC curve: false and true positive rates at each threshold; the second class is positive (dog), and with
-    more classes the curve is the micro-average of one class against the rest."""
+    more classes the curve is the micro-average of one class against the rest. No rows when it is undefined (one
+    class only)."""
     truth, score = _one_vs_rest(y, p)
+    if not has_roc(truth):
+        return pd.DataFrame({"fpr": [], "tpr": [], "threshold": []})
     fpr, tpr, thresholds = roc_curve(truth, score)
     return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)})
 
 
-def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Area under that ROC curve."""
-    return float(roc_auc_score(*_one_vs_rest(y, p)))
+def auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """Area under that ROC curve; None when it is undefined (one class only)."""
+    truth, score = _one_vs_rest(y, p)
+    return float(roc_auc_score(truth, score)) if has_roc(truth) else None
+
+
+def has_roc(truth: np.ndarray) -> bool:
+    """Whether there are both positives and negatives, without which a ROC curve is undefined."""
+    return bool(truth.any() and not truth.all())
 
 
 def _one_vs_rest(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +58,25 @@ def thumbnail_data_uri(path: str) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def worst_mistakes(
+    ids: pd.Series, files: np.ndarray, y: np.ndarray, p: np.ndarray, classes: list[str], count: int
+) -> pd.DataFrame:
+    """The misclassified images (id, file, truth = class name, p_truth, loss), at most `count`, the costliest first
+    (ties by id); correctly classified images are never among them."""
+    probs = as_matrix(p)
+    rows = pd.DataFrame(
+        {
+            "id": ids.to_numpy(),
+            "file": files,
+            "truth": [classes[i] for i in y],
+            "p_truth": probs[np.arange(len(y)), y],
+            "loss": image_log_losses(y, probs),
+        }
+    )
+    wrong = rows[predicted_class(probs) != np.asarray(y)]
+    return wrong.sort_values(["loss", "id"], ascending=[False, True]).head(count)
 
 
 def worst_mistakes_html(rows: pd.DataFrame, title: str) -> str:

@@ -1,7 +1,16 @@
 """Prediction tables: one row per image, one probability column per class, named p_<class>[<suffix>]."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+
+def read_prediction_table(path: Path | str) -> pd.DataFrame:
+    """A prediction table as written, ids as strings exactly (an id NA, null or None stays that text, not NaN); an
+    empty cell elsewhere is missing (NaN)."""
+    missing = {column: [""] for column in pd.read_csv(path, nrows=0).columns if column != "id"}
+    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=missing)
 
 
 def prob_columns(classes: list[str], suffix: str = "") -> list[str]:

@@ -5,13 +5,12 @@ are fixed in params or chosen on the validation images."""
 import sys
 
 import numpy as np
-import pandas as pd
 
 from dogscats.atomic import write_csv, write_json
 from dogscats.blending import best_blend_weight, best_clip, best_temperature, final_p
 from dogscats.dataset import classes_of, label_index, read_manifest
 from dogscats.params import load_params
-from dogscats.predictions import probability_table, read_probabilities
+from dogscats.predictions import probability_table, read_prediction_table, read_probabilities
 from dogscats.scoring import accuracy, clip, log_loss
 
 
@@ -27,8 +26,8 @@ def main(
     cfg = load_params()["predict"]
     manifest = read_manifest(manifest_path).set_index("id")
     classes = classes_of(manifest.label)
-    head = pd.read_csv(head_predictions_path, dtype={"id": str})
-    finetuned = pd.read_csv(finetune_predictions_path, dtype={"id": str})
+    head = read_prediction_table(head_predictions_path)
+    finetuned = read_prediction_table(finetune_predictions_path)
     rows = head[["id", "split", "usable"]].merge(finetuned[["id", "split"]], on=["id", "split"])
     for split in ("val", "test"):
         expected, found = int((manifest.split == split).sum()), int((rows.split == split).sum())

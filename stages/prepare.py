@@ -1,4 +1,5 @@
-"""Stage prepare: check every raw image, split train/val (seeded, stratified), link the layout, write the manifest."""
+"""Stage prepare: check every raw image and the answer key, split train/val (seeded, stratified), link the layout,
+write the manifest."""
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from tqdm import tqdm
 from dogscats.atomic import atomic_dir, write_csv, write_json
 from dogscats.dataset import (
     MANIFEST_COLUMNS,
+    checked_answer_key,
     classes_of,
     file_md5,
     link_path,
@@ -27,11 +29,15 @@ def check_image(path: str) -> tuple[str, str]:
     return decode_problem(path) or "", file_md5(path)
 
 
-def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) -> None:
-    """Prepare the raw data named by data.raw."""
+def main(out_dir: str, manifest_path: str, key_path: str, report_path: str, metrics_path: str) -> None:
+    """Prepare the raw data named by data.raw, and the answer key named by submit.labels (an empty one if null)."""
     params = load_params()
-    raw, prep = Path(params["data"]["raw"]), params["prepare"]
+    raw, prep, labels = Path(params["data"]["raw"]), params["prepare"], params["submit"]["labels"]
     images, bad = scan_raw(raw)
+    test_ids = images.id[images.split == "test"].tolist()
+    key = pd.DataFrame({"id": [], "label": []})
+    if labels:
+        key = checked_answer_key(Path(labels), raw, test_ids, classes_of(images.label))
     with ThreadPoolExecutor() as pool:
         checks = tqdm(pool.map(check_image, images.source), total=len(images), desc="prepare: checking images")
         images["problem"], images["md5"] = zip(*checks, strict=True)
@@ -50,12 +56,18 @@ def main(out_dir: str, manifest_path: str, report_path: str, metrics_path: str) 
     images = images[(images.split == "test") | (images.problem == "")].reset_index(drop=True)
     train = images.split == "train"
     images.loc[train, "split"] = stratified_split(images.label[train], prep["val_fraction"], prep["seed"])
+    for label in sorted(set(images.label[train]) - set(images.label[images.split == "val"])):
+        count = int((images.label == label).sum())
+        print(
+            f"prepare: warning: class {label} has {count} image(s), all kept for training: none in val", file=sys.stderr
+        )
     out = Path(out_dir)
     rows = zip(images.source, images.split, images.label, strict=True)
     images["file"] = [str(link_path(*row, out)) for row in rows]
     with atomic_dir(out) as tmp:  # a sibling of out, so the relative links stay valid after the rename
         write_symlink_tree(images, tmp)
     write_csv(manifest_path, images[MANIFEST_COLUMNS])
+    write_csv(key_path, key)
     counts = images.split.value_counts()
     metrics = {f"n_{s}": int(counts.get(s, 0)) for s in ("train", "val", "test")}
     metrics["n_bad"], metrics["n_bad_train"] = len(bad), n_bad_train

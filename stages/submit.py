@@ -1,23 +1,25 @@
-"""Stage submit: write the submission (Kaggle's id,label for two classes), checked; score it if labels are given."""
+"""Stage submit: write the submission (Kaggle's id,label for two classes), checked; score it against the answer key
+that prepare checked, if there is one."""
 
 import sys
 
 from dogscats.atomic import write_json
-from dogscats.dataset import classes_of, read_manifest
+from dogscats.dataset import classes_of, read_answer_key, read_manifest
 from dogscats.params import load_params
-from dogscats.submission import make_submission, read_answer_key, score_submission, write_submission
+from dogscats.submission import make_submission, score_submission, write_submission
 
 
-def main(manifest_path: str, predictions_path: str, submission_path: str, metrics_path: str) -> None:
-    """Check and write the submission; when submit.labels names an answer key, score it."""
-    cfg = load_params()["submit"]
+def main(manifest_path: str, predictions_path: str, key_path: str, submission_path: str, metrics_path: str) -> None:
+    """Check and write the submission; score it when the answer key has rows."""
+    load_params()
     manifest = read_manifest(manifest_path)
     classes = classes_of(manifest.label)
     submission = make_submission(predictions_path, manifest.query("split == 'test'").id.tolist(), classes)
     write_submission(submission_path, submission)
     metrics = {"n_rows": len(submission)}
-    if cfg.get("labels"):
-        metrics.update(score_submission(submission, read_answer_key(cfg["labels"]), classes))
+    key = read_answer_key(key_path)
+    if len(key):
+        metrics.update(score_submission(submission, key, classes))
     write_json(metrics_path, metrics)
     print(f"submit: {submission_path}: {metrics}")
 

@@ -32,6 +32,20 @@ def make_kaggle_layout(root: Path, per_class: int = 10, n_test: int = 6) -> Path
 
 
 # The stage entry points' arguments, as dvc.yaml passes them (paths relative to the project).
+PREPARE_ARGS = (
+    "data/prepared",
+    "data/split.csv",
+    "data/answer_key.csv",
+    "data/prepare_report.csv",
+    "metrics/prepare.json",
+)
+SUBMIT_ARGS = (
+    "data/split.csv",
+    "data/predictions.csv",
+    "data/answer_key.csv",
+    "data/submission.csv",
+    "metrics/submit.json",
+)
 PREDICT_ARGS = (
     "data/split.csv",
     "data/head_predictions.csv",

@@ -1,4 +1,4 @@
-"""Blend weight and clip bounds chosen on validation."""
+"""Blend weight, temperature and clip bounds chosen on validation."""
 
 import numpy as np
 import pytest
@@ -53,6 +53,15 @@ def test_temperature_on_three_classes_keeps_rows_normalised_and_matches_two_clas
     assert np.allclose(with_temperature(p3, 1.0), p3)
     p = np.array([0.1, 0.9])  # the (N,) p(second class) form and its (N, 2) matrix agree
     assert np.allclose(with_temperature(p, 0.5), with_temperature(np.column_stack([1 - p, p]), 0.5)[:, 1])
+
+
+@pytest.mark.parametrize(("right", "wrong"), [(149, 1), (6, 4)])
+def test_the_temperature_is_found_over_its_whole_range(right, wrong):
+    """A model that says p = sigmoid(+-2) where a share right / (right + wrong) is right: the best temperature makes
+    sigmoid(2 / T) equal that share, T = 2 / log(right / wrong): 0.400 and 4.93, beyond the old grid's [0.5, 2]."""
+    y = np.array([1] * right + [0] * wrong + [0] * right + [1] * wrong)
+    p = 1 / (1 + np.exp(np.repeat([-2.0, 2.0], right + wrong)))
+    assert best_temperature(y, p) == pytest.approx(2 / np.log(right / wrong), rel=1e-3)
 
 
 def test_blend_and_temperature_choices_work_on_three_classes():

@@ -85,6 +85,13 @@ def test_split_is_stratified_seeded_and_sized():
     assert not np.array_equal(split, stratified_split(labels, 0.2, seed=2))
 
 
+@pytest.mark.parametrize(("count", "val_fraction", "in_val"), [(1, 0.6, 0), (2, 0.6, 1), (2, 0.9, 1), (3, 0.2, 1)])
+def test_every_class_keeps_a_training_image(count, val_fraction, in_val):
+    labels = pd.Series(["cat"] * 10 + ["dog"] * count)
+    split = stratified_split(labels, val_fraction, seed=0)
+    assert (split[labels == "dog"] == "val").sum() == in_val and (split[labels == "dog"] == "train").any()
+
+
 def test_label_index_is_dog_one_cat_zero_unknown_minus_one():
     assert label_index(pd.Series(["cat", "dog", ""]), ["cat", "dog"]).tolist() == [0, 1, -1]
 

@@ -1,6 +1,7 @@
 """The DVC pipeline itself: reruns limited to what a change touches, recovery from a killed stage, determinism, and
 the CI regeneration of the models against a local DVC remote."""
 
+import json
 import os
 import re
 import shutil
@@ -23,9 +24,10 @@ ENV["TQDM_MININTERVAL"] = "0"  # every progress step reaches the log, for the ki
 FEATURES = "features@efficientnet_lite0"
 
 
-def _run(cwd: Path, *args: str) -> str:
+def _run(cwd: Path, *args: str, ok: bool = True) -> str:
+    """Run a command; its output, after checking that it succeeded (or, with ok=False, that it failed)."""
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=ENV)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr
     return result.stdout + result.stderr
 
 
@@ -39,14 +41,13 @@ def _set_params(project: Path, params: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> tuple[Path, dict]:
-    """A copy of the pipeline on a tiny demo dataset with random-weight backbones."""
+def _new_project(path: Path) -> tuple[Path, dict]:
+    """A copy of the pipeline on a tiny demo dataset with random-weight backbones, in a new git repository."""
     for name in ("stages", "dogscats"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore", ".ci/regenerate"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        shutil.copy(REPO / name, tmp_path / name)
+        (path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, path / name)
     params = default_params()
     params["data"]["raw"], params["submit"]["labels"] = "data/demo", None
     params["demo"].update(train_per_class=6, test_count=4)
@@ -54,11 +55,73 @@ def project(tmp_path: Path) -> tuple[Path, dict]:
     params["backbones"] = ["efficientnet_lite0"]
     params["train"]["epochs"] = 2
     params["finetune"].update(backbone="efficientnet_lite0", epochs=1, head_epochs=2, batch_size=8)
-    _set_params(tmp_path, params)
-    _run(tmp_path, "git", "init", "-q", "-b", "main")
-    _run(tmp_path, "dvc", "init", "-q")
-    shutil.copy(REPO / ".dvcignore", tmp_path)
-    return tmp_path, params
+    _set_params(path, params)
+    _run(path, "git", "init", "-q", "-b", "main")
+    _run(path, "dvc", "init", "-q")
+    shutil.copy(REPO / ".dvcignore", path)
+    return path, params
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[Path, dict]:
+    """A new project, nothing run yet."""
+    return _new_project(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def committed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A project whose pipeline ran and was committed: each test using it must leave it as it found it."""
+    path, params = _new_project(tmp_path_factory.mktemp("committed"))
+    _run(path, "dvc", "repro")
+    _run(path, "git", "add", "-A")
+    _run(path, "git", "commit", "-qm", "pipeline run")
+    return path, params
+
+
+def _readme_way_back() -> list[list[str]]:
+    """README's commands back to the committed defaults after an experiment, split at &&."""
+    (line,) = [ln for ln in (REPO / "README.md").read_text().splitlines() if "# back to the committed defaults" in ln]
+    return [part.split() for part in line.split("#")[0].split("&&")]
+
+
+def test_a_backbones_experiment_then_readmes_way_back_reruns_nothing(committed):
+    path, _ = committed
+    _run(path, "dvc", "exp", "run", "-S", "backbones=[efficientnet_lite0,efficientnet_lite1]")
+    assert "/efficientnet_lite1.h5" in (path / "data" / "features" / ".gitignore").read_text()
+    for command in _readme_way_back():
+        _run(path, *command)
+    assert "Data and pipelines are up to date" in _run(path, "dvc", "status")
+    assert "Running stage" not in _run(path, "dvc", "repro")
+
+
+def test_two_queued_experiments_complete_and_are_listed(committed):
+    path, _ = committed
+    _run(path, "dvc", "exp", "run", "--queue", "-S", "train.dropout=0.3,0.4")  # a sweep: two experiments
+    _run(path, "dvc", "queue", "start")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = _run(path, "dvc", "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    rows = json.loads(_run(path, "dvc", "exp", "show", "--json"))
+    experiments = [exp for row in rows for run in row.get("experiments") or [] for exp in run["revs"]]
+    dropouts = {exp["data"]["params"]["params.yaml"]["data"]["train"]["dropout"]: exp for exp in experiments}
+    assert {0.3, 0.4} <= set(dropouts)  # beside any earlier experiment of this project
+    for exp in dropouts.values():
+        assert "val_logloss" in exp["data"]["metrics"]["metrics/train.json"]["data"]
+
+
+def test_a_bad_param_stops_dvc_repro_at_once_with_one_line_naming_it(committed):
+    path, params = committed
+    _set_params(path, {**params, "features": {**params["features"], "resize": "crops"}})
+    output = _run(path, "dvc", "repro", ok=False)
+    _set_params(path, params)
+    assert [line for line in output.splitlines() if "features.resize" in line] == [
+        "params.yaml: features.resize must be 'squash', 'crop' or 'pad', got 'crops'"
+    ]
+    assert "Traceback" not in output
 
 
 def test_repro_reruns_only_what_a_change_touches(project):
@@ -89,13 +152,20 @@ def test_repro_reruns_only_what_a_change_touches(project):
     assert len(cached_images) == len(demo_images)  # the demo's own output, once; the symlink tree adds nothing
 
 
-def test_an_image_change_reruns_the_image_readers_and_an_unlabelled_file_only_prepare(project):
+def test_an_image_change_reruns_the_image_readers_an_unlabelled_file_only_prepare_a_key_edit_the_scoring(project):
     path, params = project
     _run(path, "dvc", "repro", "demo")
     shutil.copytree(path / "data" / "demo", path / "raw")  # raw data outside DVC's outputs, like a user's folder
-    params["data"]["raw"] = "raw"
+    params["data"]["raw"], params["submit"]["labels"] = "raw", "raw/test_labels.csv"
     _set_params(path, params)
     _run(path, "dvc", "repro")
+    scored = (path / "metrics" / "submit.json").read_text()
+    key = path / "raw" / "test_labels.csv"
+    header, first, *rest = key.read_text().splitlines()
+    key.write_text("\n".join([header, first[:-1] + str(1 - int(first[-1])), *rest]) + "\n")
+    _repro(path, {"prepare", "submit"})  # one label flipped: only the scoring reruns (p is 0.5 everywhere: a tie is a
+    # dog, so the accuracy moves)
+    assert (path / "metrics" / "submit.json").read_text() != scored
     cat = path / "raw" / "train" / "cat.1.jpg"
     cat.write_bytes((path / "raw" / "train" / "cat.2.jpg").read_bytes())
     everything = {FEATURES, "train", "finetune", "predict", "evaluate", "submit"}

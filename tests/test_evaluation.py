@@ -2,8 +2,9 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from dogscats.evaluation import auc, confusion_rows, roc_points, worst_mistakes_html
+from dogscats.evaluation import auc, confusion_rows, roc_points, worst_mistakes, worst_mistakes_html
 from dogscats.scoring import image_log_losses
 
 from .conftest import write_image
@@ -41,3 +42,19 @@ def test_worst_mistakes_page_embeds_thumbnails(tmp_path):
     page = worst_mistakes_html(rows, "worst")
     assert page.count('src="data:image/jpeg;base64,') == 1
     assert "cat.1&lt;b&gt;: a cat, p(cat) = 0.0300" in page
+
+
+def test_a_single_class_in_validation_has_no_roc_and_no_error():
+    y, p = np.array([1, 1, 1]), np.array([0.9, 0.4, 0.8])
+    assert auc(y, p) is None and roc_points(y, p).empty and list(roc_points(y, p)) == ["fpr", "tpr", "threshold"]
+
+
+def test_worst_mistakes_are_only_mistakes_the_costliest_first():
+    ids = pd.Series(["a", "b", "c", "d", "e"])
+    y = np.array([1, 1, 0, 0, 1])
+    p = np.array([0.9, 0.2, 0.6, 0.1, 0.01])  # b, c and e are wrong; a and d are right
+    worst = worst_mistakes(ids, np.array(list("ABCDE")), y, p, ["cat", "dog"], count=24)
+    assert worst.id.tolist() == ["e", "b", "c"] and worst.file.tolist() == ["E", "B", "C"]
+    assert worst.truth.tolist() == ["dog", "dog", "cat"] and worst.p_truth.tolist() == pytest.approx([0.01, 0.2, 0.4])
+    assert worst_mistakes(ids, np.array(list("ABCDE")), y, p, ["cat", "dog"], count=2).id.tolist() == ["e", "b"]
+    assert worst_mistakes(ids, np.array(list("ABCDE")), y, 1.0 * y, ["cat", "dog"], count=24).empty

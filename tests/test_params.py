@@ -11,7 +11,7 @@ import yaml
 from dogscats.params import OPTIMIZERS, ParamsError, check_params, load_params
 from stages import prepare
 
-from .conftest import REPO, default_params
+from .conftest import PREPARE_ARGS, REPO, default_params
 
 
 def _problems(**changes) -> list[str]:
@@ -112,7 +112,7 @@ def test_keras_knows_every_optimizer_the_params_allow():
 def test_a_stage_stops_before_any_work_with_one_line_per_problem(in_project, kaggle_raw, tmp_path):
     in_project(data={"raw": str(kaggle_raw)}, prepare={"val_fraction": 2}, features={"resize": "crops"})
     with pytest.raises(ParamsError) as stop:
-        prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+        prepare.main(*PREPARE_ARGS)
     assert str(stop.value).splitlines() == [
         "params.yaml: prepare.val_fraction must be less than 1, got 2",
         "params.yaml: features.resize must be 'squash', 'crop' or 'pad', got 'crops'",

@@ -14,7 +14,7 @@ import yaml
 from dogscats.params import check_params
 from stages import features, finetune, predict, prepare, train
 
-from .conftest import PREDICT_ARGS, default_params, finetune_args
+from .conftest import PREDICT_ARGS, PREPARE_ARGS, default_params, finetune_args
 
 README = Path(__file__).parent.parent / "README.md"
 QUICK = {"train.epochs": 2, "finetune.epochs": 1, "finetune.head_epochs": 2}  # the most epochs the tests run
@@ -75,7 +75,7 @@ def test_each_recipe_runs_through_the_stages_with_random_weights(number, kaggle_
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert ",".join(params["backbones"]) == RECIPES[number]
 
-    prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    prepare.main(*PREPARE_ARGS)
     for name in params["backbones"]:
         features.main(name, "data/split.csv", f"data/features/{name}.h5", f"metrics/features/{name}.json")
     train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", "x.json")

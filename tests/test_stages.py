@@ -16,7 +16,7 @@ from dogscats.params import ParamsError
 from dogscats.scoring import log_loss
 from stages import evaluate, features, finetune, predict, prepare, submit, train
 
-from .conftest import EVALUATE_ARGS, PREDICT_ARGS, finetune_args, write_image
+from .conftest import EVALUATE_ARGS, PREDICT_ARGS, PREPARE_ARGS, SUBMIT_ARGS, finetune_args, write_image
 
 BACKBONE = "efficientnet_lite0"
 TRAIN_JSON = "metrics/train.json"
@@ -31,6 +31,7 @@ def prepared(kaggle_raw, in_project):
     """A project whose prepare stage ran, with one truncated training and one truncated test image."""
     _truncate(kaggle_raw / "train" / "cat.3.jpg")
     _truncate(kaggle_raw / "test" / "2.jpg")
+    (kaggle_raw / "answers.csv").write_text("id,label\n" + "".join(f"{i},{1 - i % 2}\n" for i in range(1, 7)))
     in_project(
         data={"raw": str(kaggle_raw)},
         prepare={"max_bad_fraction": 0.1},
@@ -38,9 +39,9 @@ def prepared(kaggle_raw, in_project):
         train={"epochs": 2},
         finetune={"backbone": BACKBONE, "epochs": 2, "head_epochs": 2, "batch_size": 8, "learning_rate": 0.01},
         predict={"blend": "auto", "calibrate": False, "clip": [0.005, 0.995]},
-        submit={"labels": None},
+        submit={"labels": str(kaggle_raw / "answers.csv")},
     )
-    prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    prepare.main(*PREPARE_ARGS)
     return kaggle_raw
 
 
@@ -67,7 +68,7 @@ def test_prepare_stops_when_too_many_training_images_are_bad(kaggle_raw, in_proj
         _truncate(kaggle_raw / "train" / f"dog.{n}.jpg")
     in_project(data={"raw": str(kaggle_raw)}, prepare={"max_bad_fraction": 0.1})
     with pytest.raises(ValueError, match=r"3 of 20 training images cannot be used, more than prepare.max_bad_fraction"):
-        prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+        prepare.main(*PREPARE_ARGS)
     report = pd.read_csv("data/prepare_report.csv")
     assert sorted(Path(f).name for f in report.file) == ["dog.1.jpg", "dog.2.jpg", "dog.3.jpg"]
     assert not Path("data/split.csv").exists()
@@ -83,7 +84,7 @@ def test_prepare_leaves_out_each_kind_of_bad_training_image_and_keeps_odd_but_wh
     Image.open(train / "dog.4.jpg").convert("CMYK").save(train / "Dog.44.JPG")  # CMYK, upper case: kept
     (test / "3.jpg").write_bytes(b"")
     in_project(data={"raw": str(kaggle_raw)}, prepare={"max_bad_fraction": 0.25})
-    prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    prepare.main(*PREPARE_ARGS)
     reasons = {Path(f).name: r for f, r in pd.read_csv("data/prepare_report.csv").itertuples(index=False)}
     assert set(reasons) == {"cat.1.jpg", "cat.2.jpg", "dog.1.jpg", "puppy.jpg", "3.jpg"}
     assert "cannot identify image file" in reasons["cat.1.jpg"] and "truncated" in reasons["cat.2.jpg"].lower()
@@ -100,8 +101,35 @@ def test_prepare_stops_on_a_duplicate_id_before_writing_anything(kaggle_raw, in_
     (kaggle_raw / "test" / "0002.jpg").write_bytes((kaggle_raw / "test" / "2.jpg").read_bytes())
     in_project(data={"raw": str(kaggle_raw)})
     with pytest.raises(ValueError, match=r"test id 2: \S*test/0002\.jpg and \S*test/2\.jpg"):
-        prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+        prepare.main(*PREPARE_ARGS)
     assert not Path("data").exists() and not Path("metrics").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "inside", "message"),
+    [
+        ("id,label\n1,0\n2,1\n3,0\n4,1\n5,0\n6,1\n", False, "lies outside data.raw"),
+        ("id,label\n1,0\n2,1\n3,0\n4,1\n5,0\n", True, r"test ids missing \['6'\]"),
+        ("id,label\n1,0\n2,1\n3,0\n4,1\n5,0\n6,1\n7,1\n", True, r"ids not in test/ \['7'\]"),
+        ("id,label\n1,0\n2,1\n3,0\n4,1\n5,0\n6,puppy\n", True, r"labels \['puppy'\] are neither"),
+        ("id,truth\n1,0\n", True, "needs the columns id,label"),
+    ],
+)
+def test_prepare_checks_the_answer_key_before_any_work(kaggle_raw, in_project, tmp_path, key, inside, message):
+    path = (kaggle_raw if inside else tmp_path) / "key.csv"
+    path.write_text(key)
+    in_project(data={"raw": str(kaggle_raw)}, submit={"labels": str(path)})
+    with pytest.raises(ValueError, match=message):
+        prepare.main(*PREPARE_ARGS)
+    assert not Path("data").exists()
+
+
+def test_a_missing_raw_folder_is_named_with_the_fix(in_project, tmp_path):
+    in_project(data={"raw": "../nowhere/catsdogs"})
+    with pytest.raises(
+        FileNotFoundError, match=r"data.raw: .*nowhere/catsdogs is not a folder.*-S data.raw=\$\(realpath"
+    ):
+        prepare.main(*PREPARE_ARGS)
 
 
 def test_features_train_predict_submit(prepared):
@@ -147,11 +175,10 @@ def test_features_train_predict_submit(prepared):
     evaluate.main(*EVALUATE_ARGS)
     assert len(pd.read_csv("metrics/confusion.csv")) == 4
     assert pd.read_csv("metrics/roc.csv").tpr.iloc[-1] == 1
-    assert Path("metrics/worst_mistakes.html").read_text().count('<img src="data:image/jpeg;base64,') == 4
+    errors = json.loads(Path("metrics/evaluate.json").read_text())["val_errors"]
+    assert Path("metrics/worst_mistakes.html").read_text().count('<img src="data:image/jpeg;base64,') == errors
 
-    Path("answers.csv").write_text("id,label\n" + "".join(f"{i},{1 - i % 2}\n" for i in range(1, 7)))
-    Path("params.yaml").write_text(Path("params.yaml").read_text().replace("labels: null", "labels: answers.csv"))
-    submit.main("data/split.csv", "data/predictions.csv", "data/submission.csv", "metrics/submit.json")
+    submit.main(*SUBMIT_ARGS)
     submission = pd.read_csv("data/submission.csv")
     assert submission.id.tolist() == [1, 2, 3, 4, 5, 6] and list(submission) == ["id", "label"]
     scores = json.loads(Path("metrics/submit.json").read_text())
@@ -218,10 +245,11 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     for label, colour in colours.items():
         for n in range(6):
             write_image(raw / "train" / label / f"{label}{n}.jpg", colour)
-    for n, colour in enumerate([*colours.values(), (1, 2, 3)]):
-        write_image(raw / "test" / f"pic{n}.jpg", colour)
+    test_ids = ["NA", "None", "null", "pic3"]  # ids that pandas reads as missing, unless told otherwise
+    for name, colour in zip(test_ids, [*colours.values(), (1, 2, 3)], strict=True):
+        write_image(raw / "test" / f"{name}.jpg", colour)
     _truncate(raw / "test" / "pic3.jpg")  # undecodable: predicted with the class shares
-    Path("answers.csv").write_text("id,label\npic0,bird\npic1,cat\npic2,dog\npic3,dog\n")
+    (raw / "answers.csv").write_text("id,label\nNA,bird\nNone,1\nnull,dog\npic3,dog\n")  # a name or an index
     in_project(
         data={"raw": str(raw)},
         prepare={"val_fraction": 0.34},
@@ -229,10 +257,11 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
         train={"epochs": 2},
         finetune={"backbone": BACKBONE, "epochs": 1, "head_epochs": 2, "batch_size": 8},
         predict={"blend": "auto", "calibrate": True, "clip": [0.005, 0.995]},
-        submit={"labels": "answers.csv"},
+        submit={"labels": str(raw / "answers.csv")},
     )
-    prepare.main("data/prepared", "data/split.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    prepare.main(*PREPARE_ARGS)
     assert json.loads(Path("metrics/prepare.json").read_text())["n_classes"] == 3
+    assert Path("data/answer_key.csv").read_text() == "id,label\nNA,bird\nNone,cat\nnull,dog\npic3,dog\n"
     assert sorted(p.name for p in Path("data/prepared/val").iterdir()) == ["bird", "cat", "dog"]
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
     with h5py.File(f"data/features/{BACKBONE}.h5") as h5:
@@ -247,10 +276,10 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     evaluate.main(*EVALUATE_ARGS)
     assert set(pd.read_csv("metrics/confusion.csv").actual) == {"bird", "cat", "dog"}
     assert 0 <= json.loads(Path("metrics/evaluate.json").read_text())["val_auc"] <= 1
-    submit.main("data/split.csv", "data/predictions.csv", "data/submission.csv", "metrics/submit.json")
-    submission = pd.read_csv("data/submission.csv")
-    assert list(submission) == ["id", "bird", "cat", "dog"] and submission.id.tolist() == [f"pic{n}" for n in range(4)]
-    predicted = pd.read_csv("data/predictions.csv").set_index("id").loc[submission.id]
+    submit.main(*SUBMIT_ARGS)
+    submission = pd.read_csv("data/submission.csv", keep_default_na=False)
+    assert list(submission) == ["id", "bird", "cat", "dog"] and submission.id.tolist() == test_ids
+    predicted = pd.read_csv("data/predictions.csv", keep_default_na=False).set_index("id").loc[submission.id]
     for name in ("bird", "cat", "dog"):  # each column is its class's probability
         assert np.allclose(submission[name], predicted[f"p_{name}"], atol=1e-6)
     assert np.allclose(submission[["bird", "cat", "dog"]].sum(1), 1, atol=1e-5)
