@@ -56,9 +56,10 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
 
 def remove_leftovers(target: Path) -> None:
     """Delete temporary files and folders that a killed write of this target left behind (not a live writer's)."""
+    ours = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.tmp")  # .<name>.<pid>.tmp...: not another target's
     for leftover in target.parent.glob(f".{target.name}.*.tmp*"):
-        pid = leftover.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+        match = ours.match(leftover.name)
+        if not match or (int(match[1]) != os.getpid() and _process_alive(int(match[1]))):
             continue
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)

@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from dogscats.scoring import as_matrix, clip, log_loss
+from dogscats.scoring import as_matrix, clip, log_loss, predicted_class
 
 BLEND_GRID = np.linspace(0, 1, 21)  # fine-tuned model weights tried by blend: auto
 TEMPERATURE_RANGE = (0.01, 100.0)  # searched by calibrate: true (below 1 sharpens, above 1 softens)
@@ -32,7 +32,10 @@ def with_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
 
 def best_temperature(y: np.ndarray, p: np.ndarray) -> float:
     """The temperature with the lowest log loss (temperature scaling, a one-parameter calibration), found by a bounded
-    scalar minimiser over log T across TEMPERATURE_RANGE: the loss is convex in 1 / T, so it has one minimum."""
+    scalar minimiser over log T across TEMPERATURE_RANGE: the loss is convex in 1 / T, so it has one minimum, unless
+    every image is classified right. Then the loss only falls as T goes to 0 (no finite best), and T stays 1."""
+    if np.all(predicted_class(p) == np.asarray(y)):
+        return 1.0
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
     found = minimize_scalar(
         lambda log_t: log_loss(y, with_temperature(p, np.exp(log_t))),

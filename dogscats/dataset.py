@@ -163,7 +163,8 @@ def read_answer_key(path: Path | str) -> pd.DataFrame:
 
 def checked_answer_key(path: Path, raw: Path, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
     """The answer key (submit.labels) with class names for labels, in test id order, checked: inside data.raw (which
-    DVC tracks, so editing the key reruns the scoring), one row per test id, every label a class."""
+    DVC tracks, so editing the key reruns the scoring), one row per test id, every label a class name or index (a
+    label that is both, with classes named by digits, is the name)."""
     if not path.resolve().is_relative_to(raw.resolve()):
         raise ValueError(
             f"submit.labels: {path} lies outside data.raw ({raw}); DVC tracks data.raw, so keep the answer key in it"
@@ -176,7 +177,7 @@ def checked_answer_key(path: Path, raw: Path, test_ids: list[str], classes: list
             f"{path}: the answer key needs one row per test image; ids twice {duplicated[:10]}, test ids missing"
             f" {missing[:10]}, ids not in test/ {extra[:10]}"
         )
-    names = {name: name for name in classes} | {str(i): name for i, name in enumerate(classes)}
+    names = {str(i): name for i, name in enumerate(classes)} | {name: name for name in classes}  # a name wins
     unknown = sorted(set(key.label) - set(names))
     if unknown:
         raise ValueError(f"{path}: labels {unknown[:10]} are neither class names nor indices ({', '.join(classes)})")

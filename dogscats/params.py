@@ -32,7 +32,7 @@ class ParamsError(SystemExit):
 class Section(BaseModel):
     """A params section: no unknown keys, no type conversions (30 is not "30", 1 is not true)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Data(Section):
@@ -164,15 +164,30 @@ def check_params(params: Any) -> list[str]:
 
 def _describe(error: dict) -> str:
     """One pydantic error as a line: the dotted key, what is allowed, the value given."""
-    key = ".".join(str(part) for part in error["loc"]) or "params"
+    key = ".".join(str(part) for part in error["loc"])
+    if not key:
+        return f"the params must be a mapping of sections, got {error['input']!r}"
     if error["type"] == "missing":
         return f"missing key {key}"
     if error["type"] == "extra_forbidden":
         return f"unknown key {key}"
-    allowed = NON_EMPTY.get(error["type"]) or error["msg"].removeprefix("Value error, ").removeprefix(
-        "Input should be "
-    )
-    return f"{key} must be {allowed}, got {error['input']!r}"
+    message = error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+    allowed = NON_EMPTY.get(error["type"], message)
+    if error["type"] == "literal_error":
+        allowed = allowed.replace("None", "null")  # as YAML spells it
+    hint = ""
+    if error["type"] == "float_type" and isinstance(error["input"], str) and _reads_as_float(error["input"]):
+        hint = f" (YAML reads {error['input']} as text: write it with a decimal point, e.g. 1.0e-4)"
+    return f"{key} must be {allowed}, got {error['input']!r}{hint}"
+
+
+def _reads_as_float(text: str) -> bool:
+    """Whether Python would read the text as a number (YAML 1.1 reads 1e-4, without a dot, as a string)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_backbones(params: dict) -> list[str]:

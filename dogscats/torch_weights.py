@@ -14,9 +14,8 @@ import pickle
 import pickletools
 import reprlib
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,15 +36,21 @@ STORAGE_DTYPES = {
 }
 
 
-@dataclass(frozen=True, slots=True)  # slots: a pickle's BUILD cannot change it after the checks
-class StorageType:
+MAX_DIMS = 64  # a tensor's dimensions
+INT64 = range(-(2**63), 2**63)
+MAX_DEPTH = 32  # how deeply a pickle may nest containers (a state dict needs about 5)
+# The opcodes that pickles of plain values, globals and persistent ids use (protocols 2 to 5); others are refused.
+ATOMS = {"NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "GLOBAL"}
+ATOMS |= {"BINUNICODE", "SHORT_BINUNICODE", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES"}
+
+
+class StorageType(NamedTuple):  # tuples: a pickle's BUILD opcode cannot change them once they are checked
     """Stands in for torch.FloatStorage and friends."""
 
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class StorageRef:
+class StorageRef(NamedTuple):
     """A persistent id of the state dict pickle: which storage, its element type and element count."""
 
     key: str
@@ -53,8 +58,7 @@ class StorageRef:
     numel: int
 
 
-@dataclass(frozen=True, slots=True)
-class TensorRef:
+class TensorRef(NamedTuple):
     """A tensor as the pickle describes it: a view (offset, shape, strides) of a storage."""
 
     storage: StorageRef
@@ -63,13 +67,21 @@ class TensorRef:
     strides: tuple[int, ...]
 
 
-def _tensor_ref(storage: Any, offset: Any, shape: Any, strides: Any, *_: Any) -> TensorRef:
-    """torch._utils._rebuild_tensor_v2, type-checked: its other arguments (requires_grad, hooks) are ignored."""
-    if not isinstance(storage, StorageRef):
-        raise ValueError(f"a tensor refers to {_short(storage)}, not to a storage")
-    if not (_is_int(offset) and _int_tuple(shape) and _int_tuple(strides) and len(shape) == len(strides)):
-        raise ValueError(f"bad tensor view: offset {_short(offset)}, shape {_short(shape)}, strides {_short(strides)}")
-    return TensorRef(storage, offset, tuple(shape), tuple(strides))
+class _RebuildTensor:
+    """torch._utils._rebuild_tensor_v2, type-checked: its other arguments (requires_grad, hooks) are ignored. An
+    object without attributes, so no pickle can change it."""
+
+    __slots__ = ()
+
+    def __call__(self, storage: Any, offset: Any, shape: Any, strides: Any, *_: Any) -> TensorRef:
+        if not isinstance(storage, StorageRef):
+            raise ValueError(f"a tensor refers to {_short(storage)}, not to a storage")
+        view = [offset, *shape, *strides] if isinstance(shape, tuple) and isinstance(strides, tuple) else [None]
+        if not (all(_is_int(v) and v in INT64 for v in view) and len(shape) == len(strides) <= MAX_DIMS):
+            raise ValueError(
+                f"bad tensor view: offset {_short(offset)}, shape {_short(shape)}, strides {_short(strides)}"
+            )
+        return TensorRef(storage, offset, shape, strides)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -89,7 +101,7 @@ class _StateDictUnpickler(_PlainUnpickler):
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _tensor_ref
+            return _RebuildTensor()
         if module == "torch" and name in STORAGE_DTYPES:
             return StorageType(name)
         return super().find_class(module, name)
@@ -146,15 +158,71 @@ def _parse(data: bytes) -> dict[str, np.ndarray]:
 
 
 def _load(f: io.BytesIO, unpickler: type[pickle.Unpickler]) -> Any:
-    """The next pickle in f, after a dry read of its opcodes (pickletools runs nothing) that refuses a memo index past
-    the opcodes read so far: picklers number their memo 0, 1, 2, ..., and the C unpickler would allocate a memo table
-    as large as any index it is given (gigabytes for a flipped byte)."""
+    """The next pickle in f, unpickled only after a dry read of its opcodes (pickletools runs nothing)."""
     start = f.tell()
-    for count, (opcode, arg, _) in enumerate(pickletools.genops(f)):
-        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= count:
-            raise pickle.UnpicklingError(f"memo index {arg} at opcode {count}")
+    _dry_read(f)
     f.seek(start)
     return unpickler(f).load()
+
+
+def _dry_read(f: io.BytesIO) -> None:
+    """Follow a pickle's stack without building anything, refusing what the C unpickler would turn into a crash or a
+    huge allocation: an opcode outside ATOMS and the containers a state dict uses, containers nested deeper than
+    MAX_DEPTH (hashing a million nested tuples overflows the C stack), and a memo index past the opcodes read so far
+    (picklers number their memo 0, 1, 2, ...; the unpickler allocates a table as large as any index it is given)."""
+    stack: list[int] = []  # the nesting depth of each value on the unpickler's stack
+    marks: list[int] = []
+    memo: dict[int, int] = {}
+
+    def to_mark() -> int:
+        """Pop the values down to the last mark; the depth of a container holding them."""
+        mark = marks.pop()
+        items = stack[mark:]
+        del stack[mark:]
+        return 1 + max(items, default=0)
+
+    for count, (opcode, arg, _) in enumerate(pickletools.genops(f)):
+        name = opcode.name
+        if name in ATOMS:
+            stack.append(0)
+        elif name in ("EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT"):
+            stack.append(1)
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name in ("TUPLE", "LIST", "DICT"):
+            stack.append(to_mark())
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = stack[-n:]
+            del stack[-n:]
+            stack.append(1 + max(items))
+        elif name in ("APPENDS", "SETITEMS"):
+            depth = to_mark()
+            stack[-1] = max(stack[-1], depth)
+        elif name in ("APPEND", "BUILD"):
+            added = stack.pop()
+            stack[-1] = max(stack[-1], 1 + added)
+        elif name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            stack[-1] = max(stack[-1], 1 + max(key, value))
+        elif name == "REDUCE":
+            args, function = stack.pop(), stack.pop()
+            stack.append(1 + max(args, function))
+        elif name in ("BINPUT", "LONG_BINPUT"):
+            if not 0 <= arg <= count:
+                raise pickle.UnpicklingError(f"memo index {arg} at opcode {count}")
+            memo[arg] = stack[-1]
+        elif name == "MEMOIZE":  # protocol 4's BINPUT
+            memo[len(memo)] = stack[-1]
+        elif name in ("BINGET", "LONG_BINGET"):
+            stack.append(memo[arg])
+        elif name == "STACK_GLOBAL":  # protocol 4's GLOBAL, its names on the stack
+            del stack[-2:]
+            stack.append(0)
+        elif name not in ("PROTO", "FRAME", "BINPERSID", "STOP"):  # a persistent id replaces its value: depth stays
+            raise pickle.UnpicklingError(f"unexpected pickle opcode {name} at opcode {count}")
+        if stack and stack[-1] > MAX_DEPTH:
+            raise pickle.UnpicklingError(f"values nested deeper than {MAX_DEPTH} at opcode {count}")
 
 
 def _check_sys_info(sys_info: Any) -> None:

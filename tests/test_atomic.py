@@ -48,9 +48,14 @@ def test_a_killed_writes_leftovers_are_removed_by_the_next_write(tmp_path):
     (tmp_path / f".x.h5.{DEAD_PID}.tmp.h5").write_text("left by a SIGKILLed run")
     (tmp_path / f".x.h5.{DEAD_PID}.tmp-new").mkdir()
     (tmp_path / f".y.h5.{DEAD_PID}.tmp.h5").write_text("another target's: kept")
+    (tmp_path / f".x.h5.keras.{DEAD_PID}.tmp").write_text("target x.h5.keras's: kept")
     with atomic_path(target, suffix=".h5") as tmp:
         tmp.write_text("whole")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".y.h5.{DEAD_PID}.tmp.h5", "x.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".x.h5.keras.{DEAD_PID}.tmp",
+        f".y.h5.{DEAD_PID}.tmp.h5",
+        "x.h5",
+    ]
 
 
 def test_a_concurrent_writer_of_the_same_target_keeps_its_temporary_file(tmp_path):

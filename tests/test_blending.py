@@ -64,9 +64,16 @@ def test_the_temperature_is_found_over_its_whole_range(right, wrong):
     assert best_temperature(y, p) == pytest.approx(2 / np.log(right / wrong), rel=1e-3)
 
 
+def test_a_validation_set_without_mistakes_keeps_the_temperature_at_one():
+    y = np.array([1, 1, 0, 0])
+    assert best_temperature(y, np.array([0.9, 0.6, 0.2, 0.45])) == 1.0  # sharper is always better: no finite best
+
+
 def test_blend_and_temperature_choices_work_on_three_classes():
     y = np.array([0, 1, 2, 2])
     sharp = np.eye(3)[y] * 0.9 + 0.1 / 3
     vague = np.full((4, 3), 1 / 3)
     assert best_blend_weight(y, vague, sharp) == 1.0
-    assert best_temperature(y, np.eye(3)[y] * 0.98 + 0.02 / 3) < 1.0  # always right: sharpen
+    p = np.eye(3)[y] * 0.6 + 0.4 / 3
+    p[0] = [0.2, 0.7, 0.1]  # one mistake, three confident right answers: sharpen
+    assert best_temperature(y, p) < 1.0

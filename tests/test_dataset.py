@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dogscats.dataset import classes_of, label_index, scan_raw, stratified_split
+from dogscats.dataset import checked_answer_key, classes_of, label_index, scan_raw, stratified_split
 
 from .conftest import make_kaggle_layout, write_image
 
@@ -145,3 +145,9 @@ def test_an_empty_class_folder_or_a_single_class_stops(tmp_path):
     make_folder_layout(raw, classes=("cat",))
     with pytest.raises(ValueError, match="one class folder"):
         scan_raw(raw)
+
+
+def test_an_answer_key_label_that_is_a_class_name_and_an_index_is_the_name(tmp_path):
+    (tmp_path / "key.csv").write_text("id,label\na,1\nb,0\nc,2\n")
+    key = checked_answer_key(tmp_path / "key.csv", tmp_path, ["c", "b", "a"], ["1", "2"])
+    assert key.values.tolist() == [["c", "2"], ["b", "1"], ["a", "1"]]  # in test id order; "0" is the index of "1"

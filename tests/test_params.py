@@ -4,6 +4,7 @@ and checking needs no TensorFlow."""
 import copy
 import subprocess
 import sys
+from typing import get_args
 
 import pytest
 import yaml
@@ -49,7 +50,12 @@ def test_the_repository_params_are_valid():
         ({"features__decode": "reduce"}, "features.decode must be 'full' or 'reduced', got 'reduce'"),
         ({"features__precision": "fp16"}, "features.precision must be 'float32', 'bfloat16' or 'float16', got 'fp16'"),
         ({"features__pooling": "sum"}, "features.pooling must be 'avg', 'max' or 'flatten', got 'sum'"),
-        ({"features__weights": "imagenet21k"}, "features.weights must be 'imagenet' or None, got 'imagenet21k'"),
+        ({"features__weights": "imagenet21k"}, "features.weights must be 'imagenet' or null, got 'imagenet21k'"),
+        ({"train__learning_rate": float("inf")}, "train.learning_rate must be a finite number, got inf"),
+        (
+            {"train__learning_rate": "1e-4"},
+            "train.learning_rate must be a valid number, got '1e-4' (YAML reads 1e-4 as",
+        ),
         ({"features__input_size": 16}, "features.input_size must be greater than or equal to 32, got 16"),
         ({"features__batch_size": 0}, "features.batch_size must be greater than or equal to 1, got 0"),
         ({"train__optimizer": "adamm"}, "train.optimizer must be 'adadelta', 'adafactor', "),
@@ -94,6 +100,23 @@ def test_each_problem_has_a_clear_message(changes, message):
 def test_every_problem_is_reported_at_once():
     problems = _problems(features__resize="crops", train__dropout=1.5, evaluate__worst_mistakes=-5)
     assert [p.split(" ")[0] for p in problems] == ["features.resize", "train.dropout", "evaluate.worst_mistakes"]
+
+
+def test_the_choices_allowed_are_the_ones_the_code_knows():
+    from dogscats.backbone_sizes import NATIVE_SIZES
+    from dogscats.backbones import POOLINGS, registry
+    from dogscats.extract import PRECISIONS
+    from dogscats.images import DECODE_POLICIES, RESIZE_POLICIES
+    from dogscats.params import Features
+
+    assert set(NATIVE_SIZES) == set(registry())
+    choices = {name: get_args(field.annotation) for name, field in Features.model_fields.items()}
+    assert (choices["pooling"], choices["precision"]) == (POOLINGS, PRECISIONS)
+    assert (choices["resize"], choices["decode"]) == (RESIZE_POLICIES, DECODE_POLICIES)
+
+
+def test_a_params_file_that_is_not_a_mapping_is_named():
+    assert check_params(None) == ["the params must be a mapping of sections, got None"]
 
 
 def test_a_missing_key_is_named():

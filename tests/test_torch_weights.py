@@ -199,6 +199,44 @@ def test_a_huge_memo_index_is_refused_before_the_unpickler_allocates_it():
         parse_legacy_state_dict(data[: ends[2]] + bomb + data[ends[3] :])
 
 
+def test_deeply_nested_values_are_refused_before_they_can_overflow_the_c_stack():
+    data = legacy_bytes({"w": np.ones(2, np.float32)})
+    ends = pickle_ends(data)
+    nested = b"\x80\x02}" + _value(1) + b"\x85" * 1_000_000 + _value(1) + b"s."  # {((((1,),),)...): 1}
+    with pytest.raises(ValueError, match="values nested deeper than 32"):
+        parse_legacy_state_dict(data[: ends[1]] + nested + data[ends[2] :])
+
+
+@pytest.mark.parametrize(
+    ("dims", "message"),
+    [
+        ((2**40000,) * 200, "unexpected pickle opcode LONG4"),  # 5 KB integers: multiplying them would take minutes
+        ((2**100,) * 3, "bad tensor view"),  # beyond int64
+        ((1,) * 65, "bad tensor view"),  # more dimensions than any tensor has
+    ],
+)
+def test_huge_dimensions_are_refused_at_once(dims, message):
+    data = legacy_bytes({"w": np.ones(4, np.float32)}, {"w": (0, dims, (1,) * len(dims), 4)})
+    with pytest.raises(ValueError, match=message):
+        parse_legacy_state_dict(data)
+
+
+def test_build_cannot_change_a_checked_tensor_or_the_tensor_factory():
+    data = legacy_bytes({"w": np.ones((2, 2), np.float32)})
+    state_start, state_end = pickle_ends(data)[2:4]
+    state = data[state_start:state_end]
+    rebuild = _global("torch._utils", "_rebuild_tensor_v2")
+    hijacks = [  # a BUILD after the tensor is rebuilt, and one on the factory itself
+        state.replace(b"tR", b"tR" + _value(({}, {"shape": [3, 2], "offset": 0.0})) + b"b", 1),
+        state.replace(rebuild, rebuild + _value(({}, {"__defaults__": (7,)})) + b"b", 1),
+    ]
+    for hijacked in hijacks:
+        assert hijacked != state
+        with pytest.raises(ValueError, match="not a valid legacy torch weights file"):
+            parse_legacy_state_dict(data[:state_start] + hijacked + data[state_end:])
+    assert parse_legacy_state_dict(data)["w"].shape == (2, 2)  # and nothing stuck to the reader
+
+
 def test_a_file_that_is_not_legacy_torch_is_refused(tmp_path):
     path = tmp_path / "zip.pth"
     path.write_bytes(b"PK\x03\x04" + bytes(100))  # a zip-format file
