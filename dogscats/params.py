@@ -20,8 +20,7 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # NumPy's range
 AtLeastOne = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 Rate = Annotated[float, Field(gt=0)]
-Dropout = Annotated[float, Field(ge=0, lt=1)]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # from 0, below 1: dropout, momentum, augmentation
 Optimizer = Literal[OPTIMIZERS]
 
 
@@ -64,7 +63,7 @@ class Features(Section):
 
 class Train(Section):
     hidden: NonNegative
-    dropout: Dropout
+    dropout: Fraction
     optimizer: Optimizer
     learning_rate: Rate
     epochs: AtLeastOne
@@ -87,10 +86,10 @@ class Finetune(Section):
     head_epochs: NonNegative
     head_learning_rate: Rate
     hidden: NonNegative
-    dropout: Dropout
+    dropout: Fraction
     optimizer: Optimizer
     learning_rate: Rate
-    momentum: Annotated[float, Field(ge=0, lt=1)]
+    momentum: Fraction
     epochs: NonNegative
     patience: NonNegative
     batch_size: AtLeastOne

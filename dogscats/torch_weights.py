@@ -278,11 +278,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _int_tuple(value: Any) -> bool:
-    """A tuple of ints."""
-    return isinstance(value, tuple) and all(_is_int(v) for v in value)
-
-
 def _short(value: Any) -> str:
     """A value for an error message, cut short (a crafted file may hold huge or deeply nested objects)."""
     return reprlib.repr(value)
