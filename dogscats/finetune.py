@@ -1,13 +1,16 @@
 """Fine-tuning the top of a backbone on augmented images, the second half of the reference recipe.
 
-The model is augmentation -> backbone (frozen below its last blocks, BatchNorm in inference mode) -> the head
-([Dense(hidden)], Dropout, Dense(1, sigmoid) or Dense(K, softmax)), and the head starts trained on the backbone's
-stored features: a random head on a pretrained base would send large gradients into the pretrained weights and
-wreck them. (With head_epochs 0 the head starts random: for a frozen base, or a network trained from scratch.)
+The backbone is split at its last blocks: the frozen trunk below (run in the inference engine, or TensorFlow), and the
+top blocks (BatchNorm in inference mode) with the head ([Dense(hidden)], Dropout, Dense(1, sigmoid) or
+Dense(K, softmax)) above, trained in Keras on the trunk's outputs for augmented photos. The head starts trained on
+the backbone's stored features: a random head on a pretrained base would send large gradients into the pretrained
+weights and wreck them. (With head_epochs 0 the head starts random: for a frozen base, or a network trained from
+scratch.)
 """
 
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import keras
 import numpy as np
@@ -85,14 +88,26 @@ def augmentation(flip: bool, rotation: float, zoom: float, shift: float, shear: 
     return keras.Sequential(steps, name="augmentation")
 
 
-def build_finetune_model(
-    base: keras.Model, augment: keras.Sequential, head: keras.Model, input_size: int
-) -> keras.Model:
-    """Preprocessed image -> augmentation -> backbone -> the head (its layers and weights, trained on)."""
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = augment(inputs)
-    x = base(x, training=False)
-    return keras.Model(inputs, head(x), name=f"{base.name}_finetuned")
+def split_at_top_blocks(base: keras.Model, top_blocks: list[str]) -> tuple[keras.Model | None, keras.Model | None]:
+    """The frozen trunk (images -> the first top block's input) and the top (that tensor -> pooled features).
+
+    The trunk is None when nothing is frozen, the top None when nothing trains; the top shares the base's layers."""
+    first = next((layer for layer in base.layers if top_blocks and layer.name.startswith(top_blocks[0] + "_")), None)
+    cut = first.input if first is not None else base.output
+    trunk = None if cut is base.input else keras.Model(base.input, cut, name=f"{base.name}_trunk")
+    top = None if cut is base.output else keras.Model(cut, base.output, name=f"{base.name}_top")
+    return trunk, top
+
+
+def build_top_classifier(top: keras.Model | None, head: keras.Model, input_shape: tuple[int, ...]) -> keras.Model:
+    """Trunk outputs -> the top blocks -> the head (its layers and weights, trained on)."""
+    inputs = keras.Input(input_shape, name="trunk_output")
+    return keras.Model(inputs, head(top(inputs) if top is not None else inputs), name="top_classifier")
+
+
+def finetuned_model(base: keras.Model, head: keras.Model) -> keras.Model:
+    """The whole fine-tuned classifier, preprocessed image -> probabilities, sharing the trained layers."""
+    return keras.Model(base.input, head(base.output), name=f"{base.name}_finetuned")
 
 
 def make_optimizer(name: str, learning_rate: float, momentum: float) -> keras.optimizers.Optimizer:
@@ -123,20 +138,80 @@ def labelled_batches(
     return dataset.map(lambda images, y: (preprocess(tf.cast(images, tf.float32)), y)).prefetch(2)
 
 
-def predict_with_mirror(model: keras.Model, batches: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def trunk_function(trunk: keras.Model | None, engine_trunk: Callable | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The frozen trunk as a function of numpy batches: in the engine when there is one, else in TensorFlow."""
+    if trunk is None:
+        return np.asarray
+    if engine_trunk is not None:
+        return engine_trunk
+    run = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
+    return lambda x: run(x).numpy()
+
+
+def training_augmentation(augment: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The augmentation layers in training mode, traced once: each call draws new random transforms."""
+    return tf.function(lambda x: augment(x, training=True), reduce_retracing=True)
+
+
+def trunk_batches(
+    run_trunk: Callable[[np.ndarray], np.ndarray], batches: tf.data.Dataset, augment: Callable | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(trunk outputs, labels) per batch of (preprocessed images, labels), augmented first when augment is given."""
+    for x, y in batches:
+        yield run_trunk(np.asarray(augment(x) if augment is not None else x)), y.numpy()
+
+
+def fit_top(
+    model: keras.Model,
+    train_epoch: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    val: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    patience: int,
+    batch_size: int,
+) -> dict[str, list[float]]:
+    """Train on a fresh pass of train_epoch() per epoch, stopping once val loss has not improved for `patience`
+    epochs (as Keras's EarlyStopping), and keep the best epoch's weights; returns the history per epoch."""
+    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    best, best_weights, waited = np.inf, None, 0
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.reset_metrics()
+        logs: dict = {}
+        for maps, y in train_epoch():
+            logs = model.train_on_batch(maps, y, return_dict=True)
+        scores = model.evaluate(*val, batch_size=batch_size, verbose=0, return_dict=True)
+        for key, value in (*logs.items(), *((f"val_{k}", v) for k, v in scores.items())):
+            if key in history:
+                history[key].append(float(value))
+        print(
+            f"epoch {epoch}/{epochs}: loss {history['loss'][-1]:.4f}, val_loss {history['val_loss'][-1]:.4f}, "
+            f"val_accuracy {history['val_accuracy'][-1]:.4f} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+        if history["val_loss"][-1] < best:
+            best, best_weights, waited = history["val_loss"][-1], model.get_weights(), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                print(f"early stop: best epoch {int(np.argmin(history['val_loss'])) + 1}")
+                break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return history
+
+
+def predict_with_mirror(
+    run_trunk: Callable[[np.ndarray], np.ndarray], classifier: keras.Model, batches: Iterable
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, K) class probabilities of each image, and of each image averaged with its mirror image (test-time
-    augmentation)."""
-
-    @tf.function(reduce_retracing=True)
-    def step(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        plain = model(x, training=False)
-        return plain, (plain + model(tf.reverse(x, axis=[2]), training=False)) / 2
-
+    augmentation); batches hold preprocessed images."""
+    predict = tf.function(lambda maps: classifier(maps, training=False), reduce_retracing=True)
     plain, mirrored = [], []
     for x in batches:
-        p, pm = step(x)
-        plain.append(p.numpy())
-        mirrored.append(pm.numpy())
+        x = np.asarray(x)
+        p = predict(run_trunk(x)).numpy()
+        plain.append(p)
+        mirrored.append((p + predict(run_trunk(x[:, :, ::-1])).numpy()) / 2)
     if not plain:
         return np.zeros((0, 0)), np.zeros((0, 0))
     return probabilities(np.concatenate(plain)), probabilities(np.concatenate(mirrored))

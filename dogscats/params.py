@@ -59,6 +59,7 @@ class Features(Section):
     precision: Literal["float32", "bfloat16", "float16"]
     pooling: Literal["avg", "max", "flatten"]
     input_size: Annotated[int, Field(ge=MIN_SIZE)] | None
+    engine: Literal["auto", "tensorflow", "onnxruntime"]
 
 
 class Train(Section):
@@ -201,6 +202,8 @@ def _check_backbones(params: dict) -> list[str]:
         problems.append(f"finetune.backbone: unknown backbone {tuned!r}; known: {known}")
     elif tuned not in backbones:
         problems.append(f"finetune.backbone {tuned!r} must be one of backbones ({', '.join(backbones)})")
+    if params["features"]["engine"] == "onnxruntime" and params["features"]["precision"] != "float32":
+        problems.append(f"features.engine onnxruntime runs float32 only, not {params['features']['precision']}")
     size = params["features"]["input_size"]
     for name in sorted(set(backbones) & set(MIN_SIZES)):
         if size is not None and size < MIN_SIZES[name]:

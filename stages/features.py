@@ -10,6 +10,7 @@ from dogscats.atomic import atomic_path, write_json
 from dogscats.backbones import get_backbone
 from dogscats.dataset import classes_of, label_index, read_manifest
 from dogscats.determinism import set_seed
+from dogscats.engine import choose_engine, engine_feature_batches, engine_model, gpu_visible, probe_images
 from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset
 from dogscats.feature_store import SPLITS, write_split
 from dogscats.params import load_params
@@ -26,6 +27,9 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     size = params["input_size"] or backbone.input_size
     model = build_extractor(backbone.name, params["weights"], params["precision"], strategy, params["pooling"], size)
     dim = int(model.output.shape[-1])
+    engine = choose_engine(params["engine"], gpu_visible(), params["precision"])
+    if engine == "onnxruntime":
+        extractor = engine_model(model, backbone.preprocess(probe_images(size).astype("float32")))
     start = time.perf_counter()
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(backbone=backbone.name, input_size=size, pooling=params["pooling"], classes=classes)
@@ -41,14 +45,19 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
                 params["decode"],
                 params["batch_size"],
             )
-            batches = feature_batches(model, backbone, images, strategy, params["tta"])
+            if engine == "onnxruntime":
+                batches = engine_feature_batches(
+                    extractor, backbone.preprocess, images.as_numpy_iterator(), params["tta"]
+                )
+            else:
+                batches = feature_batches(model, backbone, images, strategy, params["tta"])
             labels = label_index(rows.label, classes)
             write_split(h5, split, rows.id.tolist(), labels, usable, _counted(batches, progress), dim)
         progress.close()
     seconds = time.perf_counter() - start
     speed = len(manifest) / seconds
     write_json(metrics_path, {"images": len(manifest), "usable": int((manifest.problem == "").sum()), "dim": dim})
-    print(f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s")
+    print(f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s ({engine})")
 
 
 def _counted(batches, progress: tqdm):

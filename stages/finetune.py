@@ -3,7 +3,6 @@
 import sys
 import time
 
-import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -12,16 +11,23 @@ from dogscats.atomic import save_keras_model, write_csv, write_json
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.dataset import label_index, read_manifest
 from dogscats.determinism import set_seed
+from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
 from dogscats.extract import image_dataset
 from dogscats.feature_store import classes_of_file
 from dogscats.finetune import (
     augmentation,
-    build_finetune_model,
+    build_top_classifier,
+    finetuned_model,
+    fit_top,
     freeze_below_top_blocks,
     labelled_batches,
     make_optimizer,
     predict_with_mirror,
+    split_at_top_blocks,
     starting_head,
+    training_augmentation,
+    trunk_batches,
+    trunk_function,
 )
 from dogscats.head import loss_for
 from dogscats.params import load_params
@@ -52,22 +58,27 @@ def main(
         cfg["batch_size"],
     )
 
-    # 2. The backbone, frozen below its top blocks, with the head on top and augmentation below.
+    # 2. The backbone, split below its top blocks: the frozen trunk runs in the engine (or TensorFlow), the top blocks
+    # and the head train in Keras on the trunk's outputs for augmented photos.
     size = images_cfg["input_size"] or backbone.input_size
     base = load_feature_extractor(backbone.name, images_cfg["weights"], images_cfg["pooling"], size)
     blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"] if cfg["epochs"] else 0)
-    aug = cfg["augment"]
-    augment = augmentation(aug["flip"], aug["rotation"], aug["zoom"], aug["shift"], aug["shear"], cfg["seed"])
-    model = build_finetune_model(base, augment, head, size)
-    model.compile(
+    trunk, top = split_at_top_blocks(base, blocks)
+    engine = choose_engine(images_cfg["engine"], gpu_visible(), "float32")
+    probe = backbone.preprocess(probe_images(size).astype(np.float32))
+    run_trunk = trunk_function(trunk, engine_model(trunk, probe) if trunk and engine == "onnxruntime" else None)
+    maps_shape = tuple(trunk.output.shape[1:]) if trunk is not None else (size, size, 3)
+    classifier = build_top_classifier(top, head, maps_shape)
+    classifier.compile(
         optimizer=make_optimizer(cfg["optimizer"], cfg["learning_rate"], cfg["momentum"]),
         loss=loss_for(len(classes)),
         metrics=["accuracy"],
     )
-    trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
-    print(f"finetune: {backbone.name}, trainable blocks {blocks}, {trainable:,} trainable weights")
+    trainable = sum(int(np.prod(w.shape)) for w in classifier.trainable_weights)
+    print(f"finetune: {backbone.name}, trainable blocks {blocks}, {trainable:,} trainable weights, trunk in {engine}")
 
-    # 3. Fine-tune with early stopping on validation log loss, keeping the best epoch.
+    # 3. Fine-tune with early stopping on validation log loss, keeping the best epoch. The validation photos' trunk
+    # outputs never change: computed once. epochs 0 skips this: the starting head on the frozen backbone predicts.
     manifest = read_manifest(manifest_path)
     usable = manifest[manifest.problem == ""]
 
@@ -79,19 +90,23 @@ def main(
             cfg["batch_size"], shuffle_seed,
         )  # fmt: skip
 
-    # epochs 0 skips this: the starting head on the frozen backbone predicts (for recipes that only use features).
-    stop = keras.callbacks.EarlyStopping("val_loss", patience=cfg["patience"], restore_best_weights=True, verbose=1)
     history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     if cfg["epochs"]:
-        history = model.fit(
-            batches("train", cfg["seed"]),
-            validation_data=batches("val"),
-            epochs=cfg["epochs"],
-            callbacks=[stop],
-            shuffle=False,
-            verbose=2,
-        ).history
-    save_keras_model(model, model_path)
+        aug = cfg["augment"]
+        augment = augmentation(aug["flip"], aug["rotation"], aug["zoom"], aug["shift"], aug["shear"], cfg["seed"])
+        augmented = training_augmentation(augment)
+        train = batches("train", cfg["seed"])
+        val_maps, val_labels = zip(*trunk_batches(run_trunk, batches("val")), strict=True)
+        val = (np.concatenate(val_maps), np.concatenate(val_labels))
+        history = fit_top(
+            classifier,
+            lambda: trunk_batches(run_trunk, train, augmented),
+            val,
+            cfg["epochs"],
+            cfg["patience"],
+            cfg["batch_size"],
+        )
+    save_keras_model(finetuned_model(base, head), model_path)
     write_csv(history_path, pd.DataFrame(history).rename_axis("epoch").reset_index())
 
     # 4. Class probabilities for val and test, single image and mirrored-average (suffix _tta); an undecodable test
@@ -100,7 +115,8 @@ def main(
     ok = (rows.problem == "").tolist()
     resize, decode = images_cfg["resize"], images_cfg["decode"]
     images = image_dataset(rows.source.tolist(), ok, size, resize, decode, cfg["batch_size"])
-    p, p_mirror = predict_with_mirror(model, images.map(lambda x: backbone.preprocess(tf.cast(x, tf.float32))))
+    preprocessed = images.map(lambda x: backbone.preprocess(tf.cast(x, tf.float32))).as_numpy_iterator()
+    p, p_mirror = predict_with_mirror(run_trunk, classifier, preprocessed)
     out = pd.DataFrame({"id": rows.id, "split": rows.split, "usable": ok})
     out = out.join(probability_table(p, classes)).join(probability_table(p_mirror, classes, "_tta"))
     write_csv(predictions_path, out)

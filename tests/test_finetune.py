@@ -1,11 +1,22 @@
-"""Fine-tuning: which layers train, BatchNorm frozen, the head's weights carried over, augmentation only in training."""
+"""Fine-tuning: which layers train, BatchNorm frozen, the trunk/top split, the head's weights carried over, augmentation
+only in training, early stopping."""
 
 import keras
 import numpy as np
 import pytest
 
 from dogscats.backbones import load_feature_extractor
-from dogscats.finetune import augmentation, block_names, build_finetune_model, freeze_below_top_blocks, make_optimizer
+from dogscats.finetune import (
+    augmentation,
+    block_names,
+    build_top_classifier,
+    finetuned_model,
+    fit_top,
+    freeze_below_top_blocks,
+    make_optimizer,
+    split_at_top_blocks,
+    training_augmentation,
+)
 from dogscats.head import build_head
 
 NAME = "efficientnet_lite0"
@@ -49,16 +60,39 @@ def test_a_backbone_without_named_blocks_is_refused():
         freeze_below_top_blocks(model, 1)
 
 
-def test_starts_from_the_head_and_augments_only_in_training(base):
-    freeze_below_top_blocks(base, 1)
+def test_the_trunk_and_top_compose_to_the_backbone_and_the_top_shares_its_layers(base):
+    blocks = freeze_below_top_blocks(base, 2)
+    trunk, top = split_at_top_blocks(base, blocks)
+    assert tuple(trunk.output.shape[1:]) == (7, 7, 192) and top.layers[1] is base.get_layer("block14_expand_conv")
+    assert not trunk.trainable_weights  # frozen
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+    assert np.allclose(top(trunk(x)), base(x, training=False), atol=1e-6)
+    assert split_at_top_blocks(base, [])[1] is None  # nothing trains: the whole backbone is the trunk
+
+
+def test_the_top_classifier_starts_from_the_head_and_augments_only_in_training(base):
+    trunk, top = split_at_top_blocks(base, freeze_below_top_blocks(base, 1))
     head = build_head(1280, 2, 0, 0.5, "adam", 1e-3)
     head.get_layer("p").set_weights([np.full((1280, 1), 0.01, np.float32), np.array([0.2], np.float32)])
-    model = build_finetune_model(base, augmentation(True, 10, 0.1, 0.1, 0.2, seed=0), head, 224)
+    classifier = build_top_classifier(top, head, tuple(trunk.output.shape[1:]))
     x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
     expected = head(base(x, training=False), training=False).numpy()
-    assert np.allclose(model(x, training=False).numpy(), expected, atol=1e-5)
-    augmented = model.get_layer("augmentation")(x, training=True).numpy()
-    assert np.abs(augmented - x).max() > 0.1
+    assert np.allclose(classifier(trunk(x), training=False).numpy(), expected, atol=1e-5)
+    assert np.allclose(finetuned_model(base, head)(x).numpy(), expected, atol=1e-5)
+    augment = augmentation(True, 10, 0.1, 0.1, 0.2, seed=0)
+    assert np.array_equal(augment(x, training=False), x)
+    assert np.abs(training_augmentation(augment)(x).numpy() - x).max() > 0.1
+
+
+def test_fit_top_stops_early_and_keeps_the_best_epoch():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    history = fit_top(model, lambda: [(x, y)], (x, 1 - y), epochs=10, patience=2, batch_size=64)
+    assert len(history["val_loss"]) == 3 and history["val_loss"][0] < min(history["val_loss"][1:])  # val: flipped
+    assert model.evaluate(x, 1 - y, verbose=0, return_dict=True)["loss"] == pytest.approx(history["val_loss"][0])
 
 
 def test_sgd_gets_momentum():
@@ -73,7 +107,9 @@ def test_the_small_cnn_trains_from_scratch_with_a_hidden_layer_head():
     assert freeze_below_top_blocks(base, 4) == ["block1", "block2", "block3", "block4"]
     head = build_head(7 * 7 * 128, 2, 512, 0.5, "rmsprop", 1e-4)
     assert [layer.name for layer in head.layers[1:]] == ["hidden", "dropout", "p"]
-    model = build_finetune_model(base, augmentation(True, 40, 0.2, 0.2, 0.2, seed=0), head, 150)
+    trunk, top = split_at_top_blocks(base, block_names(base))
+    assert trunk is None  # nothing is frozen
+    model = build_top_classifier(top, head, (150, 150, 3))
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == sum(
         int(np.prod(w.shape)) for w in base.weights + head.weights
     )  # every layer trains

@@ -50,6 +50,14 @@ def test_the_repository_params_are_valid():
         ({"features__decode": "reduce"}, "features.decode must be 'full' or 'reduced', got 'reduce'"),
         ({"features__precision": "fp16"}, "features.precision must be 'float32', 'bfloat16' or 'float16', got 'fp16'"),
         ({"features__pooling": "sum"}, "features.pooling must be 'avg', 'max' or 'flatten', got 'sum'"),
+        (
+            {"features__engine": "openvino"},
+            "features.engine must be 'auto', 'tensorflow' or 'onnxruntime', got 'openvino'",
+        ),
+        (
+            {"features__engine": "onnxruntime", "features__precision": "bfloat16"},
+            "features.engine onnxruntime runs float32 only, not bfloat16",
+        ),
         ({"features__weights": "imagenet21k"}, "features.weights must be 'imagenet' or null, got 'imagenet21k'"),
         ({"train__learning_rate": float("inf")}, "train.learning_rate must be a finite number, got inf"),
         (
@@ -105,6 +113,7 @@ def test_every_problem_is_reported_at_once():
 def test_the_choices_allowed_are_the_ones_the_code_knows():
     from dogscats.backbone_sizes import NATIVE_SIZES
     from dogscats.backbones import POOLINGS, registry
+    from dogscats.engine import ENGINES
     from dogscats.extract import PRECISIONS
     from dogscats.images import DECODE_POLICIES, RESIZE_POLICIES
     from dogscats.params import Features
@@ -113,6 +122,7 @@ def test_the_choices_allowed_are_the_ones_the_code_knows():
     choices = {name: get_args(field.annotation) for name, field in Features.model_fields.items()}
     assert (choices["pooling"], choices["precision"]) == (POOLINGS, PRECISIONS)
     assert (choices["resize"], choices["decode"]) == (RESIZE_POLICIES, DECODE_POLICIES)
+    assert choices["engine"] == ENGINES
 
 
 def test_a_params_file_that_is_not_a_mapping_is_named():

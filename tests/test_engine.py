@@ -1,0 +1,115 @@
+"""The inference engine: which engine runs, features parity with TensorFlow on real weights, the conversion cache."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dogscats.backbones import get_backbone, load_feature_extractor
+from dogscats.engine import (
+    EngineModel,
+    check_conversion,
+    choose_engine,
+    engine_feature_batches,
+    engine_model,
+    probe_images,
+    to_onnx,
+)
+from dogscats.extract import feature_batches, image_dataset
+
+from .conftest import SHARED, write_image
+
+PARITY = 2e-5  # the largest feature deviation from TensorFlow allowed
+
+
+@pytest.mark.parametrize(
+    ("engine", "gpu", "precision", "chosen"),
+    [
+        ("auto", False, "float32", "onnxruntime"),
+        ("auto", True, "float32", "tensorflow"),
+        ("auto", False, "bfloat16", "tensorflow"),
+        ("tensorflow", False, "float32", "tensorflow"),
+        ("onnxruntime", True, "float32", "onnxruntime"),
+    ],
+)
+def test_auto_runs_the_engine_on_cpu_in_float32_and_tensorflow_on_a_gpu(engine, gpu, precision, chosen):
+    assert choose_engine(engine, gpu, precision) == chosen
+
+
+def test_the_engine_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="runs float32 only, not float16"):
+        choose_engine("onnxruntime", True, "float16")
+    with pytest.raises(ValueError, match="unknown engine 'openvino'"):
+        choose_engine("openvino", False, "float32")
+
+
+def _photos(tmp_path: Path, count: int = 6) -> list[str]:
+    """Real photos where ../shared exists, else generated images of different sizes."""
+    real = sorted((SHARED / "catsdogs" / "train").glob("*.jpg"))[:count]
+    if real:
+        return [str(p) for p in real]
+    colours = [(200, 60, 40), (40, 60, 200), (120, 120, 30), (10, 200, 90), (250, 250, 250), (0, 0, 0)]
+    return [str(write_image(tmp_path / f"{i}.jpg", c, size=(60 + 9 * i, 45 + 5 * i))) for i, c in enumerate(colours)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "efficientnet_lite0",
+        pytest.param("efficientnet_lite1", marks=pytest.mark.slow),
+        pytest.param("efficientnet_lite2", marks=pytest.mark.slow),
+    ],
+)
+def test_engine_features_match_tensorflow_with_the_real_weights(name, tmp_path):
+    backbone = get_backbone(name)
+    model = load_feature_extractor(name, weights="imagenet")
+    extractor = engine_model(model, backbone.preprocess(probe_images(backbone.input_size).astype(np.float32)), tmp_path)
+    files = _photos(tmp_path)
+    dataset = image_dataset(files, [True] * len(files), backbone.input_size, "crop", "reduced", 4)
+    strategy = tf.distribute.get_strategy()
+    expected = np.concatenate(list(feature_batches(model, backbone, dataset, strategy, tta=True)))
+    engine = list(engine_feature_batches(extractor, backbone.preprocess, dataset.as_numpy_iterator(), tta=True))
+    assert [len(b) for b in engine] == [4, 2]
+    assert np.abs(np.concatenate(engine) - expected).max() < PARITY
+    assert expected.std(axis=0).max() > 0.1  # real weights tell the images apart: the comparison means something
+
+
+def _tiny_model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="tiny")
+
+
+def test_a_conversion_is_checked_cached_and_reused_and_a_weights_change_converts_anew(tmp_path, monkeypatch):
+    probe = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    first = engine_model(_tiny_model(0), probe, tmp_path)
+    [cached] = tmp_path.glob("tiny-8x8x3-*.onnx")
+    monkeypatch.setattr("dogscats.engine.to_onnx", lambda model: pytest.fail("converted again"))
+    again = engine_model(_tiny_model(0), probe, tmp_path)
+    assert np.array_equal(again(probe), first(probe))
+    monkeypatch.undo()
+    other = _tiny_model(1)
+    assert np.abs(engine_model(other, probe, tmp_path)(probe) - other(probe).numpy()).max() < 1e-5
+    assert [p.name for p in tmp_path.glob("tiny-*.onnx")] != [cached.name]  # the old conversion is pruned
+    assert len(list(tmp_path.glob("tiny-*.onnx"))) == 1
+
+
+def test_a_damaged_cache_file_is_converted_again_with_a_warning(tmp_path, capsys):
+    probe = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    engine_model(_tiny_model(), probe, tmp_path)
+    [cached] = tmp_path.glob("*.onnx")
+    cached.write_bytes(cached.read_bytes()[:100])
+    model = _tiny_model()
+    assert np.abs(engine_model(model, probe, tmp_path)(probe) - model(probe).numpy()).max() < 1e-5
+    assert "converting the model again" in capsys.readouterr().err and cached.stat().st_size > 100
+
+
+def test_a_conversion_that_disagrees_with_keras_is_an_error():
+    probe = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    converted = EngineModel(to_onnx(_tiny_model(0)), "tiny")
+    assert check_conversion(_tiny_model(0), converted, probe) < 1e-5
+    with pytest.raises(RuntimeError, match="tiny: the ONNX Runtime conversion deviates from Keras"):
+        check_conversion(_tiny_model(1), converted, probe)
