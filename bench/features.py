@@ -2,12 +2,15 @@
 
     python bench/features.py --backbone efficientnet_lite0 --data ../shared/data/catsdogs
 
-A: images/s of the features stage's code path, end to end from JPEG files on disk (tf.data, HDF5 writes included);
-B: images/s of the bare model on tensors already in memory (the compute bound);
-C: images/s of the classic approach: each batch loaded image by image with PIL, then model.predict, no overlap;
+A: images/s of the features stage's code path with its engine (features.engine, auto: ONNX Runtime on CPU), end to
+   end from JPEG files on disk (tf.data decoding, HDF5 writes included);
+Atf: the same path with features.engine=tensorflow;
+B: images/s of the engine's bare model on real photos already decoded in memory (the compute bound);
+C: images/s of the classic approach: each batch loaded image by image with PIL, then Keras model.predict, no overlap;
 then the peak resident memory of A at two dataset sizes (generated small JPEGs), the speed and largest feature
-deviation of each reduced precision against float32 (measured even where the hardware only emulates it), and
-last `A/B=.. A/C=..`. Each measurement runs in a fresh process, so its peak memory is its own.
+deviation of each reduced precision against float32 (TensorFlow; measured even where the hardware only emulates it),
+and last `A/B=.. A/C=.. A/Atf=..`. A, Atf, B and C run in one process, in interleaved rounds; each memory measurement
+runs in a fresh process, so its peak memory is its own.
 """
 
 import argparse
@@ -42,6 +45,7 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
     import tensorflow as tf
 
     from dogscats.backbones import get_backbone
+    from dogscats.engine import choose_engine, engine_feature_batches, engine_model, gpu_visible, probe_images
     from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset
     from dogscats.feature_store import write_split
     from dogscats.images import load_resized
@@ -50,20 +54,30 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
     strategy = choose_strategy()
     model = build_extractor(backbone.name, "imagenet", params["precision"], strategy)
     size, batch_size, dim = backbone.input_size, params["batch_size"], int(model.output.shape[-1])
+    engine = choose_engine(params["engine"], gpu_visible(), params["precision"])
+    extractor = engine_model(model, backbone.preprocess(probe_images(size).astype(np.float32)))
+    print(f"engine: {engine}", file=sys.stderr)
     first = image_dataset(files[:batch_size], [True] * batch_size, size, params["resize"], params["decode"], batch_size)
     in_memory = next(iter(first)).numpy()  # real photos, decoded once
     next(feature_batches(model, backbone, tf.data.Dataset.from_tensors(in_memory), strategy))  # trace once
 
-    def stage_path() -> int:  # A: what the features stage does, HDF5 writes included
-        dataset = image_dataset(files, [True] * len(files), size, params["resize"], params["decode"], batch_size)
-        batches = feature_batches(model, backbone, dataset, strategy, params["tta"])
-        with tempfile.TemporaryDirectory() as tmp, h5py.File(Path(tmp) / "f.h5", "w") as h5:
-            write_split(h5, "all", files, np.zeros(len(files)), [True] * len(files), batches, dim)
-        return len(files)
+    def batches_of(images, engine_name: str):
+        if engine_name == "onnxruntime":
+            numpy_batches = images if isinstance(images, list) else images.as_numpy_iterator()
+            return engine_feature_batches(extractor, backbone.preprocess, numpy_batches, params["tta"])
+        dataset = tf.data.Dataset.from_tensor_slices(np.stack(images)) if isinstance(images, list) else images
+        return feature_batches(model, backbone, dataset, strategy, params["tta"])
 
-    def bare_model() -> int:  # B: a batch of the same photos, already in memory, over and over
-        dataset = tf.data.Dataset.from_tensors(in_memory).repeat(max(1, min(len(files), 1024) // batch_size))
-        return sum(len(f) for f in feature_batches(model, backbone, dataset, strategy, params["tta"]))
+    def stage_path(engine_name: str, paths: list[str] = files) -> int:  # A, Atf: the features stage, HDF5 included
+        dataset = image_dataset(paths, [True] * len(paths), size, params["resize"], params["decode"], batch_size)
+        with tempfile.TemporaryDirectory() as tmp, h5py.File(Path(tmp) / "f.h5", "w") as h5:
+            batches = batches_of(dataset, engine_name)
+            write_split(h5, "all", paths, np.zeros(len(paths)), [True] * len(paths), batches, dim)
+        return len(paths)
+
+    def bare_model() -> int:  # B: a batch of the same photos, already in memory, over and over, in the engine
+        repeats = max(1, min(len(files), 1024) // batch_size)
+        return sum(len(f) for f in batches_of([in_memory] * repeats, engine))
 
     def classic() -> int:  # C: load a batch one image at a time with PIL, then predict it; nothing overlaps
         count = 0
@@ -77,7 +91,9 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
             count += len(features)
         return count
 
-    runs = {"a": stage_path, "b": bare_model, "c": classic}
+    runs = {"a": lambda: stage_path(engine), "t": lambda: stage_path("tensorflow"), "b": bare_model, "c": classic}
+    for engine_name in {engine, "tensorflow"}:  # warm up: the first batches of a session allocate its buffers
+        stage_path(engine_name, files[: 2 * batch_size])
     speeds: dict[str, list[float]] = {mode: [] for mode in modes}
     for r in range(rounds):
         for mode in modes:
@@ -155,7 +171,7 @@ def main() -> None:
     parser.add_argument("--memory-sizes", default="2000,20000", help="dataset sizes for peak memory ('' to skip)")
     parser.add_argument("--precisions", default="bfloat16", help="reduced precisions to compare ('' to skip)")
     parser.add_argument("--precision-images", type=int, default=96, help="images for the precision comparison")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of A and B (the median counts)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of A, Atf and B (the median counts)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tta", choices=["True", "False"], help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
@@ -180,11 +196,16 @@ def main() -> None:
     print(f"{args.backbone}: {len(files)} images from {args.data}, params {params}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         files_list = write_list(Path(tmp) / "files.txt", files)
-        result = run_child("bac", args, files_list, args.rounds)
+        result = run_child("atbc", args, files_list, args.rounds)
         speeds = result["images_per_second"]
         median = {mode: float(np.median(values)) for mode, values in speeds.items()}
-        labels = {"a": "A features stage path", "b": "B bare model, in memory", "c": "C classic, no overlap"}
-        for mode in "abc":
+        labels = {
+            "a": "A features stage path, its engine",
+            "t": "Atf features stage path, tensorflow",
+            "b": "B engine's bare model, in memory",
+            "c": "C classic, no overlap",
+        }
+        for mode in "atbc":
             rounds = ", ".join(f"{v:.2f}" for v in speeds[mode])
             print(f"{labels[mode]}: {median[mode]:.2f} images/s (median of rounds: {rounds})", flush=True)
         memory = run_child("a", args, files_list)
@@ -206,7 +227,8 @@ def main() -> None:
             subset = write_list(Path(tmp) / "precision.txt", files[: args.precision_images])
             for line in run_child("p", args, subset):
                 print(line, flush=True)
-    print(f"A/B={median['a'] / median['b']:.2f} A/C={median['a'] / median['c']:.2f}")
+    a = median["a"]
+    print(f"A/B={a / median['b']:.2f} A/C={a / median['c']:.2f} A/Atf={a / median['t']:.2f}")
 
 
 if __name__ == "__main__":
