@@ -9,8 +9,9 @@ B: images/s of the engine's bare model on real photos already decoded in memory 
 C: images/s of the classic approach: each batch loaded image by image with PIL, then Keras model.predict, no overlap;
 then the peak resident memory of A at two dataset sizes (generated small JPEGs), the speed and largest feature
 deviation of each reduced precision against float32 (TensorFlow; measured even where the hardware only emulates it),
-and last `A/B=.. A/C=.. A/Atf=..`. A, Atf, B and C run in one process, in interleaved rounds; each memory measurement
-runs in a fresh process, so its peak memory is its own.
+and last `A/B=.. A/C=.. A/Atf=..`. A, Atf, B and C run in one process, in interleaved rounds, each round on the next
+third of the photos (C on the first third only); the medians count. Each memory measurement runs in a fresh process,
+so its peak memory is its own.
 """
 
 import argparse
@@ -39,8 +40,9 @@ def peak_rss_mb() -> float:
 
 
 def measure(modes: str, backbone_name: str, files: list[str], params: dict, rounds: int) -> dict:
-    """Run the measurements in this process, A and B interleaved over `rounds` (this machine's speed drifts);
-    returns, per mode, the images/s of each round, and the peak memory."""
+    """Run the measurements in this process, interleaved over `rounds` (this machine's speed drifts), each round on the
+    next share of the photos, so all of them pass through A and Atf once; returns, per mode, the images/s of each
+    round, and the peak memory."""
     import h5py
     import tensorflow as tf
 
@@ -75,14 +77,14 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
             write_split(h5, "all", paths, np.zeros(len(paths)), [True] * len(paths), batches, dim)
         return len(paths)
 
-    def bare_model() -> int:  # B: a batch of the same photos, already in memory, over and over, in the engine
-        repeats = max(1, min(len(files), 1024) // batch_size)
+    def bare_model(paths: list[str]) -> int:  # B: a batch of real photos in memory, as many times, in the engine
+        repeats = max(1, len(paths) // batch_size)
         return sum(len(f) for f in batches_of([in_memory] * repeats, engine))
 
-    def classic() -> int:  # C: load a batch one image at a time with PIL, then predict it; nothing overlaps
+    def classic(paths: list[str]) -> int:  # C: load a batch one image at a time with PIL, then predict; no overlap
         count = 0
-        for i in range(0, len(files), batch_size):
-            batch = files[i : i + batch_size]
+        for i in range(0, len(paths), batch_size):
+            batch = paths[i : i + batch_size]
             x = np.stack([load_resized(f, size, params["resize"], params["decode"]) for f in batch])
             x = backbone.preprocess(x.astype(np.float32))
             features = model.predict(x, verbose=0)
@@ -91,16 +93,21 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
             count += len(features)
         return count
 
-    runs = {"a": lambda: stage_path(engine), "t": lambda: stage_path("tensorflow"), "b": bare_model, "c": classic}
+    runs = {
+        "a": lambda paths: stage_path(engine, paths),
+        "t": lambda paths: stage_path("tensorflow", paths),
+        "b": bare_model,
+        "c": classic,
+    }
     for engine_name in {engine, "tensorflow"}:  # warm up: the first batches of a session allocate its buffers
         stage_path(engine_name, files[: 2 * batch_size])
     speeds: dict[str, list[float]] = {mode: [] for mode in modes}
-    for r in range(rounds):
+    for r, chunk in enumerate(np.array_split(np.array(files), rounds)):  # each round times the next share of photos
         for mode in modes:
             if mode == "c" and r > 0:
                 continue  # the classic path is slow and steady: one round
             start = time.perf_counter()
-            count = runs[mode]()
+            count = runs[mode](chunk.tolist())
             speeds[mode].append(count / (time.perf_counter() - start))
     return {"images_per_second": speeds, "peak_rss_mb": peak_rss_mb()}
 
@@ -171,7 +178,7 @@ def main() -> None:
     parser.add_argument("--memory-sizes", default="2000,20000", help="dataset sizes for peak memory ('' to skip)")
     parser.add_argument("--precisions", default="bfloat16", help="reduced precisions to compare ('' to skip)")
     parser.add_argument("--precision-images", type=int, default=96, help="images for the precision comparison")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of A, Atf and B (the median counts)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, each on a share of the photos")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tta", choices=["True", "False"], help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)

@@ -175,14 +175,15 @@ def fit_top(
     best, best_weights, waited = np.inf, None, 0
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        model.reset_metrics()
-        logs: dict = {}
+        totals, seen = {"loss": 0.0, "accuracy": 0.0}, 0
         for maps, y in train_epoch():
-            logs = model.train_on_batch(maps, y, return_dict=True)
+            logs = model.train_on_batch(maps, y, return_dict=True)  # this batch's figures: it resets the metrics
+            totals = {key: total + logs[key] * len(y) for key, total in totals.items()}
+            seen += len(y)
         scores = model.evaluate(*val, batch_size=batch_size, verbose=0, return_dict=True)
-        for key, value in (*logs.items(), *((f"val_{k}", v) for k, v in scores.items())):
-            if key in history:
-                history[key].append(float(value))
+        for key, total in totals.items():  # the epoch's means, weighted by batch size, as fit reports them
+            history[key].append(total / max(seen, 1))
+            history[f"val_{key}"].append(float(scores[key]))
         print(
             f"epoch {epoch}/{epochs}: loss {history['loss'][-1]:.4f}, val_loss {history['val_loss'][-1]:.4f}, "
             f"val_accuracy {history['val_accuracy'][-1]:.4f} ({time.perf_counter() - start:.0f} s)",

@@ -95,6 +95,18 @@ def test_fit_top_stops_early_and_keeps_the_best_epoch():
     assert model.evaluate(x, 1 - y, verbose=0, return_dict=True)["loss"] == pytest.approx(history["val_loss"][0])
 
 
+def test_fit_top_reports_each_epochs_mean_over_its_batches():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="binary_crossentropy", metrics=["accuracy"])  # frozen
+    x = np.random.default_rng(1).normal(size=(64, 4)).astype(np.float32)
+    y = (x[:, 1] > 0).astype(np.float32)
+    history = fit_top(model, lambda: [(x[:40], y[:40]), (x[40:], y[40:])], (x, y), epochs=1, patience=1, batch_size=64)
+    whole = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert history["loss"][0] == pytest.approx(whole["loss"], rel=1e-5)
+    assert history["accuracy"][0] == pytest.approx(whole["accuracy"])
+
+
 def test_sgd_gets_momentum():
     optimizer = make_optimizer("sgd", 1e-4, 0.9)
     assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.momentum == 0.9
