@@ -3,11 +3,14 @@
 On this project's 2-core machines ONNX Runtime runs the EfficientNet-Lite extractors about 3 times as fast as
 TensorFlow, and faster than OpenVINO (docs/engine.md has the figures). The Keras model stays the source of truth: the
 engine's model is converted from it, cached under a key made of the model's architecture, its weights and the
-converter's code and versions, and checked against the Keras model once per conversion."""
+converter's code and versions, and checked against the Keras model once per conversion. Conversions unused for 30
+days are deleted."""
 
 import hashlib
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from dogscats.backbones import weights_cache_dir
 
 ENGINES = ("auto", "tensorflow", "onnxruntime")
 OPSET = 17
+UNUSED_DAYS = 30  # a cached conversion unused this long is deleted when another is written
 CHECK_TOLERANCE = 1e-4  # largest deviation from Keras allowed, relative to the largest output (we measure ~2e-6)
 
 
@@ -71,7 +75,13 @@ def to_onnx(model: keras.Model) -> bytes:
 
     spec = (tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name="x"),)
     function = tf.function(lambda x: model(x, training=False), input_signature=spec)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=OPSET)
+    try:
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=OPSET)
+    except Exception as err:  # tf2onnx raises many types for an op it cannot convert
+        raise RuntimeError(
+            f"{model.name}: tf2onnx could not convert it to ONNX ({type(err).__name__}: {err}); "
+            "run with features.engine: tensorflow"
+        ) from err
     return proto.SerializeToString()
 
 
@@ -96,11 +106,12 @@ def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None =
     """The model in the engine: loaded from the cache, or converted, checked on the probe batch and cached."""
     cache_dir = cache_dir or weights_cache_dir() / "onnx"
     shape = "x".join(str(d) for d in model.input.shape[1:])
-    stem = f"{model.name}-{shape}"
-    cached = cache_dir / f"{stem}-{model_key(model)}.onnx"
+    cached = cache_dir / f"{model.name}-{shape}-{model_key(model)}.onnx"
     if cached.exists():
         try:
-            return EngineModel(cached.read_bytes(), model.name)
+            converted = EngineModel(cached.read_bytes(), model.name)
+            os.utime(cached)  # last used now: kept by remove_unused
+            return converted
         except Exception as err:  # ONNX Runtime raises its own types for a damaged file: convert again
             print(f"warning: {cached}: {err}; converting the model again", file=sys.stderr)
     onnx_bytes = to_onnx(model)
@@ -108,10 +119,16 @@ def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None =
     check_conversion(model, converted, probe)
     with atomic_path(cached, suffix=".onnx") as tmp:
         tmp.write_bytes(onnx_bytes)
-    for old in cache_dir.glob(f"{stem}-*.onnx"):  # older conversions of this model at this size
-        if old != cached:
-            old.unlink(missing_ok=True)
+    remove_unused(cache_dir)
     return converted
+
+
+def remove_unused(cache_dir: Path, days: float = UNUSED_DAYS) -> None:
+    """Delete the cached conversions not used for `days` (several sizes and weights of one model can be in use)."""
+    cutoff = time.time() - days * 86400
+    for path in cache_dir.glob("*.onnx"):
+        if path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
 
 
 def check_conversion(model: keras.Model, converted: EngineModel, probe: np.ndarray) -> float:

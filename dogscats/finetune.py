@@ -161,6 +161,21 @@ def trunk_batches(
         yield run_trunk(np.asarray(augment(x) if augment is not None else x)), y.numpy()
 
 
+def stacked(batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(trunk outputs, labels) batches of `count` rows in all, copied into two arrays allocated once."""
+    maps = labels = None
+    at = 0
+    for batch_maps, batch_labels in batches:
+        if maps is None:
+            maps = np.empty((count, *batch_maps.shape[1:]), batch_maps.dtype)
+            labels = np.empty((count, *batch_labels.shape[1:]), batch_labels.dtype)
+        maps[at : at + len(batch_maps)], labels[at : at + len(batch_labels)] = batch_maps, batch_labels
+        at += len(batch_maps)
+    if maps is None or at != count:
+        raise ValueError(f"expected {count} rows of trunk outputs, got {at}")
+    return maps, labels
+
+
 def fit_top(
     model: keras.Model,
     train_epoch: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
@@ -169,8 +184,7 @@ def fit_top(
     patience: int,
     batch_size: int,
 ) -> dict[str, list[float]]:
-    """Train on a fresh pass of train_epoch() per epoch, stopping once val loss has not improved for `patience`
-    epochs (as Keras's EarlyStopping), and keep the best epoch's weights; returns the history per epoch."""
+    """Train on a fresh pass of train_epoch() per epoch, with Keras EarlyStopping's rule on val loss; the history."""
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     best, best_weights, waited = np.inf, None, 0
     for epoch in range(1, epochs + 1):

@@ -28,11 +28,12 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     model = build_extractor(backbone.name, params["weights"], params["precision"], strategy, params["pooling"], size)
     dim = int(model.output.shape[-1])
     engine = choose_engine(params["engine"], gpu_visible(), params["precision"])
-    if engine == "onnxruntime":
-        extractor = engine_model(model, backbone.preprocess(probe_images(size).astype("float32")))
+    probe = backbone.preprocess(probe_images(size).astype("float32"))
+    extractor = engine_model(model, probe) if engine == "onnxruntime" else None
     start = time.perf_counter()
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(backbone=backbone.name, input_size=size, pooling=params["pooling"], classes=classes)
+        h5.attrs["engine"] = engine  # auto depends on the machine: which engine made these features
         progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
         for split in SPLITS:
             rows = manifest[manifest.split == split]
@@ -45,7 +46,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
                 params["decode"],
                 params["batch_size"],
             )
-            if engine == "onnxruntime":
+            if extractor is not None:
                 batches = engine_feature_batches(
                     extractor, backbone.preprocess, images.as_numpy_iterator(), params["tta"]
                 )

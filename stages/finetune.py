@@ -24,6 +24,7 @@ from dogscats.finetune import (
     make_optimizer,
     predict_with_mirror,
     split_at_top_blocks,
+    stacked,
     starting_head,
     training_augmentation,
     trunk_batches,
@@ -66,7 +67,8 @@ def main(
     trunk, top = split_at_top_blocks(base, blocks)
     engine = choose_engine(images_cfg["engine"], gpu_visible(), "float32")
     probe = backbone.preprocess(probe_images(size).astype(np.float32))
-    run_trunk = trunk_function(trunk, engine_model(trunk, probe) if trunk and engine == "onnxruntime" else None)
+    in_engine = trunk is not None and engine == "onnxruntime"
+    run_trunk = trunk_function(trunk, engine_model(trunk, probe) if in_engine else None)
     maps_shape = tuple(trunk.output.shape[1:]) if trunk is not None else (size, size, 3)
     classifier = build_top_classifier(top, head, maps_shape)
     classifier.compile(
@@ -91,13 +93,17 @@ def main(
         )  # fmt: skip
 
     history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    n_val = int((usable.split == "val").sum())
+    if cfg["epochs"] and not n_val:
+        message = "no usable validation photos to stop fine-tuning on; raise prepare.val_fraction, or set epochs: 0"
+        raise ValueError(f"{manifest_path}: {message}")
     if cfg["epochs"]:
         aug = cfg["augment"]
         augment = augmentation(aug["flip"], aug["rotation"], aug["zoom"], aug["shift"], aug["shear"], cfg["seed"])
         augmented = training_augmentation(augment)
         train = batches("train", cfg["seed"])
-        val_maps, val_labels = zip(*trunk_batches(run_trunk, batches("val")), strict=True)
-        val = (np.concatenate(val_maps), np.concatenate(val_labels))
+        val = stacked(trunk_batches(run_trunk, batches("val")), n_val)
+        print(f"finetune: the validation photos' trunk outputs, {val[0].nbytes / 2**20:.0f} MiB, computed once")
         history = fit_top(
             classifier,
             lambda: trunk_batches(run_trunk, train, augmented),

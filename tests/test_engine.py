@@ -1,5 +1,7 @@
 """The inference engine: which engine runs, features parity with TensorFlow on real weights, the conversion cache."""
 
+import os
+import time
 from pathlib import Path
 
 import keras
@@ -93,8 +95,20 @@ def test_a_conversion_is_checked_cached_and_reused_and_a_weights_change_converts
     monkeypatch.undo()
     other = _tiny_model(1)
     assert np.abs(engine_model(other, probe, tmp_path)(probe) - other(probe).numpy()).max() < 1e-5
-    assert [p.name for p in tmp_path.glob("tiny-*.onnx")] != [cached.name]  # the old conversion is pruned
-    assert len(list(tmp_path.glob("tiny-*.onnx"))) == 1
+    assert len(list(tmp_path.glob("tiny-*.onnx"))) == 2  # both in use: both kept
+    month_ago = time.time() - 31 * 86400
+    os.utime(cached, (month_ago, month_ago))
+    engine_model(_tiny_model(2), probe, tmp_path)
+    assert not cached.exists() and len(list(tmp_path.glob("tiny-*.onnx"))) == 2  # unused for a month: removed
+
+
+def test_a_model_tf2onnx_cannot_convert_is_named_with_the_way_out(monkeypatch):
+    def fail(*args, **kwargs):
+        raise ValueError("unsupported op")
+
+    monkeypatch.setattr("tf2onnx.convert.from_function", fail)
+    with pytest.raises(RuntimeError, match="tiny: tf2onnx could not convert it .*features.engine: tensorflow"):
+        to_onnx(_tiny_model())
 
 
 def test_a_damaged_cache_file_is_converted_again_with_a_warning(tmp_path, capsys):

@@ -15,6 +15,7 @@ from dogscats.finetune import (
     freeze_below_top_blocks,
     make_optimizer,
     split_at_top_blocks,
+    stacked,
     training_augmentation,
 )
 from dogscats.head import build_head
@@ -70,6 +71,28 @@ def test_the_trunk_and_top_compose_to_the_backbone_and_the_top_shares_its_layers
     assert split_at_top_blocks(base, [])[1] is None  # nothing trains: the whole backbone is the trunk
 
 
+@pytest.mark.slow  # three more architectures, about 10 s
+@pytest.mark.parametrize(
+    ("name", "size", "blocks"), [("resnet50", 64, 2), ("xception", 96, 2), ("efficientnetv2_b0", 64, 3)]
+)
+def test_the_split_composes_to_the_backbone_for_other_architectures(name, size, blocks):
+    other = load_feature_extractor(name, weights=None, input_size=size)
+    trunk, top = split_at_top_blocks(other, freeze_below_top_blocks(other, blocks))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+    assert np.allclose(top(trunk(x), training=False), other(x, training=False), atol=1e-5)
+    head = build_head(int(other.output.shape[-1]), 2, 0, 0.0, "adam", 1e-3)
+    classifier = build_top_classifier(top, head, tuple(trunk.output.shape[1:]))
+    assert np.allclose(classifier(trunk(x)), head(other(x, training=False)), atol=1e-5)
+
+
+def test_stacked_fills_arrays_allocated_once():
+    batches = [(np.full((3, 2), i, np.float32), np.full(3, i)) for i in range(3)]
+    maps, labels = stacked(batches, 9)
+    assert maps.shape == (9, 2) and labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    with pytest.raises(ValueError, match="expected 10 rows of trunk outputs, got 9"):
+        stacked(batches, 10)
+
+
 def test_the_top_classifier_starts_from_the_head_and_augments_only_in_training(base):
     trunk, top = split_at_top_blocks(base, freeze_below_top_blocks(base, 1))
     head = build_head(1280, 2, 0, 0.5, "adam", 1e-3)
@@ -81,7 +104,9 @@ def test_the_top_classifier_starts_from_the_head_and_augments_only_in_training(b
     assert np.allclose(finetuned_model(base, head)(x).numpy(), expected, atol=1e-5)
     augment = augmentation(True, 10, 0.1, 0.1, 0.2, seed=0)
     assert np.array_equal(augment(x, training=False), x)
-    assert np.abs(training_augmentation(augment)(x).numpy() - x).max() > 0.1
+    augmented = training_augmentation(augment)
+    first = augmented(x).numpy()
+    assert np.abs(first - x).max() > 0.1 and np.abs(augmented(x).numpy() - first).max() > 0.1  # new draws each call
 
 
 def test_fit_top_stops_early_and_keeps_the_best_epoch():
