@@ -3,8 +3,8 @@
     python bench/features.py --backbone efficientnet_lite0 --data ../shared/data/catsdogs
 
 A: images/s of the features stage's code path with its engine (features.engine, auto: ONNX Runtime on CPU), end to
-   end from JPEG files on disk (tf.data decoding, HDF5 writes included);
-Atf: the same path with features.engine=tensorflow;
+   end from JPEG files on disk (decoding and HDF5 writes included);
+Atf: the same path with features.engine=tensorflow (decoding through tf.data);
 B: images/s of the engine's bare model on real photos already decoded in memory (the compute bound);
 C: images/s of the classic approach: each batch loaded image by image with PIL, then Keras model.predict, no overlap;
 then the peak resident memory of A at two dataset sizes (generated small JPEGs), the speed and largest feature
@@ -48,7 +48,7 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
 
     from dogscats.backbones import get_backbone
     from dogscats.engine import choose_engine, engine_feature_batches, engine_model, gpu_visible, probe_images
-    from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset
+    from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset, split_features
     from dogscats.feature_store import write_split
     from dogscats.images import load_resized
 
@@ -64,23 +64,22 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
     in_memory = next(iter(first)).numpy()  # real photos, decoded once
     next(feature_batches(model, backbone, tf.data.Dataset.from_tensors(in_memory), strategy))  # trace once
 
-    def batches_of(images, engine_name: str):
-        if engine_name == "onnxruntime":
-            numpy_batches = images if isinstance(images, list) else images.as_numpy_iterator()
-            return engine_feature_batches(extractor, backbone.preprocess, numpy_batches, params["tta"])
-        dataset = tf.data.Dataset.from_tensor_slices(np.stack(images)) if isinstance(images, list) else images
+    def batches_of(images: list[np.ndarray]):  # in-memory batches through the engine's model
+        if extractor is not None:
+            return engine_feature_batches(extractor, backbone.preprocess, images, params["tta"])
+        dataset = tf.data.Dataset.from_tensor_slices(np.stack(images))
         return feature_batches(model, backbone, dataset, strategy, params["tta"])
 
     def stage_path(engine_name: str, paths: list[str] = files) -> int:  # A, Atf: the features stage, HDF5 included
-        dataset = image_dataset(paths, [True] * len(paths), size, params["resize"], params["decode"], batch_size)
+        run_in = extractor if engine_name == "onnxruntime" else None
+        batches = split_features(paths, [True] * len(paths), backbone, model, run_in, strategy, params)
         with tempfile.TemporaryDirectory() as tmp, h5py.File(Path(tmp) / "f.h5", "w") as h5:
-            batches = batches_of(dataset, engine_name)
             write_split(h5, "all", paths, np.zeros(len(paths)), [True] * len(paths), batches, dim)
         return len(paths)
 
     def bare_model(paths: list[str]) -> int:  # B: a batch of real photos in memory, as many times, in the engine
         repeats = max(1, len(paths) // batch_size)
-        return sum(len(f) for f in batches_of([in_memory] * repeats, engine))
+        return sum(len(f) for f in batches_of([in_memory] * repeats))
 
     def classic(paths: list[str]) -> int:  # C: load a batch one image at a time with PIL, then predict; no overlap
         count = 0

@@ -1,8 +1,13 @@
-"""Streaming feature extraction with tf.data: JPEGs decoded and resized in parallel, batched and prefetched,
-so the CNN never waits for input; features come out batch by batch, in file order, never all in memory."""
+"""Streaming feature extraction: JPEGs decoded and resized in parallel, batched and prefetched, so the CNN never
+waits for input; features come out batch by batch, in file order, never all in memory. TensorFlow reads through
+tf.data; the CPU engine through low-priority decoder threads that fill the cores' idle moments (see image_batches)."""
 
 import os
+import sys
+import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import keras
@@ -10,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from dogscats.backbones import Backbone, load_feature_extractor
+from dogscats.engine import EngineModel, engine_feature_batches
 from dogscats.images import load_resized
 
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -39,10 +45,52 @@ def decoded(dataset: tf.data.Dataset, size: int, resize: str, decode: str) -> tf
     return dataset.map(load_tf, num_parallel_calls=decode_threads(), deterministic=True)
 
 
+def image_batches(
+    files: list[str], usable: list[bool], size: int, resize: str, decode: str, batch_size: int, ahead: int = 2
+) -> Iterator[np.ndarray]:
+    """Batches of uint8 (B, size, size, 3) images in file order, decoded `ahead` batches in advance by one thread per
+    core at the lowest priority; an unusable image is a black square.
+
+    On CPUs the network and the decoders share the cores. At normal priority a decoder thread preempts one of the
+    engine's threads and the whole operator waits for it; at the lowest priority the decoders run in the moments the
+    engine leaves a core idle, and at full speed only when the engine waits for a batch (docs/engine.md)."""
+
+    def load(path: str, ok: bool) -> np.ndarray:
+        if not ok:
+            return np.zeros((size, size, 3), np.uint8)
+        try:
+            return load_resized(path, size, resize, decode)  # PIL releases the GIL while decoding
+        except Exception as err:
+            err.add_note(f"while decoding {path}")
+            raise
+
+    pending: deque[Future] = deque()
+    todo = iter(zip(files, usable, strict=True))
+    with ThreadPoolExecutor(os.cpu_count() or 1, "decode", initializer=lowest_priority) as pool:
+        try:
+            while True:
+                for path, ok in todo:
+                    pending.append(pool.submit(load, path, ok))
+                    if len(pending) >= ahead * batch_size:
+                        break
+                if not pending:
+                    return
+                yield np.stack([pending.popleft().result() for _ in range(min(batch_size, len(pending)))])
+        finally:
+            for future in pending:
+                future.cancel()  # a consumer that stops early does not wait for the photos it will not use
+
+
+def lowest_priority() -> None:
+    """Give the calling thread the lowest CPU priority (nice 19; Linux sets it per thread; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def decode_threads() -> int:
-    """Parallel image decoders: tf.data's autotuning with a GPU; on CPUs, the CNN needs every core, and one decoder per
-    8 cores keeps up without preempting its threads: on 2 cores one thread decodes 250-650 photos/s, against about 55/s
-    through Lite0 in ONNX Runtime with TTA, and a second thread measured no faster (docs/engine.md)."""
+    """tf.data's parallel image decoders: its autotuning with a GPU; on CPUs, where TensorFlow needs every core, one
+    decoder per 8 cores: on 2 cores one thread decodes 250-650 photos/s, against about 18/s through Lite0 in
+    TensorFlow with TTA."""
     if tf.config.list_physical_devices("GPU"):
         return tf.data.AUTOTUNE
     return max(1, (os.cpu_count() or 1) // 8)
@@ -122,3 +170,22 @@ def feature_batches(
     for batch in strategy.experimental_distribute_dataset(dataset):
         per_replica = strategy.run(step, args=(batch,))
         yield strategy.gather(per_replica, axis=0).numpy()
+
+
+def split_features(
+    files: list[str],
+    usable: list[bool],
+    backbone: Backbone,
+    model: keras.Model,
+    extractor: EngineModel | None,
+    strategy: tf.distribute.Strategy,
+    params: dict,
+) -> Iterator[np.ndarray]:
+    """The features stage's path: features per batch of the files, in order, through the engine's extractor when
+    there is one (photos from image_batches), else through the Keras model in TensorFlow (photos from tf.data)."""
+    size, batch_size = int(model.input.shape[1]), params["batch_size"]
+    if extractor is not None:
+        images = image_batches(files, usable, size, params["resize"], params["decode"], batch_size)
+        return engine_feature_batches(extractor, backbone.preprocess, images, params["tta"])
+    dataset = image_dataset(files, usable, size, params["resize"], params["decode"], batch_size)
+    return feature_batches(model, backbone, dataset, strategy, params["tta"])

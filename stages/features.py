@@ -10,8 +10,8 @@ from dogscats.atomic import atomic_path, write_json
 from dogscats.backbones import get_backbone
 from dogscats.dataset import classes_of, label_index, read_manifest
 from dogscats.determinism import set_seed
-from dogscats.engine import choose_engine, engine_feature_batches, engine_model, gpu_visible, probe_images
-from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset
+from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
+from dogscats.extract import build_extractor, choose_strategy, split_features
 from dogscats.feature_store import SPLITS, write_split
 from dogscats.params import load_params
 
@@ -38,20 +38,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
         for split in SPLITS:
             rows = manifest[manifest.split == split]
             usable = (rows.problem == "").tolist()
-            images = image_dataset(
-                rows.source.tolist(),
-                usable,
-                size,
-                params["resize"],
-                params["decode"],
-                params["batch_size"],
-            )
-            if extractor is not None:
-                batches = engine_feature_batches(
-                    extractor, backbone.preprocess, images.as_numpy_iterator(), params["tta"]
-                )
-            else:
-                batches = feature_batches(model, backbone, images, strategy, params["tta"])
+            batches = split_features(rows.source.tolist(), usable, backbone, model, extractor, strategy, params)
             labels = label_index(rows.label, classes)
             write_split(h5, split, rows.id.tolist(), labels, usable, _counted(batches, progress), dim)
         progress.close()

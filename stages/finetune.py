@@ -12,7 +12,7 @@ from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.dataset import label_index, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
-from dogscats.extract import image_dataset
+from dogscats.extract import image_batches
 from dogscats.feature_store import classes_of_file
 from dogscats.finetune import (
     augmentation,
@@ -120,8 +120,8 @@ def main(
     rows = manifest[manifest.split.isin(["val", "test"])].reset_index(drop=True)
     ok = (rows.problem == "").tolist()
     resize, decode = images_cfg["resize"], images_cfg["decode"]
-    images = image_dataset(rows.source.tolist(), ok, size, resize, decode, cfg["batch_size"])
-    preprocessed = images.map(lambda x: backbone.preprocess(tf.cast(x, tf.float32))).as_numpy_iterator()
+    images = image_batches(rows.source.tolist(), ok, size, resize, decode, cfg["batch_size"])
+    preprocessed = (backbone.preprocess(x.astype(np.float32)) for x in images)
     p, p_mirror = predict_with_mirror(run_trunk, classifier, preprocessed)
     out = pd.DataFrame({"id": rows.id, "split": rows.split, "usable": ok})
     out = out.join(probability_table(p, classes)).join(probability_table(p_mirror, classes, "_tta"))

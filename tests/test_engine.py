@@ -1,4 +1,5 @@
-"""The inference engine: which engine runs, features parity with TensorFlow on real weights, the conversion cache."""
+"""The inference engine: which engine runs, features parity with TensorFlow on real weights through the features
+stage's path, the conversion cache."""
 
 import os
 import time
@@ -14,12 +15,11 @@ from dogscats.engine import (
     EngineModel,
     check_conversion,
     choose_engine,
-    engine_feature_batches,
     engine_model,
     probe_images,
     to_onnx,
 )
-from dogscats.extract import feature_batches, image_dataset
+from dogscats.extract import split_features
 
 from .conftest import SHARED, write_image
 
@@ -69,10 +69,10 @@ def test_engine_features_match_tensorflow_with_the_real_weights(name, tmp_path):
     model = load_feature_extractor(name, weights="imagenet")
     extractor = engine_model(model, backbone.preprocess(probe_images(backbone.input_size).astype(np.float32)), tmp_path)
     files = _photos(tmp_path)
-    dataset = image_dataset(files, [True] * len(files), backbone.input_size, "crop", "reduced", 4)
-    strategy = tf.distribute.get_strategy()
-    expected = np.concatenate(list(feature_batches(model, backbone, dataset, strategy, tta=True)))
-    engine = list(engine_feature_batches(extractor, backbone.preprocess, dataset.as_numpy_iterator(), tta=True))
+    params = {"resize": "crop", "decode": "reduced", "batch_size": 4, "tta": True}
+    usable, strategy = [True] * len(files), tf.distribute.get_strategy()
+    expected = np.concatenate(list(split_features(files, usable, backbone, model, None, strategy, params)))
+    engine = list(split_features(files, usable, backbone, model, extractor, strategy, params))
     assert [len(b) for b in engine] == [4, 2]
     assert np.abs(np.concatenate(engine) - expected).max() < PARITY
     assert expected.std(axis=0).max() > 0.1  # real weights tell the images apart: the comparison means something

@@ -1,8 +1,11 @@
-"""The tf.data extraction path: parity with plain per-image loading, order, TTA, precision and multi-device."""
+"""The extraction paths: parity with plain per-image loading, order, TTA, precision and multi-device; the engine's
+low-priority decoders give the same batches as tf.data."""
 
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +13,14 @@ import tensorflow as tf
 from PIL import Image
 
 from dogscats.backbones import get_backbone, load_feature_extractor
-from dogscats.extract import check_precision, cpu_has_bf16, feature_batches, image_dataset
+from dogscats.extract import (
+    check_precision,
+    cpu_has_bf16,
+    feature_batches,
+    image_batches,
+    image_dataset,
+    lowest_priority,
+)
 from dogscats.images import load_resized
 
 from .conftest import REPO, write_image
@@ -51,6 +61,46 @@ def test_unusable_images_become_blank(lite0, photos):
     dataset = image_dataset(photos[:2], [True, False], backbone.input_size, "squash", "full", 2)
     images = next(iter(dataset)).numpy()
     assert images[0].any() and not images[1].any()
+
+
+@pytest.mark.parametrize(("resize", "decode"), [("squash", "full"), ("crop", "reduced")])
+def test_image_batches_equal_the_tf_data_batches(photos, resize, decode):
+    usable = [True, True, False, True, True, True, True]
+    expected = [b.numpy() for b in image_dataset(photos, usable, 64, resize, decode, 3)]
+    batches = list(image_batches(photos, usable, 64, resize, decode, 3))
+    assert [b.shape for b in batches] == [(3, 64, 64, 3), (3, 64, 64, 3), (1, 64, 64, 3)]
+    assert all(b.dtype == np.uint8 for b in batches)
+    assert all(np.array_equal(b, e) for b, e in zip(batches, expected, strict=True))
+    assert not batches[0][2].any() and batches[0][1].any()  # the unusable image is black
+
+
+def test_image_batches_name_a_file_that_no_longer_decodes(photos, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(Exception) as raised:
+        list(image_batches([photos[0], str(broken)], [True, True], 32, "squash", "full", 2))
+    assert f"while decoding {broken}" in raised.value.__notes__
+
+
+def test_image_batches_stop_early_without_decoding_everything(photos):
+    batches = image_batches(photos * 20, [True] * 140, 32, "squash", "full", 2)
+    assert next(batches).shape == (2, 32, 32, 3)
+    batches.close()  # a consumer that stops: the pending decodes are cancelled, nothing hangs
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+def test_decoder_threads_run_at_the_lowest_priority():
+    seen = []
+
+    def probe():
+        lowest_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    assert seen == [19]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19  # the caller's own priority is unchanged
 
 
 def test_tta_features_are_mirror_invariant(lite0, tmp_path):
