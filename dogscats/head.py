@@ -83,16 +83,6 @@ def subset(rows: feature_store.SplitFeatures, index: np.ndarray) -> feature_stor
     )
 
 
-def pooled(a: feature_store.SplitFeatures, b: feature_store.SplitFeatures) -> feature_store.SplitFeatures:
-    """Two splits' rows, one after the other."""
-    return feature_store.SplitFeatures(
-        a.ids + b.ids,
-        np.concatenate([a.features, b.features]),
-        np.concatenate([a.labels, b.labels]),
-        np.concatenate([a.usable, b.usable]),
-    )
-
-
 def predict_proba(model: keras.Model, features: np.ndarray) -> np.ndarray:
     """(N, K) class probabilities, as float64."""
     return probabilities(model.predict(features, batch_size=1024, verbose=0))

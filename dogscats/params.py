@@ -45,7 +45,7 @@ class Demo(Section):
 
 
 class Prepare(Section):
-    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    folds: Annotated[int, Field(ge=2)]
     max_bad_fraction: Annotated[float, Field(ge=0, le=1)]
     seed: Seed
 
@@ -69,7 +69,6 @@ class Train(Section):
     learning_rate: Rate
     epochs: AtLeastOne
     batch_size: AtLeastOne
-    folds: AtLeastOne
     seed: Seed
 
 
@@ -92,7 +91,6 @@ class Finetune(Section):
     learning_rate: Rate
     momentum: Fraction
     epochs: NonNegative
-    patience: NonNegative
     batch_size: AtLeastOne
     augment: Augment
     seed: Seed

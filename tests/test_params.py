@@ -43,8 +43,8 @@ def test_the_repository_params_are_valid():
         ({"predict__blend": "half"}, "predict.blend must be \"auto\" or a number from 0 to 1, got 'half'"),
         ({"predict__blend": 1.5}, 'predict.blend must be "auto" or a number from 0 to 1, got 1.5'),
         ({"finetune__augment__zoom": None}, "finetune.augment.zoom must be a valid number, got None"),
-        ({"prepare__val_fraction": 0}, "prepare.val_fraction must be greater than 0, got 0"),
-        ({"prepare__val_fraction": 1.5}, "prepare.val_fraction must be less than 1, got 1.5"),
+        ({"prepare__folds": 1}, "prepare.folds must be greater than or equal to 2, got 1"),
+        ({"prepare__folds": 2.5}, "prepare.folds must be a valid integer, got 2.5"),
         ({"prepare__max_bad_fraction": -0.1}, "prepare.max_bad_fraction must be greater than or equal to 0, got -0.1"),
         ({"features__resize": "crops"}, "features.resize must be 'squash', 'crop' or 'pad', got 'crops'"),
         ({"features__decode": "reduce"}, "features.decode must be 'full' or 'reduced', got 'reduce'"),
@@ -74,13 +74,11 @@ def test_the_repository_params_are_valid():
         ({"finetune__head_learning_rate": 0}, "finetune.head_learning_rate must be greater than 0, got 0"),
         ({"finetune__momentum": 1.0}, "finetune.momentum must be less than 1, got 1.0"),
         ({"finetune__trainable_blocks": -3}, "finetune.trainable_blocks must be greater than or equal to 0, got -3"),
-        ({"finetune__patience": -1}, "finetune.patience must be greater than or equal to 0, got -1"),
         ({"finetune__augment__rotation": 400}, "finetune.augment.rotation must be less than or equal to 180, got 400"),
         ({"finetune__augment__shear": "x"}, "finetune.augment.shear must be a valid number, got 'x'"),
         ({"evaluate__worst_mistakes": -5}, "evaluate.worst_mistakes must be greater than or equal to 0, got -5"),
         ({"train__seed": -1}, "train.seed must be greater than or equal to 0, got -1"),
         ({"train__hidden": -1}, "train.hidden must be greater than or equal to 0, got -1"),
-        ({"train__folds": 0}, "train.folds must be greater than or equal to 1, got 0"),
         ({"finetune__epochs": -1}, "finetune.epochs must be greater than or equal to 0, got -1"),
         ({"predict__clip": [0.995, 0.005]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < high <= 1'),
         ({"predict__clip": [0.005]}, 'predict.clip must be "auto" or [low, high]'),
@@ -143,11 +141,11 @@ def test_keras_knows_every_optimizer_the_params_allow():
 
 
 def test_a_stage_stops_before_any_work_with_one_line_per_problem(in_project, kaggle_raw, tmp_path):
-    in_project(data={"raw": str(kaggle_raw)}, prepare={"val_fraction": 2}, features={"resize": "crops"})
+    in_project(data={"raw": str(kaggle_raw)}, prepare={"folds": 0}, features={"resize": "crops"})
     with pytest.raises(ParamsError) as stop:
         prepare.main(*PREPARE_ARGS)
     assert str(stop.value).splitlines() == [
-        "params.yaml: prepare.val_fraction must be less than 1, got 2",
+        "params.yaml: prepare.folds must be greater than or equal to 2, got 0",
         "params.yaml: features.resize must be 'squash', 'crop' or 'pad', got 'crops'",
     ]
     assert not (tmp_path / "data").exists()
