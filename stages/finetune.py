@@ -38,6 +38,8 @@ from dogscats.params import load_params
 from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss
 
+PREDICT_BATCH = 256  # trunk outputs per prediction step: fewer, larger steps than the training batch
+
 
 def main(
     manifest_path: str, features_path: str, models_dir: str, predictions_path: str, history_path: str, metrics_path: str
@@ -112,7 +114,7 @@ def main(
     augmented = training_augmentation(augment)
     rng = np.random.default_rng(cfg["seed"])
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    per_epoch = [fold_probabilities(classifiers, folds, maps, test_maps, batch_size)]
+    per_epoch = [fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH)]
     best_epoch, best_weights = 0, [c.get_weights() for c in classifiers]
     print(f"epoch 0 (starting heads): out-of-fold log loss {log_loss(y, per_epoch[0][1]):.4f} (mirrored)", flush=True)
     for epoch in range(1, cfg["epochs"] + 1):
@@ -121,7 +123,7 @@ def main(
         photos = image_batches(labelled.source[order].tolist(), [True] * len(order), size, resize, decode, batch_size)
         train = augmented_trunk_batches(run_trunk, augmented, backbone.preprocess, photos, y[order], folds[order])
         scores = train_folds_one_epoch(classifiers, train)
-        per_epoch.append(fold_probabilities(classifiers, folds, maps, test_maps, batch_size))
+        per_epoch.append(fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH))
         history["loss"].append(scores["loss"])
         history["accuracy"].append(scores["accuracy"])
         history["val_loss"].append(log_loss(y, per_epoch[-1][0]))
