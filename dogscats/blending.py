@@ -69,8 +69,9 @@ def final_p(
 
 @dataclass(frozen=True)
 class Choices:
-    """The numbers predict applies: the fine-tuning epoch, the blend weight, the temperature and the clip bounds."""
+    """The numbers predict applies: each model's epoch, the blend weight, the temperature and the clip bounds."""
 
+    head_epoch: int
     epoch: int
     blend: float
     temperature: float
@@ -79,36 +80,43 @@ class Choices:
 
 
 def best_epoch(y: np.ndarray, p_by_epoch: list[np.ndarray]) -> int:
-    """The fine-tuning epoch whose probabilities have the lowest log loss; the earliest of ties."""
+    """The position of the epoch whose probabilities have the lowest log loss; the earliest of ties."""
     return int(np.argmin([log_loss(y, p) for p in p_by_epoch]))
 
 
-def choose(y: np.ndarray, p_head: np.ndarray, p_by_epoch: list[np.ndarray], settings: dict[str, Any]) -> Choices:
-    """Fix or choose on (y, probabilities), in order, the epoch, blend weight, temperature and clip bounds; settings
-    holds predict's blend (a weight or auto), calibrate (bool) and clip ([low, high] or auto)."""
-    epoch = best_epoch(y, p_by_epoch)
-    p_tuned = p_by_epoch[epoch]
+def choose(
+    y: np.ndarray, head_by_epoch: list[np.ndarray], tuned_by_epoch: list[np.ndarray], settings: dict[str, Any]
+) -> Choices:
+    """Fix or choose on (y, probabilities), in order, each model's epoch, the blend weight, temperature and clip
+    bounds; settings holds predict's blend (a weight or auto), calibrate (bool) and clip ([low, high] or auto)."""
+    head_epoch, epoch = best_epoch(y, head_by_epoch), best_epoch(y, tuned_by_epoch)
+    p_head, p_tuned = head_by_epoch[head_epoch], tuned_by_epoch[epoch]
     weight = best_blend_weight(y, p_head, p_tuned) if settings["blend"] == "auto" else float(settings["blend"])
     blended = final_p(p_head, p_tuned, weight, 1.0, 0.0, 1.0)
     temperature = best_temperature(y, blended) if settings["calibrate"] else 1.0
     calibrated = final_p(p_head, p_tuned, weight, temperature, 0.0, 1.0)
     low, high = best_clip(y, calibrated) if settings["clip"] == "auto" else settings["clip"]
-    return Choices(epoch, weight, temperature, float(low), float(high))
+    return Choices(head_epoch, epoch, weight, temperature, float(low), float(high))
 
 
-def apply(choices: Choices, p_head: np.ndarray, p_by_epoch: list[np.ndarray]) -> np.ndarray:
+def apply(choices: Choices, head_by_epoch: list[np.ndarray], tuned_by_epoch: list[np.ndarray]) -> np.ndarray:
     """The final probabilities under the choices."""
-    return final_p(p_head, p_by_epoch[choices.epoch], choices.blend, choices.temperature, choices.low, choices.high)
+    p_head, p_tuned = head_by_epoch[choices.head_epoch], tuned_by_epoch[choices.epoch]
+    return final_p(p_head, p_tuned, choices.blend, choices.temperature, choices.low, choices.high)
 
 
 def cross_fitted(
-    y: np.ndarray, folds: np.ndarray, p_head: np.ndarray, p_by_epoch: list[np.ndarray], settings: dict[str, Any]
+    y: np.ndarray,
+    folds: np.ndarray,
+    head_by_epoch: list[np.ndarray],
+    tuned_by_epoch: list[np.ndarray],
+    settings: dict[str, Any],
 ) -> np.ndarray:
     """Each labelled image's final probabilities under choices made on the other folds' images only (nested): the
     log loss of these is an honest estimate for new images."""
-    out = np.zeros_like(np.asarray(p_by_epoch[0], dtype=np.float64))
+    out = np.zeros_like(np.asarray(tuned_by_epoch[0], dtype=np.float64))
     for fold in np.unique(folds):
         fit, held = folds != fold, folds == fold
-        choices = choose(y[fit], p_head[fit], [p[fit] for p in p_by_epoch], settings)
-        out[held] = apply(choices, p_head[held], [p[held] for p in p_by_epoch])
+        choices = choose(y[fit], [p[fit] for p in head_by_epoch], [p[fit] for p in tuned_by_epoch], settings)
+        out[held] = apply(choices, [p[held] for p in head_by_epoch], [p[held] for p in tuned_by_epoch])
     return out

@@ -61,6 +61,7 @@ def fit_head(
     learning_rate: float,
     epochs: int,
     batch_size: int,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build and train a head on one split's features; the history has val_ columns when val is given."""
     model = build_head(train.features.shape[1], n_classes, hidden, dropout, optimizer, learning_rate)
@@ -72,6 +73,7 @@ def fit_head(
         batch_size=batch_size,
         shuffle=True,
         verbose=0,
+        callbacks=callbacks,
     )
     return model, history.history
 
@@ -99,3 +101,26 @@ def save_heads(models: list[keras.Model], out: Path) -> None:
     with atomic_dir(out) as tmp:
         for model, name in zip(models, names, strict=True):
             save_keras_model(model, tmp / name)
+
+
+def checkpoint_epochs(epochs: int, count: int = 10) -> list[int]:
+    """About `count` evenly spaced epochs (counted from 1) at which a head's predictions are kept, the last included."""
+    step = max(1, epochs // count)
+    return sorted({*range(step, epochs + 1, step), epochs})
+
+
+class EpochPredictions(keras.callbacks.Callback):
+    """Keeps, after each of the given epochs (counted from 1), the model's weights and its class probabilities for
+    each of the given feature arrays."""
+
+    def __init__(self, arrays: list[np.ndarray], epochs: list[int]) -> None:
+        super().__init__()
+        self.arrays, self.epochs = arrays, set(epochs)
+        self.predictions: dict[int, list[np.ndarray]] = {}
+        self.weights: dict[int, list[np.ndarray]] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Record the predictions and weights at a checkpoint epoch."""
+        if epoch + 1 in self.epochs:
+            self.predictions[epoch + 1] = [predict_proba(self.model, a) for a in self.arrays]
+            self.weights[epoch + 1] = self.model.get_weights()

@@ -1,5 +1,5 @@
 """Stage predict: blend the ensemble head's and the fine-tuned model's class probabilities, calibrate them and clip
-them (the metric is log loss), for every test image. The fine-tuning epoch, the blend weight, the temperature and the
+them (the metric is log loss), for every test image. Each model's epoch, the blend weight, the temperature and the
 clip bounds are fixed in params or chosen on the out-of-fold probabilities of every labelled image; the headline
 figure, cv_logloss, scores each fold under choices made on the other folds (nested), so it is honest."""
 
@@ -40,7 +40,7 @@ def main(
     head = read_prediction_table(head_predictions_path)
     tuned = read_prediction_table(finetune_predictions_path)
     suffix = "_tta" if cfg["finetune_tta"] else ""
-    epochs = sorted(set(tuned.epoch))
+    epochs, head_epochs = sorted(set(tuned.epoch)), sorted(set(head.epoch))
 
     def probabilities_of(table: pd.DataFrame, split: str, ids: list[str], suffix: str = "") -> np.ndarray:
         rows = table[table.split == split].set_index("id")
@@ -52,21 +52,22 @@ def main(
     ids, test_ids = labelled.id.tolist(), test.id.tolist()
     y = label_index(labelled.label, classes)
     folds = folds_of(manifest, ids, manifest_path)
-    p_head, test_head = probabilities_of(head, "train", ids), probabilities_of(head, "test", test_ids)
+    head_by_epoch = [probabilities_of(head[head.epoch == e], "train", ids) for e in head_epochs]
+    test_head_by_epoch = [probabilities_of(head[head.epoch == e], "test", test_ids) for e in head_epochs]
     by_epoch = [probabilities_of(tuned[tuned.epoch == e], "train", ids, suffix) for e in epochs]
     test_by_epoch = [probabilities_of(tuned[tuned.epoch == e], "test", test_ids, suffix) for e in epochs]
 
     # The choices for the test images, made on every labelled image; the same choices made without each fold.
-    choices = choose(y, p_head, by_epoch, cfg)
-    p_test = apply(choices, test_head, test_by_epoch)
+    choices = choose(y, head_by_epoch, by_epoch, cfg)
+    p_test = apply(choices, test_head_by_epoch, test_by_epoch)
     usable = (test.problem == "").to_numpy()
     prior = np.bincount(y, minlength=len(classes)) / len(y)
     p_test[~usable] = clip(prior[None, :], choices.low, choices.high)  # test images that did not decode
-    p_oof = apply(choices, p_head, by_epoch)  # scored on the photos the choices were made on: optimistic
-    p_cv = cross_fitted(y, folds, p_head, by_epoch, cfg)
+    p_oof = apply(choices, head_by_epoch, by_epoch)  # scored on the photos the choices were made on: optimistic
+    p_cv = cross_fitted(y, folds, head_by_epoch, by_epoch, cfg)
 
     oof = pd.DataFrame({"id": ids, "label": y, "fold": folds}).join(probability_table(p_cv, classes))
-    oof = oof.join(probability_table(p_head, classes, "_head"))
+    oof = oof.join(probability_table(head_by_epoch[choices.head_epoch], classes, "_head"))
     oof = oof.join(probability_table(by_epoch[choices.epoch], classes, "_finetuned"))
     write_csv(oof_predictions_path, oof)
     write_csv(predictions_path, pd.DataFrame({"id": test_ids}).join(probability_table(p_test, classes)))
@@ -75,9 +76,10 @@ def main(
         "cv_accuracy": accuracy(y, p_cv),
         "oof_logloss_optimistic": log_loss(y, p_oof),
         **{
-            f"cv_logloss_{name}": log_loss(y, cross_fitted(y, folds, p_head, by_epoch, {**cfg, **settings}))
+            f"cv_logloss_{name}": log_loss(y, cross_fitted(y, folds, head_by_epoch, by_epoch, {**cfg, **settings}))
             for name, settings in INGREDIENTS.items()
         },  # fmt: skip
+        "head_epoch": head_epochs[choices.head_epoch],
         "epoch": epochs[choices.epoch],
         "blend": choices.blend,
         "temperature": choices.temperature,

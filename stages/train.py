@@ -1,6 +1,7 @@
 """Stage train: concatenate the backbones' features and train the ensemble head (dropout + sigmoid, or softmax for
 more than two classes), once per fold of the manifest: each labelled image's probabilities come from the head that
-did not see it (out of fold), and each test image's are the average of the k heads."""
+did not see it (out of fold), and each test image's are the average of the k heads; both at about ten epochs, for
+predict to choose the epoch count out of fold."""
 
 import sys
 from pathlib import Path
@@ -12,7 +13,15 @@ from dogscats.atomic import write_csv, write_json
 from dogscats.dataset import folds_of, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.feature_store import shared_classes
-from dogscats.head import feature_files, fit_head, load_concatenated, predict_proba, save_heads, subset
+from dogscats.head import (
+    EpochPredictions,
+    checkpoint_epochs,
+    feature_files,
+    fit_head,
+    load_concatenated,
+    save_heads,
+    subset,
+)
 from dogscats.params import load_params
 from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss
@@ -39,20 +48,33 @@ def main(
         cfg["batch_size"],
     )  # fmt: skip
 
-    models, histories, p_oof = [], [], np.zeros((len(labelled.ids), len(classes)))
-    for fold in sorted(set(folds)):
+    # Each fold's head predicts its fold and the test images at about ten epochs: predict chooses the epoch count,
+    # out of fold. The saved heads are those at the epoch with the lowest out-of-fold log loss.
+    checkpoints = checkpoint_epochs(cfg["epochs"])
+    fold_ids = sorted(set(folds))
+    p_oof = {e: np.zeros((len(labelled.ids), len(classes))) for e in checkpoints}
+    p_test = {e: np.zeros((len(test.ids), len(classes))) for e in checkpoints}
+    models, weights, histories = [], [], []
+    for fold in fold_ids:
         held_out, fit_rows = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
-        model, history = fit_head(subset(labelled, fit_rows), subset(labelled, held_out), *fit_args)
-        p_oof[held_out] = predict_proba(model, labelled.features[held_out])
+        recorder = EpochPredictions([labelled.features[held_out], test.features], checkpoints)
+        model, history = fit_head(subset(labelled, fit_rows), subset(labelled, held_out), *fit_args, [recorder])
+        for epoch, (oof, on_test) in recorder.predictions.items():
+            p_oof[epoch][held_out] = oof
+            p_test[epoch] += on_test / len(fold_ids)
         models.append(model)
+        weights.append(recorder.weights)
         histories.append(pd.DataFrame(history))
-        print(f"train: fold {fold}: log loss {log_loss(labelled.labels[held_out], p_oof[held_out]):.4f} out of fold")
-    p_test = np.mean([predict_proba(m, test.features) for m in models], axis=0)
+    losses = {e: log_loss(labelled.labels, p) for e, p in p_oof.items()}
+    best = min(checkpoints, key=lambda e: (losses[e], e))
+    print("train: out-of-fold log loss by epoch: " + ", ".join(f"{e}: {loss:.4f}" for e, loss in losses.items()))
 
+    for model, fold_weights in zip(models, weights, strict=True):
+        model.set_weights(fold_weights[best])
     save_heads(models, Path(models_dir))
     history = pd.concat(histories).groupby(level=0).mean()  # per epoch, averaged over the folds
     write_csv(history_path, history.rename_axis("epoch").reset_index())
-    rows = pd.DataFrame(
+    ids = pd.DataFrame(
         {
             "id": labelled.ids + test.ids,
             "split": ["train"] * len(labelled.ids) + ["test"] * len(test.ids),
@@ -60,10 +82,14 @@ def main(
             "usable": np.concatenate([labelled.usable, test.usable]),
         }
     )
-    write_csv(predictions_path, rows.join(probability_table(np.concatenate([p_oof, p_test]), classes)))
+    tables = [
+        ids.assign(epoch=e).join(probability_table(np.concatenate([p_oof[e], p_test[e]]), classes)) for e in checkpoints
+    ]
+    write_csv(predictions_path, pd.concat(tables, ignore_index=True))
     metrics = {
-        "oof_logloss": log_loss(labelled.labels, p_oof),
-        "oof_accuracy": accuracy(labelled.labels, p_oof),
+        "oof_logloss": losses[best],
+        "oof_accuracy": accuracy(labelled.labels, p_oof[best]),
+        "best_epoch": best,
         "n_labelled": len(labelled.ids),
         "folds": len(models),
     }

@@ -157,9 +157,11 @@ def test_features_train_finetune_predict_evaluate_submit(prepared):
     assert json.loads(Path(TRAIN_JSON).read_text())["n_labelled"] == 19
     assert sorted(p.name for p in Path("models/head").iterdir()) == [f"fold_{k}.keras" for k in range(1, 6)]
     head = pd.read_csv("data/head_predictions.csv", dtype={"id": str})
-    assert head.split.value_counts().to_dict() == {"train": 19, "test": 6}
+    assert head.epoch.value_counts().sort_index().to_dict() == {1: 25, 2: 25}  # each checkpoint epoch
+    assert head[head.epoch == 2].split.value_counts().to_dict() == {"train": 19, "test": 6}
     labelled = head[head.split == "train"]
     assert (labelled.fold.to_numpy() == folds.loc[labelled.id].to_numpy()).all()
+    assert json.loads(Path(TRAIN_JSON).read_text())["best_epoch"] in (1, 2)
 
     _finetune()
     tuned = pd.read_csv("data/finetune_predictions.csv", dtype={"id": str})
@@ -175,7 +177,7 @@ def test_features_train_finetune_predict_evaluate_submit(prepared):
     pred = pd.read_csv("data/predictions.csv", dtype={"id": str}).set_index("id")
     assert pred.p_dog.between(0.005, 0.995).all() and np.allclose(pred.p_cat + pred.p_dog, 1)
     assert pred.loc["2", "p_dog"] == pytest.approx(10 / 19)  # undecodable: the prior, 10 of 19 dogs
-    test_head = head[head.split == "test"].set_index("id").p_dog
+    test_head = head[(head.split == "test") & (head.epoch == scores["head_epoch"])].set_index("id").p_dog
     test_tuned = tuned[(tuned.split == "test") & (tuned.epoch == epoch)].set_index("id").p_dog_tta
     expected = np.clip((1 - w) * test_head + w * test_tuned, 0.005, 0.995).drop("2")
     assert np.allclose(pred.p_dog.drop("2"), expected.loc[pred.index.drop("2")])  # the choices made on every fold
@@ -243,7 +245,7 @@ def test_train_follows_the_manifests_folds(prepared):
     train.main(*TRAIN_ARGS)
     assert sorted(p.name for p in Path("models/head").iterdir()) == ["fold_1.keras", "fold_2.keras", "fold_3.keras"]
     head = pd.read_csv("data/head_predictions.csv")
-    assert head.split.value_counts().to_dict() == {"train": 19, "test": 6}
+    assert head.split.value_counts().to_dict() == {"train": 38, "test": 12}  # at epochs 1 and 2
     assert sorted(set(head.fold[head.split == "train"])) == [1, 2, 3]
     metrics = json.loads(Path(TRAIN_JSON).read_text())
     assert metrics["folds"] == 3 and 0 <= metrics["oof_accuracy"] <= 1 and metrics["oof_logloss"] > 0
