@@ -33,9 +33,7 @@ def decoded(dataset: tf.data.Dataset, size: int, resize: str, decode: str) -> tf
     """Map (path, usable, *rest) elements to (image, *rest), or to the image alone when there is no rest."""
 
     def load(path: bytes, ok: bool) -> np.ndarray:
-        if not ok:
-            return np.zeros((size, size, 3), np.uint8)
-        return load_resized(path.decode(), size, resize, decode)  # PIL releases the GIL while decoding
+        return load_or_blank(path.decode(), ok, size, resize, decode)
 
     def load_tf(path: tf.Tensor, ok: tf.Tensor, *rest: tf.Tensor):
         image = tf.numpy_function(load, [path, ok], tf.uint8, stateful=False)
@@ -55,22 +53,13 @@ def image_batches(
     engine's threads and the whole operator waits for it; at the lowest priority the decoders run in the moments the
     engine leaves a core idle, and at full speed only when the engine waits for a batch (docs/engine.md)."""
 
-    def load(path: str, ok: bool) -> np.ndarray:
-        if not ok:
-            return np.zeros((size, size, 3), np.uint8)
-        try:
-            return load_resized(path, size, resize, decode)  # PIL releases the GIL while decoding
-        except Exception as err:
-            err.add_note(f"while decoding {path}")
-            raise
-
     pending: deque[Future] = deque()
     todo = iter(zip(files, usable, strict=True))
     with ThreadPoolExecutor(os.cpu_count() or 1, "decode", initializer=lowest_priority) as pool:
         try:
             while True:
                 for path, ok in todo:
-                    pending.append(pool.submit(load, path, ok))
+                    pending.append(pool.submit(load_or_blank, path, ok, size, resize, decode))
                     if len(pending) >= ahead * batch_size:
                         break
                 if not pending:
@@ -79,6 +68,17 @@ def image_batches(
         finally:
             for future in pending:
                 future.cancel()  # a consumer that stops early does not wait for the photos it will not use
+
+
+def load_or_blank(path: str, usable: bool, size: int, resize: str, decode: str) -> np.ndarray:
+    """One image as uint8 (size, size, 3), or a black square when it is unusable; a decoding error names the file."""
+    if not usable:
+        return np.zeros((size, size, 3), np.uint8)
+    try:
+        return load_resized(path, size, resize, decode)  # PIL releases the GIL while decoding
+    except Exception as err:
+        err.add_note(f"while decoding {path}")
+        raise
 
 
 def lowest_priority() -> None:
