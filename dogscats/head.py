@@ -95,12 +95,14 @@ def probabilities(outputs: np.ndarray) -> np.ndarray:
     return as_matrix(outputs[:, 0]) if outputs.shape[1] == 1 else np.asarray(outputs, dtype=np.float64)
 
 
-def save_heads(models: list[keras.Model], out: Path) -> None:
-    """Save one head as out/head.keras, or fold heads as out/fold_1.keras, ..., replacing the folder atomically."""
-    names = ["head.keras"] if len(models) == 1 else [f"fold_{i}.keras" for i in range(1, len(models) + 1)]
+def save_heads(models: list[keras.Model], out: Path, refit: keras.Model | None = None) -> None:
+    """Save the fold heads as out/fold_1.keras, ..., and a head refit on all labelled images as out/all.keras,
+    replacing the folder atomically."""
     with atomic_dir(out) as tmp:
-        for model, name in zip(models, names, strict=True):
-            save_keras_model(model, tmp / name)
+        for i, model in enumerate(models, start=1):
+            save_keras_model(model, tmp / f"fold_{i}.keras")
+        if refit is not None:
+            save_keras_model(refit, tmp / "all.keras")
 
 
 def checkpoint_epochs(epochs: int, count: int = 10) -> list[int]:

@@ -11,12 +11,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_dir, save_keras_model, write_csv, write_json
+from dogscats.backbone_sizes import input_size
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.dataset import folds_of, label_index, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
 from dogscats.extract import image_batches
-from dogscats.feature_store import classes_of_file
+from dogscats.feature_store import classes_of_file, read_split
 from dogscats.finetune import (
     augmentation,
     augmented_trunk_batches,
@@ -68,74 +69,88 @@ def main(
 
     # 2. The backbone, split below its top blocks: the frozen trunk runs in the engine (or TensorFlow); a copy of the
     # top blocks and a head per fold train in Keras on the trunk's outputs for augmented photos.
-    size = images_cfg["input_size"] or backbone.input_size
+    size = input_size(images_cfg["input_size"], backbone.name)
     base = load_feature_extractor(backbone.name, images_cfg["weights"], images_cfg["pooling"], size)
     blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"] if cfg["epochs"] else 0)
     trunk, top = split_at_top_blocks(base, blocks)
-    engine = choose_engine(images_cfg["engine"], gpu_visible(), "float32")
-    probe = backbone.preprocess(probe_images(size).astype(np.float32))
-    in_engine = trunk is not None and engine == "onnxruntime"
-    run_trunk = trunk_function(trunk, engine_model(trunk, probe) if in_engine else None)
     maps_shape = tuple(trunk.output.shape[1:]) if trunk is not None else (size, size, 3)
     tops = [clone_top(top) for _ in fold_ids]
     classifiers = [build_top_classifier(t, head, maps_shape) for t, head in zip(tops, heads, strict=True)]
-    for classifier in classifiers:
-        classifier.compile(
-            optimizer=make_optimizer(cfg["optimizer"], cfg["learning_rate"], cfg["momentum"]),
-            loss=loss_for(len(classes)),
-            metrics=["accuracy"],
-        )
-    trainable = sum(int(np.prod(w.shape)) for w in classifiers[0].trainable_weights)
-    print(f"finetune: {backbone.name}, {len(fold_ids)} folds, trainable blocks {blocks}, {trainable:,} trainable "
-          f"weights per fold, trunk in {engine}")  # fmt: skip
-
-    # 3. The trunk outputs of every photo and its mirror image, computed once: they predict after every epoch.
     labelled = manifest[manifest.split == "train"].set_index("id").loc[stored.ids].reset_index()
     test = manifest[manifest.split == "test"].reset_index(drop=True)
-    resize, decode, batch_size = images_cfg["resize"], images_cfg["decode"], cfg["batch_size"]
-
-    def maps_of(rows: pd.DataFrame, mirror: bool) -> np.ndarray:
-        images = image_batches(rows.source.tolist(), (rows.problem == "").tolist(), size, resize, decode, batch_size)
-        name = f"finetune: trunk outputs, {'mirrored ' if mirror else ''}{rows.split.iloc[0] if len(rows) else ''}"
-        images = tqdm(images, desc=name, total=-(-len(rows) // batch_size), unit="batch")
-        batches = (backbone.preprocess(x.astype(np.float32))[:, :, :: -1 if mirror else 1] for x in images)
-        return trunk_outputs(run_trunk, batches, len(rows))
-
-    maps = (maps_of(labelled, False), maps_of(labelled, True))
-    test_maps = (maps_of(test, False), maps_of(test, True))
-    megabytes = sum(m.nbytes for m in maps + test_maps) / 2**20
-    print(f"finetune: trunk outputs of {len(labelled) + len(test)} photos and their mirror images, {megabytes:.0f} MiB")
-
-    # 4. Fine-tune: each epoch passes every labelled photo, augmented, through the trunk once, in a seeded order, and
-    # each fold's copy trains on the rows outside its fold. After each epoch (and before the first) every copy
-    # predicts its fold and the test photos.
     y = label_index(labelled.label, classes)
-    augment = augmentation(**cfg["augment"], seed=cfg["seed"])
-    augmented = training_augmentation(augment)
-    rng = np.random.default_rng(cfg["seed"])
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    per_epoch = [fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH)]
     best_epoch, best_weights = 0, [c.get_weights() for c in classifiers]
-    print(f"epoch 0 (starting heads): out-of-fold log loss {log_loss(y, per_epoch[0][1]):.4f} (mirrored)", flush=True)
-    for epoch in range(1, cfg["epochs"] + 1):
-        epoch_start = time.perf_counter()
-        order = rng.permutation(len(labelled))
-        photos = image_batches(labelled.source[order].tolist(), [True] * len(order), size, resize, decode, batch_size)
-        train = augmented_trunk_batches(run_trunk, augmented, backbone.preprocess, photos, y[order], folds[order])
-        scores = train_folds_one_epoch(classifiers, train)
-        per_epoch.append(fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH))
-        history["loss"].append(scores["loss"])
-        history["accuracy"].append(scores["accuracy"])
-        history["val_loss"].append(log_loss(y, per_epoch[-1][0]))
-        history["val_accuracy"].append(accuracy(y, per_epoch[-1][0]))
-        mirrored = log_loss(y, per_epoch[-1][1])
-        if mirrored < log_loss(y, per_epoch[best_epoch][1]):
-            best_epoch, best_weights = epoch, [c.get_weights() for c in classifiers]
-        print(
-            f"epoch {epoch}/{cfg['epochs']}: loss {scores['loss']:.4f}, out-of-fold log loss "
-            f"{history['val_loss'][-1]:.4f} ({mirrored:.4f} mirrored) ({time.perf_counter() - epoch_start:.0f} s)",
-            flush=True,
-        )
+    trainable = sum(int(np.prod(w.shape)) for w in classifiers[0].trainable_weights)
+    if not cfg["epochs"]:
+        # Nothing to fine-tune: the starting heads predict from the stored features (mirror-averaged with
+        # features.tta), so the network never runs. The test photos get the mean over the heads.
+        stored_test = read_split(features_path, "test")
+        if stored_test.ids != test.id.tolist():
+            raise ValueError(f"{features_path}: its test images differ from {manifest_path}; rerun its features stage")
+        p_test = sum(predict_proba(head, stored_test.features) for head in heads) / len(heads)
+        per_epoch = [(p_head, p_head, p_test, p_test)]
+        print(f"finetune: 0 epochs, the {len(heads)} starting heads predict from the stored features")
+    else:
+        engine = choose_engine(images_cfg["engine"], gpu_visible(), "float32")
+        probe = backbone.preprocess(probe_images(size).astype(np.float32))
+        in_engine = trunk is not None and engine == "onnxruntime"
+        run_trunk = trunk_function(trunk, engine_model(trunk, probe) if in_engine else None)
+        for classifier in classifiers:
+            classifier.compile(
+                optimizer=make_optimizer(cfg["optimizer"], cfg["learning_rate"], cfg["momentum"]),
+                loss=loss_for(len(classes)),
+                metrics=["accuracy"],
+            )
+        print(f"finetune: {backbone.name}, {len(fold_ids)} folds, trainable blocks {blocks}, {trainable:,} trainable "
+              f"weights per fold, trunk in {engine}")  # fmt: skip
+
+        # 3. The trunk outputs of every photo and its mirror image, computed once: they predict after every epoch.
+        resize, decode, batch_size = images_cfg["resize"], images_cfg["decode"], cfg["batch_size"]
+
+        def maps_of(rows: pd.DataFrame, mirror: bool) -> np.ndarray:
+            usable = (rows.problem == "").tolist()
+            images = image_batches(rows.source.tolist(), usable, size, resize, decode, batch_size)
+            name = f"finetune: trunk outputs, {'mirrored ' if mirror else ''}{rows.split.iloc[0] if len(rows) else ''}"
+            images = tqdm(images, desc=name, total=-(-len(rows) // batch_size), unit="batch")
+            batches = (backbone.preprocess(x.astype(np.float32))[:, :, :: -1 if mirror else 1] for x in images)
+            return trunk_outputs(run_trunk, batches, len(rows))
+
+        maps = (maps_of(labelled, False), maps_of(labelled, True))
+        test_maps = (maps_of(test, False), maps_of(test, True))
+        megabytes = sum(m.nbytes for m in maps + test_maps) / 2**20
+        count = len(labelled) + len(test)
+        print(f"finetune: trunk outputs of {count} photos and their mirror images, {megabytes:.0f} MiB")
+
+        # 4. Fine-tune: each epoch passes every labelled photo, augmented, through the trunk once, in a seeded order,
+        # and each fold's copy trains on the rows outside its fold. After each epoch (and before the first) every
+        # copy predicts its fold and the test photos.
+        augment = augmentation(**cfg["augment"], seed=cfg["seed"])
+        augmented = training_augmentation(augment)
+        rng = np.random.default_rng(cfg["seed"])
+        per_epoch = [fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH)]
+        start_loss = log_loss(y, per_epoch[0][1])
+        print(f"epoch 0 (starting heads): out-of-fold log loss {start_loss:.4f} (mirrored)", flush=True)
+        for epoch in range(1, cfg["epochs"] + 1):
+            epoch_start = time.perf_counter()
+            order = rng.permutation(len(labelled))
+            sources = labelled.source[order].tolist()
+            photos = image_batches(sources, [True] * len(order), size, resize, decode, batch_size)
+            train = augmented_trunk_batches(run_trunk, augmented, backbone.preprocess, photos, y[order], folds[order])
+            scores = train_folds_one_epoch(classifiers, train)
+            per_epoch.append(fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH))
+            history["loss"].append(scores["loss"])
+            history["accuracy"].append(scores["accuracy"])
+            history["val_loss"].append(log_loss(y, per_epoch[-1][0]))
+            history["val_accuracy"].append(accuracy(y, per_epoch[-1][0]))
+            mirrored = log_loss(y, per_epoch[-1][1])
+            if mirrored < log_loss(y, per_epoch[best_epoch][1]):
+                best_epoch, best_weights = epoch, [c.get_weights() for c in classifiers]
+            print(
+                f"epoch {epoch}/{cfg['epochs']}: loss {scores['loss']:.4f}, out-of-fold log loss "
+                f"{history['val_loss'][-1]:.4f} ({mirrored:.4f} mirrored) ({time.perf_counter() - epoch_start:.0f} s)",
+                flush=True,
+            )
 
     # 5. Save each fold's whole classifier at the epoch with the lowest out-of-fold log loss (mirrored); write every
     # epoch's probabilities: predict chooses the epoch, out of fold.

@@ -1,7 +1,7 @@
 """Stage train: concatenate the backbones' features and train the ensemble head (dropout + sigmoid, or softmax for
 more than two classes), once per fold of the manifest: each labelled image's probabilities come from the head that
-did not see it (out of fold), and each test image's are the average of the k heads; both at about ten epochs, for
-predict to choose the epoch count out of fold."""
+did not see it (out of fold), and each test image's from one head refit on all labelled images (train.refit) or the
+mean of the k heads; both at about ten epochs, for predict to choose the epoch count out of fold."""
 
 import sys
 from pathlib import Path
@@ -69,9 +69,18 @@ def main(
     best = min(checkpoints, key=lambda e: (losses[e], e))
     print("train: out-of-fold log loss by epoch: " + ", ".join(f"{e}: {loss:.4f}" for e, loss in losses.items()))
 
+    # With train.refit, the test images are predicted by one head trained on all labelled images, at each checkpoint
+    # (predict applies the epoch count the folds chose), rather than by the mean of the fold heads: out of fold one
+    # level down, the refit scores better (bench/refit.py, docs/honest.md).
+    refit = None
+    if cfg["refit"]:
+        recorder = EpochPredictions([test.features], checkpoints)
+        refit, _ = fit_head(labelled, None, *fit_args, [recorder])
+        p_test = {epoch: on_test for epoch, (on_test,) in recorder.predictions.items()}
+        refit.set_weights(recorder.weights[best])
     for model, fold_weights in zip(models, weights, strict=True):
         model.set_weights(fold_weights[best])
-    save_heads(models, Path(models_dir))
+    save_heads(models, Path(models_dir), refit)
     history = pd.concat(histories).groupby(level=0).mean()  # per epoch, averaged over the folds
     write_csv(history_path, history.rename_axis("epoch").reset_index())
     ids = pd.DataFrame(

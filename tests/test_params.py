@@ -64,7 +64,12 @@ def test_the_repository_params_are_valid():
             {"train__learning_rate": "1e-4"},
             "train.learning_rate must be a valid number, got '1e-4' (YAML reads 1e-4 as",
         ),
-        ({"features__input_size": 16}, "features.input_size must be greater than or equal to 32, got 16"),
+        ({"features__input_size": 16}, "features.input_size must be null, a side of at least 32 pixels, or {backbone"),
+        ({"features__input_size": {"efficientnet_lite2": 20}}, "features.input_size must be null, a side of at least"),
+        (
+            {"features__input_size": {"efficientnet_lite9": 320}},
+            "features.input_size: unknown backbone 'efficientnet_lite9'; known: ",
+        ),
         ({"features__batch_size": 0}, "features.batch_size must be greater than or equal to 1, got 0"),
         ({"train__optimizer": "adamm"}, "train.optimizer must be 'adadelta', 'adafactor', "),
         ({"finetune__optimizer": "SGD"}, "finetune.optimizer must be 'adadelta', 'adafactor', "),
@@ -94,6 +99,10 @@ def test_the_repository_params_are_valid():
         ({"backbones": ["efficientnet_lite0"]}, "finetune.backbone 'efficientnet_lite2' must be one of backbones"),
         (
             {"backbones": ["xception", "efficientnet_lite2"], "features__input_size": 64},
+            "features.input_size must be at least 71 for xception, got 64",
+        ),
+        (
+            {"backbones": ["xception", "efficientnet_lite2"], "features__input_size": {"xception": 64}},
             "features.input_size must be at least 71 for xception, got 64",
         ),
     ],
@@ -162,3 +171,12 @@ def test_stages_that_run_no_network_never_import_tensorflow(stage):
     check += "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_input_size_is_one_side_for_all_a_mapping_or_each_backbones_own():
+    from dogscats.backbone_sizes import input_size
+
+    assert input_size(None, "efficientnet_lite2") == 260
+    assert input_size(288, "efficientnet_lite0") == 288
+    assert input_size({"efficientnet_lite2": 320}, "efficientnet_lite2") == 320
+    assert input_size({"efficientnet_lite2": 320}, "efficientnet_lite0") == 224

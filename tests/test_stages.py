@@ -238,6 +238,28 @@ def test_finetune_refuses_another_backbones_features(prepared):
         _finetune()
 
 
+def test_finetune_with_0_epochs_predicts_from_the_stored_features_without_running_the_network(prepared, monkeypatch):
+    features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
+    _set_param("finetune", "epochs", 0)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(finetune, "image_batches", no_network)
+    monkeypatch.setattr(finetune, "engine_model", no_network)
+    _finetune()
+    table = pd.read_csv("data/finetune_predictions.csv")
+    assert table.epoch.unique().tolist() == [0]
+    assert np.array_equal(table.p_dog, table.p_dog_tta)  # the stored features are mirror-averaged already
+    oof = table[table.split == "train"]
+    assert oof.p_dog.nunique() > 1  # each fold's head predicts its own fold
+    test_rows = table[table.split == "test"]
+    manifest = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
+    assert test_rows.id.astype(str).tolist() == manifest[manifest.split == "test"].id.tolist()
+    assert sorted(p.name for p in Path("models/finetuned").iterdir())[0] == "fold_1.keras"
+    assert json.loads(Path("metrics/finetune.json").read_text())["best_epoch"] == 0
+
+
 def test_train_follows_the_manifests_folds(prepared):
     _set_param("prepare", "folds", 3)
     prepare.main(*PREPARE_ARGS)
