@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -155,9 +156,16 @@ def test_features_train_finetune_predict_evaluate_submit(prepared):
     history = pd.read_csv("metrics/train_history.csv")
     assert history.epoch.tolist() == [0, 1] and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history)
     assert json.loads(Path(TRAIN_JSON).read_text())["n_labelled"] == 19
-    assert sorted(p.name for p in Path("models/head").iterdir()) == [f"fold_{k}.keras" for k in range(1, 6)]
+    heads = sorted(p.name for p in Path("models/head").iterdir())
+    assert heads == ["all.keras"] + [f"fold_{k}.keras" for k in range(1, 6)]  # and one refit on all labelled images
     head = pd.read_csv("data/head_predictions.csv", dtype={"id": str})
     assert head.epoch.value_counts().sort_index().to_dict() == {1: 25, 2: 25}  # each checkpoint epoch
+    best = json.loads(Path(TRAIN_JSON).read_text())["best_epoch"]
+    with h5py.File(f"data/features/{BACKBONE}.h5") as h5:
+        test_features = h5["test/features"][:]
+    refit_p = keras.saving.load_model("models/head/all.keras").predict(test_features, verbose=0)[:, 0]
+    on_test = head[(head.split == "test") & (head.epoch == best)]
+    assert np.allclose(on_test.p_dog, refit_p, atol=1e-6)  # the test images are the refit head's
     assert head[head.epoch == 2].split.value_counts().to_dict() == {"train": 19, "test": 6}
     labelled = head[head.split == "train"]
     assert (labelled.fold.to_numpy() == folds.loc[labelled.id].to_numpy()).all()
@@ -262,11 +270,18 @@ def test_finetune_with_0_epochs_predicts_from_the_stored_features_without_runnin
 
 def test_train_follows_the_manifests_folds(prepared):
     _set_param("prepare", "folds", 3)
+    _set_param("train", "refit", False)  # the test images: the fold heads' mean
     prepare.main(*PREPARE_ARGS)
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
     train.main(*TRAIN_ARGS)
-    assert sorted(p.name for p in Path("models/head").iterdir()) == ["fold_1.keras", "fold_2.keras", "fold_3.keras"]
+    saved = sorted(p.name for p in Path("models/head").iterdir())
+    assert saved == ["fold_1.keras", "fold_2.keras", "fold_3.keras"]
+    with h5py.File(f"data/features/{BACKBONE}.h5") as h5:
+        test_features = h5["test/features"][:]
+    mean = np.mean([keras.saving.load_model(f"models/head/{n}").predict(test_features, verbose=0) for n in saved], 0)
+    best = json.loads(Path(TRAIN_JSON).read_text())["best_epoch"]
     head = pd.read_csv("data/head_predictions.csv")
+    assert np.allclose(head[(head.split == "test") & (head.epoch == best)].p_dog, mean[:, 0], atol=1e-6)
     assert head.split.value_counts().to_dict() == {"train": 38, "test": 12}  # at epochs 1 and 2
     assert sorted(set(head.fold[head.split == "train"])) == [1, 2, 3]
     metrics = json.loads(Path(TRAIN_JSON).read_text())
