@@ -1,11 +1,14 @@
-"""Blending the ensemble head with the fine-tuned model, and clipping, each chosen on validation or fixed."""
+"""Blending the ensemble head with the fine-tuned model, calibrating and clipping: each number fixed in params or
+chosen on out-of-fold probabilities, and the honest figure, where each fold's choices are made on the other folds."""
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
 from dogscats.scoring import as_matrix, clip, log_loss, predicted_class
 
-BLEND_GRID = np.linspace(0, 1, 21)  # fine-tuned model weights tried by blend: auto
 TEMPERATURE_RANGE = (0.01, 100.0)  # searched by calibrate: true (below 1 sharpens, above 1 softens)
 CLIP_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # low bounds tried by clip: auto (high = 1 - low)
 
@@ -16,9 +19,12 @@ def blend(p_head: np.ndarray, p_finetuned: np.ndarray, weight: float) -> np.ndar
 
 
 def best_blend_weight(y: np.ndarray, p_head: np.ndarray, p_finetuned: np.ndarray) -> float:
-    """The grid weight with the lowest log loss on (y, predictions); the first of ties."""
-    losses = [log_loss(y, blend(p_head, p_finetuned, w)) for w in BLEND_GRID]
-    return float(BLEND_GRID[int(np.argmin(losses))])
+    """The fine-tuned model's weight in [0, 1] with the lowest log loss: the loss of a mixture is convex in its
+    weight, so a bounded scalar search finds it; the ends are tried too (the search stops just inside them)."""
+    loss = lambda w: log_loss(y, blend(p_head, p_finetuned, w))  # noqa: E731
+    found = minimize_scalar(loss, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-4})
+    candidates = [0.0, round(float(found.x), 4), 1.0]
+    return min(candidates, key=loss)
 
 
 def with_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
@@ -59,3 +65,58 @@ def final_p(
     """The submitted probabilities: blend, then temperature, then clip."""
     p = np.clip(blend(p_head, p_finetuned, weight), 1e-12, 1 - 1e-12)
     return clip(with_temperature(p, temperature), low, high)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The numbers predict applies: each model's epoch, the blend weight, the temperature and the clip bounds."""
+
+    head_epoch: int
+    epoch: int
+    blend: float
+    temperature: float
+    low: float
+    high: float
+
+
+def best_epoch(y: np.ndarray, p_by_epoch: list[np.ndarray]) -> int:
+    """The position of the epoch whose probabilities have the lowest log loss; the earliest of ties."""
+    return int(np.argmin([log_loss(y, p) for p in p_by_epoch]))
+
+
+def choose(
+    y: np.ndarray, head_by_epoch: list[np.ndarray], tuned_by_epoch: list[np.ndarray], settings: dict[str, Any]
+) -> Choices:
+    """Fix or choose on (y, probabilities), in order, each model's epoch, the blend weight, temperature and clip
+    bounds; settings holds predict's blend (a weight or auto), calibrate (bool) and clip ([low, high] or auto)."""
+    head_epoch, epoch = best_epoch(y, head_by_epoch), best_epoch(y, tuned_by_epoch)
+    p_head, p_tuned = head_by_epoch[head_epoch], tuned_by_epoch[epoch]
+    weight = best_blend_weight(y, p_head, p_tuned) if settings["blend"] == "auto" else float(settings["blend"])
+    blended = final_p(p_head, p_tuned, weight, 1.0, 0.0, 1.0)
+    temperature = best_temperature(y, blended) if settings["calibrate"] else 1.0
+    calibrated = final_p(p_head, p_tuned, weight, temperature, 0.0, 1.0)
+    low, high = best_clip(y, calibrated) if settings["clip"] == "auto" else settings["clip"]
+    return Choices(head_epoch, epoch, weight, temperature, float(low), float(high))
+
+
+def apply(choices: Choices, head_by_epoch: list[np.ndarray], tuned_by_epoch: list[np.ndarray]) -> np.ndarray:
+    """The final probabilities under the choices."""
+    p_head, p_tuned = head_by_epoch[choices.head_epoch], tuned_by_epoch[choices.epoch]
+    return final_p(p_head, p_tuned, choices.blend, choices.temperature, choices.low, choices.high)
+
+
+def cross_fitted(
+    y: np.ndarray,
+    folds: np.ndarray,
+    head_by_epoch: list[np.ndarray],
+    tuned_by_epoch: list[np.ndarray],
+    settings: dict[str, Any],
+) -> np.ndarray:
+    """Each labelled image's final probabilities under choices made on the other folds' images only (nested): the
+    log loss of these is an honest estimate for new images."""
+    out = np.zeros_like(np.asarray(tuned_by_epoch[0], dtype=np.float64))
+    for fold in np.unique(folds):
+        fit, held = folds != fold, folds == fold
+        choices = choose(y[fit], [p[fit] for p in head_by_epoch], [p[fit] for p in tuned_by_epoch], settings)
+        out[held] = apply(choices, [p[held] for p in head_by_epoch], [p[held] for p in tuned_by_epoch])
+    return out

@@ -19,7 +19,7 @@ CLASSES = ("cat", "dog")  # the Kaggle layout's classes
 TRAIN_NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 TEST_NAME = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
 IMAGE_NAME = re.compile(r"^(.+)\.(jpe?g|png|gif|webp|bmp)$", re.IGNORECASE)  # the folder-per-class layout's images
-MANIFEST_COLUMNS = ["id", "file", "label", "split", "source", "problem", "md5"]
+MANIFEST_COLUMNS = ["id", "file", "label", "split", "fold", "source", "problem", "md5"]
 
 
 def scan_raw(raw: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -102,20 +102,21 @@ def classes_of(labels: pd.Series) -> list[str]:
     return sorted({label for label in labels if label})
 
 
-def stratified_split(labels: pd.Series, val_fraction: float, seed: int) -> np.ndarray:
-    """'train' or 'val' per row: a seeded shuffle within each class, the first round(n * val_fraction) to val, but
-    never a class's last image: every class keeps at least one training image."""
+def stratified_folds(labels: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """Fold 1..folds per row: each class shuffled (seeded) and dealt out in turn, each class starting where the last
+    one stopped, so every fold holds each class's share and fold sizes differ by at most one."""
     rng = np.random.default_rng(seed)
-    split = np.full(len(labels), "train", dtype=object)
+    fold = np.zeros(len(labels), dtype=int)
+    dealt = 0
     for label in classes_of(labels):
-        positions = np.flatnonzero(labels.to_numpy() == label)
-        n_val = min(int(round(len(positions) * val_fraction)), len(positions) - 1)
-        split[rng.permutation(positions)[:n_val]] = "val"
-    return split
+        positions = rng.permutation(np.flatnonzero(labels.to_numpy() == label))
+        fold[positions] = (dealt + np.arange(len(positions))) % folds + 1
+        dealt += len(positions)
+    return fold
 
 
 def link_path(source: str, split: str, label: str, out: Path) -> Path:
-    """Where an image appears in the symlink tree: train/<class>/, val/<class>/ or test/."""
+    """Where an image appears in the symlink tree: train/<class>/ or test/."""
     name = Path(source).name
     return out / split / name if split == "test" else out / split / label / name
 
@@ -123,7 +124,7 @@ def link_path(source: str, split: str, label: str, out: Path) -> Path:
 def write_symlink_tree(manifest: pd.DataFrame, out: Path) -> None:
     """Link every image into the seed layout under out, with relative symlinks (nothing is copied)."""
     classes = classes_of(manifest.label)
-    for sub in [f"{split}/{label}" for split in ("train", "val") for label in classes] + ["test"]:
+    for sub in [f"{split}/{label}" for split in ("train",) for label in classes] + ["test"]:
         (out / sub).mkdir(parents=True, exist_ok=True)
     for source, split, label in zip(manifest.source, manifest.split, manifest.label, strict=True):
         link = link_path(source, split, label, out)
@@ -149,8 +150,20 @@ def label_index(labels: pd.Series, classes: list[str]) -> np.ndarray:
 
 
 def read_manifest(path: Path | str) -> pd.DataFrame:
-    """The split manifest, ids and labels as strings."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    """The split manifest: ids and labels as strings, folds as integers (0 for test images)."""
+    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "fold" in manifest:
+        manifest["fold"] = manifest.fold.astype(int)
+    return manifest
+
+
+def folds_of(manifest: pd.DataFrame, ids: list[str], manifest_path: Path | str) -> np.ndarray:
+    """The manifest's fold of each labelled image id, in the given order; ids that are not its labelled images (a
+    stale output) stop the run."""
+    folds = manifest[manifest.split == "train"].set_index("id").fold
+    if len(ids) != len(folds) or not set(ids) <= set(folds.index):
+        raise ValueError(f"{manifest_path}: its labelled images differ from the features' or predictions'; dvc repro")
+    return folds.loc[ids].to_numpy()
 
 
 def read_answer_key(path: Path | str) -> pd.DataFrame:

@@ -1,5 +1,5 @@
-"""HDF5 feature files: per split (train, val, test) the float32 GAP features, labels and file ids, in manifest order;
-the attributes name the backbone and the classes (labels index them)."""
+"""HDF5 feature files: per split (train: the labelled images, test) the float32 GAP features, labels and file ids,
+in manifest order; the attributes name the backbone and the classes (labels index them)."""
 
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "test")  # train: every labelled image (the folds are in the manifest)
 
 
 @dataclass

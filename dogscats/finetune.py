@@ -6,43 +6,33 @@ Dense(K, softmax)) above, trained in Keras on the trunk's outputs for augmented 
 the backbone's stored features: a random head on a pretrained base would send large gradients into the pretrained
 weights and wreck them. (With head_epochs 0 the head starts random: for a frozen base, or a network trained from
 scratch.)
+
+Cross-fitting: one copy of the top and head per fold, each trained without its fold. The frozen trunk is shared, so
+each augmented photo goes through it once per epoch and its outputs train every copy that may see it; the trunk
+outputs of the unaugmented photos (and their mirror images), which predict each epoch, are computed once.
 """
 
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from dogscats.extract import decoded
-from dogscats.feature_store import backbone_of, read_split
-from dogscats.head import fit_head, predict_proba, probabilities
-from dogscats.scoring import log_loss
+from dogscats.feature_store import SplitFeatures, backbone_of, read_split
+from dogscats.head import probabilities
 
 # Layer-name prefix of one block: blockN_ (EfficientNet-Lite, VGG16, Xception), blockNx_ (EfficientNetV2),
 # convS_blockN_ (ResNet50).
 BLOCK_PREFIX = re.compile(r"^(block\w+?|conv\d+_block\d+)_")
 
 
-def starting_head(
-    features_path: str,
-    backbone: str,
-    n_classes: int,
-    hidden: int,
-    dropout: float,
-    learning_rate: float,
-    epochs: int,
-    batch_size: int,
-) -> tuple[keras.Model, float]:
-    """A head trained (adam) on one backbone's stored train features, random with 0 epochs; its val log loss."""
+def stored_features(features_path: str, backbone: str) -> SplitFeatures:
+    """The labelled images' stored features of the fine-tuned backbone (a file of another backbone stops the run)."""
     stored = backbone_of(features_path)
     if stored != backbone:
         raise ValueError(f"{features_path} holds {stored} features, but finetune.backbone is {backbone}")
-    train, val = read_split(features_path, "train"), read_split(features_path, "val")
-    head, _ = fit_head(train, None, n_classes, hidden, dropout, "adam", learning_rate, epochs, batch_size)
-    return head, log_loss(val.labels, predict_proba(head, val.features))
+    return read_split(features_path, "train")
 
 
 def block_names(base: keras.Model) -> list[str]:
@@ -118,24 +108,13 @@ def make_optimizer(name: str, learning_rate: float, momentum: float) -> keras.op
     return keras.optimizers.get({"class_name": name, "config": config})
 
 
-def labelled_batches(
-    files: list[str],
-    labels: np.ndarray,
-    size: int,
-    resize: str,
-    decode: str,
-    preprocess: Callable,
-    batch_size: int,
-    shuffle_seed: int | None = None,
-) -> tf.data.Dataset:
-    """(preprocessed images, labels) batches, decoded on the fly; shuffled every epoch from the seed if given."""
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(files, tf.string), tf.ones(len(files), tf.bool), tf.constant(labels, tf.float32))
-    )
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = decoded(dataset, size, resize, decode).batch(batch_size)
-    return dataset.map(lambda images, y: (preprocess(tf.cast(images, tf.float32)), y)).prefetch(2)
+def clone_top(top: keras.Model | None) -> keras.Model | None:
+    """An independent copy of the top blocks, same weights and trainable flags: one per fold."""
+    if top is None:
+        return None
+    copy = keras.models.clone_model(top)
+    copy.set_weights(top.get_weights())
+    return copy
 
 
 def trunk_function(trunk: keras.Model | None, engine_trunk: Callable | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -153,80 +132,80 @@ def training_augmentation(augment: keras.Model) -> Callable[[tf.Tensor], tf.Tens
     return tf.function(lambda x: augment(x, training=True), reduce_retracing=True)
 
 
-def trunk_batches(
-    run_trunk: Callable[[np.ndarray], np.ndarray], batches: tf.data.Dataset, augment: Callable | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(trunk outputs, labels) per batch of (preprocessed images, labels), augmented first when augment is given."""
-    for x, y in batches:
-        yield run_trunk(np.asarray(augment(x) if augment is not None else x)), y.numpy()
-
-
-def stacked(batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int) -> tuple[np.ndarray, np.ndarray]:
-    """(trunk outputs, labels) batches of `count` rows in all, copied into two arrays allocated once."""
-    maps = labels = None
-    at = 0
-    for batch_maps, batch_labels in batches:
+def trunk_outputs(
+    run_trunk: Callable[[np.ndarray], np.ndarray], batches: Iterable[np.ndarray], count: int
+) -> np.ndarray:
+    """The trunk's outputs for `count` preprocessed images in batches, copied into one array allocated once."""
+    maps, at = None, 0
+    for x in batches:
+        out = run_trunk(x)
         if maps is None:
-            maps = np.empty((count, *batch_maps.shape[1:]), batch_maps.dtype)
-            labels = np.empty((count, *batch_labels.shape[1:]), batch_labels.dtype)
-        maps[at : at + len(batch_maps)], labels[at : at + len(batch_labels)] = batch_maps, batch_labels
-        at += len(batch_maps)
+            maps = np.empty((count, *out.shape[1:]), out.dtype)
+        maps[at : at + len(out)] = out
+        at += len(out)
     if maps is None or at != count:
         raise ValueError(f"expected {count} rows of trunk outputs, got {at}")
-    return maps, labels
+    return maps
 
 
-def fit_top(
-    model: keras.Model,
-    train_epoch: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
-    val: tuple[np.ndarray, np.ndarray],
-    epochs: int,
-    patience: int,
+def augmented_trunk_batches(
+    run_trunk: Callable[[np.ndarray], np.ndarray],
+    augment: Callable | None,
+    preprocess: Callable[[np.ndarray], np.ndarray],
+    images: Iterable[np.ndarray],
+    labels: np.ndarray,
+    folds: np.ndarray,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(trunk outputs, labels, folds) per batch of uint8 images, which are in the order of labels and folds;
+    augmented before the trunk when augment is given."""
+    at = 0
+    for x in images:
+        rows = slice(at, at + len(x))
+        x = preprocess(x.astype(np.float32))
+        yield run_trunk(np.asarray(augment(x)) if augment is not None else x), labels[rows], folds[rows]
+        at += len(x)
+
+
+def train_folds_one_epoch(
+    classifiers: list[keras.Model], batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> dict[str, float]:
+    """One pass over (trunk outputs, labels, folds) batches: classifier f trains on each batch's rows outside fold
+    f + 1, so every trunk output serves all the folds. Returns the epoch's mean loss and accuracy over the folds."""
+    totals, seen = {"loss": 0.0, "accuracy": 0.0}, 0
+    for maps, y, folds in batches:
+        for fold, classifier in enumerate(classifiers, start=1):
+            rows = folds != fold
+            if rows.any():
+                logs = classifier.train_on_batch(maps[rows], y[rows], return_dict=True)  # this batch's figures
+                totals = {key: total + logs[key] * int(rows.sum()) for key, total in totals.items()}
+                seen += int(rows.sum())
+    return {key: total / max(seen, 1) for key, total in totals.items()}
+
+
+def fold_probabilities(
+    classifiers: list[keras.Model],
+    folds: np.ndarray,
+    maps: tuple[np.ndarray, np.ndarray],
+    test_maps: tuple[np.ndarray, np.ndarray],
     batch_size: int,
-) -> dict[str, list[float]]:
-    """Train on a fresh pass of train_epoch() per epoch, with Keras EarlyStopping's rule on val loss; the history."""
-    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    best, best_weights, waited = np.inf, None, 0
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        totals, seen = {"loss": 0.0, "accuracy": 0.0}, 0
-        for maps, y in train_epoch():
-            logs = model.train_on_batch(maps, y, return_dict=True)  # this batch's figures: it resets the metrics
-            totals = {key: total + logs[key] * len(y) for key, total in totals.items()}
-            seen += len(y)
-        scores = model.evaluate(*val, batch_size=batch_size, verbose=0, return_dict=True)
-        for key, total in totals.items():  # the epoch's means, weighted by batch size, as fit reports them
-            history[key].append(total / max(seen, 1))
-            history[f"val_{key}"].append(float(scores[key]))
-        print(
-            f"epoch {epoch}/{epochs}: loss {history['loss'][-1]:.4f}, val_loss {history['val_loss'][-1]:.4f}, "
-            f"val_accuracy {history['val_accuracy'][-1]:.4f} ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
-        if history["val_loss"][-1] < best:
-            best, best_weights, waited = history["val_loss"][-1], model.get_weights(), 0
-        else:
-            waited += 1
-            if waited >= patience:
-                print(f"early stop: best epoch {int(np.argmin(history['val_loss'])) + 1}")
-                break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    return history
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold class probabilities of the labelled images (classifier f on fold f + 1), plain and averaged with
+    the mirror image's; and the test images' averaged over the classifiers, plain and mirrored."""
 
+    n_classes = probabilities(keras.ops.convert_to_numpy(classifiers[0](maps[0][:1], training=False))).shape[1]
 
-def predict_with_mirror(
-    run_trunk: Callable[[np.ndarray], np.ndarray], classifier: keras.Model, batches: Iterable
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, K) class probabilities of each image, and of each image averaged with its mirror image (test-time
-    augmentation); batches hold preprocessed images."""
-    predict = tf.function(lambda maps: classifier(maps, training=False), reduce_retracing=True)
-    plain, mirrored = [], []
-    for x in batches:
-        x = np.asarray(x)
-        p = predict(run_trunk(x)).numpy()
-        plain.append(p)
-        mirrored.append((p + predict(run_trunk(x[:, :, ::-1])).numpy()) / 2)
-    if not plain:
-        return np.zeros((0, 0)), np.zeros((0, 0))
-    return probabilities(np.concatenate(plain)), probabilities(np.concatenate(mirrored))
+    def proba(classifier: keras.Model, x: np.ndarray) -> np.ndarray:
+        if not len(x):
+            return np.zeros((0, n_classes))
+        return probabilities(classifier.predict(x, batch_size=batch_size, verbose=0))
+
+    oof, oof_mirror = np.zeros((len(folds), n_classes)), np.zeros((len(folds), n_classes))
+    test, test_mirror = np.zeros((len(test_maps[0]), n_classes)), np.zeros((len(test_maps[0]), n_classes))
+    for fold, classifier in enumerate(classifiers, start=1):
+        rows = folds == fold
+        plain, mirrored = proba(classifier, maps[0][rows]), proba(classifier, maps[1][rows])
+        oof[rows], oof_mirror[rows] = plain, (plain + mirrored) / 2
+        plain, mirrored = proba(classifier, test_maps[0]), proba(classifier, test_maps[1])
+        test += plain / len(classifiers)
+        test_mirror += (plain + mirrored) / 2 / len(classifiers)
+    return oof, oof_mirror, test, test_mirror

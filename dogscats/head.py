@@ -61,6 +61,7 @@ def fit_head(
     learning_rate: float,
     epochs: int,
     batch_size: int,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build and train a head on one split's features; the history has val_ columns when val is given."""
     model = build_head(train.features.shape[1], n_classes, hidden, dropout, optimizer, learning_rate)
@@ -72,6 +73,7 @@ def fit_head(
         batch_size=batch_size,
         shuffle=True,
         verbose=0,
+        callbacks=callbacks,
     )
     return model, history.history
 
@@ -80,16 +82,6 @@ def subset(rows: feature_store.SplitFeatures, index: np.ndarray) -> feature_stor
     """The rows at the given positions."""
     return feature_store.SplitFeatures(
         [rows.ids[i] for i in index], rows.features[index], rows.labels[index], rows.usable[index]
-    )
-
-
-def pooled(a: feature_store.SplitFeatures, b: feature_store.SplitFeatures) -> feature_store.SplitFeatures:
-    """Two splits' rows, one after the other."""
-    return feature_store.SplitFeatures(
-        a.ids + b.ids,
-        np.concatenate([a.features, b.features]),
-        np.concatenate([a.labels, b.labels]),
-        np.concatenate([a.usable, b.usable]),
     )
 
 
@@ -103,9 +95,34 @@ def probabilities(outputs: np.ndarray) -> np.ndarray:
     return as_matrix(outputs[:, 0]) if outputs.shape[1] == 1 else np.asarray(outputs, dtype=np.float64)
 
 
-def save_heads(models: list[keras.Model], out: Path) -> None:
-    """Save one head as out/head.keras, or fold heads as out/fold_1.keras, ..., replacing the folder atomically."""
-    names = ["head.keras"] if len(models) == 1 else [f"fold_{i}.keras" for i in range(1, len(models) + 1)]
+def save_heads(models: list[keras.Model], out: Path, refit: keras.Model | None = None) -> None:
+    """Save the fold heads as out/fold_1.keras, ..., and a head refit on all labelled images as out/all.keras,
+    replacing the folder atomically."""
     with atomic_dir(out) as tmp:
-        for model, name in zip(models, names, strict=True):
-            save_keras_model(model, tmp / name)
+        for i, model in enumerate(models, start=1):
+            save_keras_model(model, tmp / f"fold_{i}.keras")
+        if refit is not None:
+            save_keras_model(refit, tmp / "all.keras")
+
+
+def checkpoint_epochs(epochs: int, count: int = 10) -> list[int]:
+    """About `count` evenly spaced epochs (counted from 1) at which a head's predictions are kept, the last included."""
+    step = max(1, epochs // count)
+    return sorted({*range(step, epochs + 1, step), epochs})
+
+
+class EpochPredictions(keras.callbacks.Callback):
+    """Keeps, after each of the given epochs (counted from 1), the model's weights and its class probabilities for
+    each of the given feature arrays."""
+
+    def __init__(self, arrays: list[np.ndarray], epochs: list[int]) -> None:
+        super().__init__()
+        self.arrays, self.epochs = arrays, set(epochs)
+        self.predictions: dict[int, list[np.ndarray]] = {}
+        self.weights: dict[int, list[np.ndarray]] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Record the predictions and weights at a checkpoint epoch."""
+        if epoch + 1 in self.epochs:
+            self.predictions[epoch + 1] = [predict_proba(self.model, a) for a in self.arrays]
+            self.weights[epoch + 1] = self.model.get_weights()

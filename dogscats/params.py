@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES
+from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES, input_size
 
 PARAMS_FILE = Path("params.yaml")
 AUTO = "auto"
@@ -45,7 +45,7 @@ class Demo(Section):
 
 
 class Prepare(Section):
-    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    folds: Annotated[int, Field(ge=2)]
     max_bad_fraction: Annotated[float, Field(ge=0, le=1)]
     seed: Seed
 
@@ -58,8 +58,19 @@ class Features(Section):
     tta: bool
     precision: Literal["float32", "bfloat16", "float16"]
     pooling: Literal["avg", "max", "flatten"]
-    input_size: Annotated[int, Field(ge=MIN_SIZE)] | None
+    input_size: Any
     engine: Literal["auto", "tensorflow", "onnxruntime"]
+
+    @field_validator("input_size", mode="plain")
+    @classmethod
+    def _input_size(cls, value: Any) -> Any:
+        def side(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= MIN_SIZE
+
+        sides = isinstance(value, dict) and all(isinstance(k, str) and side(v) for k, v in value.items())
+        if value is not None and not side(value) and not sides:
+            raise ValueError(f"null, a side of at least {MIN_SIZE} pixels, or {{backbone: side}} with such sides")
+        return value
 
 
 class Train(Section):
@@ -69,7 +80,7 @@ class Train(Section):
     learning_rate: Rate
     epochs: AtLeastOne
     batch_size: AtLeastOne
-    folds: AtLeastOne
+    refit: bool
     seed: Seed
 
 
@@ -92,7 +103,6 @@ class Finetune(Section):
     learning_rate: Rate
     momentum: Fraction
     epochs: NonNegative
-    patience: NonNegative
     batch_size: AtLeastOne
     augment: Augment
     seed: Seed
@@ -204,10 +214,15 @@ def _check_backbones(params: dict) -> list[str]:
         problems.append(f"finetune.backbone {tuned!r} must be one of backbones ({', '.join(backbones)})")
     if params["features"]["engine"] == "onnxruntime" and params["features"]["precision"] != "float32":
         problems.append(f"features.engine onnxruntime runs float32 only, not {params['features']['precision']}")
-    size = params["features"]["input_size"]
+    setting = params["features"]["input_size"]
+    if isinstance(setting, dict):
+        unknown = [name for name in setting if name not in NATIVE_SIZES]
+        problems += [f"features.input_size: unknown backbone {name!r}; known: {known}" for name in unknown]
     for name in sorted(set(backbones) & set(MIN_SIZES)):
-        if size is not None and size < MIN_SIZES[name]:
-            problems.append(f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {size}")
+        if input_size(setting, name) < MIN_SIZES[name]:
+            problems.append(
+                f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {input_size(setting, name)}"
+            )
     return problems
 
 

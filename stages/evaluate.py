@@ -1,5 +1,6 @@
-"""Stage evaluate: ROC curve and confusion matrix of the final validation probabilities for `dvc plots`, and an HTML
-page of the worst validation mistakes (thumbnail, true class, its predicted probability)."""
+"""Stage evaluate: ROC curve and confusion matrix of the labelled images' final out-of-fold probabilities (choices
+made without each image's fold) for `dvc plots`, and an HTML page of the worst mistakes (thumbnail, true class, its
+predicted probability)."""
 
 import sys
 
@@ -12,13 +13,14 @@ from dogscats.scoring import predicted_class
 
 
 def main(
-    manifest_path: str, val_predictions_path: str, roc_path: str, confusion_path: str, html_path: str, metrics_path: str
+    manifest_path: str, oof_predictions_path: str, roc_path: str, confusion_path: str, html_path: str, metrics_path: str
 ) -> None:
     """Write the plots' data, the mistakes page and the AUC."""
     cfg = load_params()["evaluate"]
-    manifest = read_manifest(manifest_path).set_index("id")
+    manifest = read_manifest(manifest_path)
+    manifest = manifest[manifest.split == "train"].set_index("id")
     classes = classes_of(manifest.label)
-    val = read_prediction_table(val_predictions_path)
+    val = read_prediction_table(oof_predictions_path)  # each image predicted by models that never saw it
     p, y = read_probabilities(val, classes), val.label.to_numpy()
     write_csv(roc_path, roc_points(y, p))
     write_csv(confusion_path, confusion_rows(y, p, classes))
@@ -26,15 +28,13 @@ def main(
     files = manifest.loc[val.id, "source"].to_numpy()
     errors = int((predicted_class(p) != y).sum())
     worst = worst_mistakes(val.id, files, y, p, classes, cfg["worst_mistakes"])
-    title = f"The {len(worst)} worst of {errors} mistakes among {len(val)} validation images"
+    title = f"The {len(worst)} worst of {errors} mistakes among {len(val)} labelled images (out of fold)"
     with atomic_path(html_path, suffix=".html") as tmp:
-        tmp.write_text(
-            worst_mistakes_html(worst, title if errors else f"No mistakes among {len(val)} validation images")
-        )
-    metrics = {"val_auc": auc(y, p), "val_errors": errors}
-    if metrics["val_auc"] is None:
+        tmp.write_text(worst_mistakes_html(worst, title if errors else f"No mistakes among {len(val)} labelled images"))
+    metrics = {"cv_auc": auc(y, p), "cv_errors": errors}
+    if metrics["cv_auc"] is None:
         present = ", ".join(classes[i] for i in sorted(set(y)))
-        print(f"evaluate: validation holds one class only ({present}): no ROC curve or AUC", file=sys.stderr)
+        print(f"evaluate: the labelled images hold one class only ({present}): no ROC curve or AUC", file=sys.stderr)
     write_json(metrics_path, metrics)
     print(f"evaluate: {metrics}; worst mistakes in {html_path}")
 

@@ -1,141 +1,192 @@
-"""Stage finetune: fine-tune the top blocks of one backbone on augmented images, from a head trained on its features."""
+"""Stage finetune: fine-tune the top blocks of one backbone on augmented images, from a head trained on its features,
+once per fold: each labelled image is predicted after every epoch by the copy that never saw it (out of fold), and
+predict chooses the epoch."""
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
+from tqdm import tqdm
 
-from dogscats.atomic import save_keras_model, write_csv, write_json
+from dogscats.atomic import atomic_dir, save_keras_model, write_csv, write_json
+from dogscats.backbone_sizes import input_size
 from dogscats.backbones import get_backbone, load_feature_extractor
-from dogscats.dataset import label_index, read_manifest
+from dogscats.dataset import folds_of, label_index, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
 from dogscats.extract import image_batches
-from dogscats.feature_store import classes_of_file
+from dogscats.feature_store import classes_of_file, read_split
 from dogscats.finetune import (
     augmentation,
+    augmented_trunk_batches,
     build_top_classifier,
+    clone_top,
     finetuned_model,
-    fit_top,
+    fold_probabilities,
     freeze_below_top_blocks,
-    labelled_batches,
     make_optimizer,
-    predict_with_mirror,
     split_at_top_blocks,
-    stacked,
-    starting_head,
+    stored_features,
+    train_folds_one_epoch,
     training_augmentation,
-    trunk_batches,
     trunk_function,
+    trunk_outputs,
 )
-from dogscats.head import loss_for
+from dogscats.head import fit_head, loss_for, predict_proba, subset
 from dogscats.params import load_params
 from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss
 
+PREDICT_BATCH = 256  # trunk outputs per prediction step: fewer, larger steps than the training batch
+
 
 def main(
-    manifest_path: str, features_path: str, model_path: str, predictions_path: str, history_path: str, metrics_path: str
+    manifest_path: str, features_path: str, models_dir: str, predictions_path: str, history_path: str, metrics_path: str
 ) -> None:
-    """Train the starting head on stored features, fine-tune, and predict val and test with and without mirroring."""
+    """Per fold: a starting head on stored features, then fine-tuning; out-of-fold and test probabilities per epoch."""
     params = load_params()
     cfg, images_cfg = params["finetune"], params["features"]
     backbone = get_backbone(cfg["backbone"])
     set_seed(cfg["seed"])
     start = time.perf_counter()
-
-    # 1. The starting head: Dropout + Dense on this backbone's stored GAP features alone.
+    manifest = read_manifest(manifest_path)
     classes = classes_of_file(features_path)
-    head, head_val_logloss = starting_head(
-        features_path,
-        backbone.name,
-        len(classes),
-        cfg["hidden"],
-        cfg["dropout"],
-        cfg["head_learning_rate"],
-        cfg["head_epochs"],
-        cfg["batch_size"],
-    )
 
-    # 2. The backbone, split below its top blocks: the frozen trunk runs in the engine (or TensorFlow), the top blocks
-    # and the head train in Keras on the trunk's outputs for augmented photos.
-    size = images_cfg["input_size"] or backbone.input_size
+    # 1. The starting heads: Dropout + Dense on this backbone's stored GAP features, one per fold, without its fold.
+    stored = stored_features(features_path, backbone.name)
+    folds = folds_of(manifest, stored.ids, manifest_path)
+    fold_ids = sorted(set(folds))
+    heads, p_head = [], np.zeros((len(folds), len(classes)))
+    for fold in fold_ids:
+        head, _ = fit_head(
+            subset(stored, np.flatnonzero(folds != fold)), None, len(classes), cfg["hidden"], cfg["dropout"], "adam",
+            cfg["head_learning_rate"], cfg["head_epochs"], cfg["batch_size"],
+        )  # fmt: skip
+        p_head[folds == fold] = predict_proba(head, stored.features[folds == fold])
+        heads.append(head)
+
+    # 2. The backbone, split below its top blocks: the frozen trunk runs in the engine (or TensorFlow); a copy of the
+    # top blocks and a head per fold train in Keras on the trunk's outputs for augmented photos.
+    size = input_size(images_cfg["input_size"], backbone.name)
     base = load_feature_extractor(backbone.name, images_cfg["weights"], images_cfg["pooling"], size)
     blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"] if cfg["epochs"] else 0)
     trunk, top = split_at_top_blocks(base, blocks)
-    engine = choose_engine(images_cfg["engine"], gpu_visible(), "float32")
-    probe = backbone.preprocess(probe_images(size).astype(np.float32))
-    in_engine = trunk is not None and engine == "onnxruntime"
-    run_trunk = trunk_function(trunk, engine_model(trunk, probe) if in_engine else None)
     maps_shape = tuple(trunk.output.shape[1:]) if trunk is not None else (size, size, 3)
-    classifier = build_top_classifier(top, head, maps_shape)
-    classifier.compile(
-        optimizer=make_optimizer(cfg["optimizer"], cfg["learning_rate"], cfg["momentum"]),
-        loss=loss_for(len(classes)),
-        metrics=["accuracy"],
-    )
-    trainable = sum(int(np.prod(w.shape)) for w in classifier.trainable_weights)
-    print(f"finetune: {backbone.name}, trainable blocks {blocks}, {trainable:,} trainable weights, trunk in {engine}")
+    tops = [clone_top(top) for _ in fold_ids]
+    classifiers = [build_top_classifier(t, head, maps_shape) for t, head in zip(tops, heads, strict=True)]
+    labelled = manifest[manifest.split == "train"].set_index("id").loc[stored.ids].reset_index()
+    test = manifest[manifest.split == "test"].reset_index(drop=True)
+    y = label_index(labelled.label, classes)
+    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    best_epoch, best_weights = 0, [c.get_weights() for c in classifiers]
+    trainable = sum(int(np.prod(w.shape)) for w in classifiers[0].trainable_weights)
+    if not cfg["epochs"]:
+        # Nothing to fine-tune: the starting heads predict from the stored features (mirror-averaged with
+        # features.tta), so the network never runs. The test photos get the mean over the heads.
+        stored_test = read_split(features_path, "test")
+        if stored_test.ids != test.id.tolist():
+            raise ValueError(f"{features_path}: its test images differ from {manifest_path}; rerun its features stage")
+        p_test = sum(predict_proba(head, stored_test.features) for head in heads) / len(heads)
+        per_epoch = [(p_head, p_head, p_test, p_test)]
+        print(f"finetune: 0 epochs, the {len(heads)} starting heads predict from the stored features")
+    else:
+        engine = choose_engine(images_cfg["engine"], gpu_visible(), "float32")
+        probe = backbone.preprocess(probe_images(size).astype(np.float32))
+        in_engine = trunk is not None and engine == "onnxruntime"
+        run_trunk = trunk_function(trunk, engine_model(trunk, probe) if in_engine else None)
+        for classifier in classifiers:
+            classifier.compile(
+                optimizer=make_optimizer(cfg["optimizer"], cfg["learning_rate"], cfg["momentum"]),
+                loss=loss_for(len(classes)),
+                metrics=["accuracy"],
+            )
+        print(f"finetune: {backbone.name}, {len(fold_ids)} folds, trainable blocks {blocks}, {trainable:,} trainable "
+              f"weights per fold, trunk in {engine}")  # fmt: skip
 
-    # 3. Fine-tune with early stopping on validation log loss, keeping the best epoch. The validation photos' trunk
-    # outputs never change: computed once. epochs 0 skips this: the starting head on the frozen backbone predicts.
-    manifest = read_manifest(manifest_path)
-    usable = manifest[manifest.problem == ""]
+        # 3. The trunk outputs of every photo and its mirror image, computed once: they predict after every epoch.
+        resize, decode, batch_size = images_cfg["resize"], images_cfg["decode"], cfg["batch_size"]
 
-    def batches(split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
-        rows = usable[usable.split == split]
-        resize, decode = images_cfg["resize"], images_cfg["decode"]
-        return labelled_batches(
-            rows.source.tolist(), label_index(rows.label, classes), size, resize, decode, backbone.preprocess,
-            cfg["batch_size"], shuffle_seed,
-        )  # fmt: skip
+        def maps_of(rows: pd.DataFrame, mirror: bool) -> np.ndarray:
+            usable = (rows.problem == "").tolist()
+            images = image_batches(rows.source.tolist(), usable, size, resize, decode, batch_size)
+            name = f"finetune: trunk outputs, {'mirrored ' if mirror else ''}{rows.split.iloc[0] if len(rows) else ''}"
+            images = tqdm(images, desc=name, total=-(-len(rows) // batch_size), unit="batch")
+            batches = (backbone.preprocess(x.astype(np.float32))[:, :, :: -1 if mirror else 1] for x in images)
+            return trunk_outputs(run_trunk, batches, len(rows))
 
-    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    n_val = int((usable.split == "val").sum())
-    if cfg["epochs"] and not n_val:
-        message = "no usable validation photos to stop fine-tuning on; raise prepare.val_fraction, or set epochs: 0"
-        raise ValueError(f"{manifest_path}: {message}")
-    if cfg["epochs"]:
-        aug = cfg["augment"]
-        augment = augmentation(aug["flip"], aug["rotation"], aug["zoom"], aug["shift"], aug["shear"], cfg["seed"])
+        maps = (maps_of(labelled, False), maps_of(labelled, True))
+        test_maps = (maps_of(test, False), maps_of(test, True))
+        megabytes = sum(m.nbytes for m in maps + test_maps) / 2**20
+        count = len(labelled) + len(test)
+        print(f"finetune: trunk outputs of {count} photos and their mirror images, {megabytes:.0f} MiB")
+
+        # 4. Fine-tune: each epoch passes every labelled photo, augmented, through the trunk once, in a seeded order,
+        # and each fold's copy trains on the rows outside its fold. After each epoch (and before the first) every
+        # copy predicts its fold and the test photos.
+        augment = augmentation(**cfg["augment"], seed=cfg["seed"])
         augmented = training_augmentation(augment)
-        train = batches("train", cfg["seed"])
-        val = stacked(trunk_batches(run_trunk, batches("val")), n_val)
-        print(f"finetune: the validation photos' trunk outputs, {val[0].nbytes / 2**20:.0f} MiB, computed once")
-        history = fit_top(
-            classifier,
-            lambda: trunk_batches(run_trunk, train, augmented),
-            val,
-            cfg["epochs"],
-            cfg["patience"],
-            cfg["batch_size"],
-        )
-    save_keras_model(finetuned_model(base, head), model_path)
-    write_csv(history_path, pd.DataFrame(history).rename_axis("epoch").reset_index())
+        rng = np.random.default_rng(cfg["seed"])
+        per_epoch = [fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH)]
+        start_loss = log_loss(y, per_epoch[0][1])
+        print(f"epoch 0 (starting heads): out-of-fold log loss {start_loss:.4f} (mirrored)", flush=True)
+        for epoch in range(1, cfg["epochs"] + 1):
+            epoch_start = time.perf_counter()
+            order = rng.permutation(len(labelled))
+            sources = labelled.source[order].tolist()
+            photos = image_batches(sources, [True] * len(order), size, resize, decode, batch_size)
+            train = augmented_trunk_batches(run_trunk, augmented, backbone.preprocess, photos, y[order], folds[order])
+            scores = train_folds_one_epoch(classifiers, train)
+            per_epoch.append(fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH))
+            history["loss"].append(scores["loss"])
+            history["accuracy"].append(scores["accuracy"])
+            history["val_loss"].append(log_loss(y, per_epoch[-1][0]))
+            history["val_accuracy"].append(accuracy(y, per_epoch[-1][0]))
+            mirrored = log_loss(y, per_epoch[-1][1])
+            if mirrored < log_loss(y, per_epoch[best_epoch][1]):
+                best_epoch, best_weights = epoch, [c.get_weights() for c in classifiers]
+            print(
+                f"epoch {epoch}/{cfg['epochs']}: loss {scores['loss']:.4f}, out-of-fold log loss "
+                f"{history['val_loss'][-1]:.4f} ({mirrored:.4f} mirrored) ({time.perf_counter() - epoch_start:.0f} s)",
+                flush=True,
+            )
 
-    # 4. Class probabilities for val and test, single image and mirrored-average (suffix _tta); an undecodable test
-    # image is left to predict.
-    rows = manifest[manifest.split.isin(["val", "test"])].reset_index(drop=True)
-    ok = (rows.problem == "").tolist()
-    resize, decode = images_cfg["resize"], images_cfg["decode"]
-    images = image_batches(rows.source.tolist(), ok, size, resize, decode, cfg["batch_size"])
-    preprocessed = (backbone.preprocess(x.astype(np.float32)) for x in images)
-    p, p_mirror = predict_with_mirror(run_trunk, classifier, preprocessed)
-    out = pd.DataFrame({"id": rows.id, "split": rows.split, "usable": ok})
-    out = out.join(probability_table(p, classes)).join(probability_table(p_mirror, classes, "_tta"))
-    write_csv(predictions_path, out)
+    # 5. Save each fold's whole classifier at the epoch with the lowest out-of-fold log loss (mirrored); write every
+    # epoch's probabilities: predict chooses the epoch, out of fold.
+    with atomic_dir(Path(models_dir)) as tmp:
+        for fold, classifier, fold_top, head, weights in zip(
+            fold_ids, classifiers, tops, heads, best_weights, strict=True
+        ):
+            classifier.set_weights(weights)
+            if top is not None:
+                top.set_weights(fold_top.get_weights())  # the base's own top blocks take this fold's weights
+            save_keras_model(finetuned_model(base, head), tmp / f"fold_{fold}.keras")
+    epochs = pd.RangeIndex(1, len(history["loss"]) + 1, name="epoch")
+    write_csv(history_path, pd.DataFrame(history, index=epochs).reset_index())
+    ids = pd.DataFrame(
+        {
+            "id": labelled.id.tolist() + test.id.tolist(),
+            "split": ["train"] * len(labelled) + ["test"] * len(test),
+            "fold": np.concatenate([folds, np.zeros(len(test), int)]),
+        }
+    )
+    tables = []
+    for epoch, (oof, oof_mirror, p_test, p_test_mirror) in enumerate(per_epoch):
+        plain = probability_table(np.concatenate([oof, p_test]), classes)
+        mirrored = probability_table(np.concatenate([oof_mirror, p_test_mirror]), classes, "_tta")
+        tables.append(ids.assign(epoch=epoch).join(plain).join(mirrored))
+    write_csv(predictions_path, pd.concat(tables, ignore_index=True))
 
-    on_val = (rows.split == "val").to_numpy()
-    y_val = label_index(rows.label[on_val], classes)
+    best = per_epoch[best_epoch]
     metrics = {
-        "head_val_logloss": head_val_logloss,
-        "val_logloss": log_loss(y_val, p[on_val]),
-        "val_logloss_tta": log_loss(y_val, p_mirror[on_val]),
-        "val_accuracy": accuracy(y_val, p_mirror[on_val]),
-        "best_epoch": int(np.argmin(history["val_loss"])) + 1 if history["val_loss"] else 0,  # from 1, as Keras
-        "epochs_run": len(history["val_loss"]),
+        "head_oof_logloss": log_loss(y, p_head),
+        "oof_logloss": log_loss(y, best[0]),
+        "oof_logloss_tta": log_loss(y, best[1]),
+        "oof_accuracy": accuracy(y, best[1]),
+        "best_epoch": best_epoch,
+        "epochs_run": cfg["epochs"],
+        "folds": len(fold_ids),
         "trainable_weights": trainable,
     }
     write_json(metrics_path, metrics)

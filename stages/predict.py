@@ -1,17 +1,28 @@
-"""Stage predict: blend the ensemble head's and the fine-tuned model's class probabilities, optionally calibrate
-them, and clip them (the metric is log loss), for every test image; the blend weight, temperature and clip bounds
-are fixed in params or chosen on the validation images."""
+"""Stage predict: blend the ensemble head's and the fine-tuned model's class probabilities, calibrate them and clip
+them (the metric is log loss), for every test image. Each model's epoch, the blend weight, the temperature and the
+clip bounds are fixed in params or chosen on the out-of-fold probabilities of every labelled image; the headline
+figure, cv_logloss, scores each fold under choices made on the other folds (nested), so it is honest."""
 
 import sys
 
 import numpy as np
+import pandas as pd
 
 from dogscats.atomic import write_csv, write_json
-from dogscats.blending import best_blend_weight, best_clip, best_temperature, final_p
-from dogscats.dataset import classes_of, label_index, read_manifest
+from dogscats.blending import apply, choose, cross_fitted
+from dogscats.dataset import classes_of, folds_of, label_index, read_manifest
 from dogscats.params import load_params
 from dogscats.predictions import probability_table, read_prediction_table, read_probabilities
 from dogscats.scoring import accuracy, clip, log_loss
+
+# Each ingredient's honest (nested) figure, for the README's table: predict's settings with some choices fixed.
+INGREDIENTS = {
+    "head": {"blend": 0.0, "calibrate": False, "clip": [0.0, 1.0]},
+    "finetuned": {"blend": 1.0, "calibrate": False, "clip": [0.0, 1.0]},
+    "blend": {"blend": "auto", "calibrate": False, "clip": [0.0, 1.0]},
+    "blend_calibrated": {"blend": "auto", "calibrate": True, "clip": [0.0, 1.0]},
+    "blend_calibrated_clip_auto": {"blend": "auto", "calibrate": True, "clip": "auto"},
+}
 
 
 def main(
@@ -19,63 +30,66 @@ def main(
     head_predictions_path: str,
     finetune_predictions_path: str,
     predictions_path: str,
-    val_predictions_path: str,
+    oof_predictions_path: str,
     metrics_path: str,
 ) -> None:
-    """Blend, calibrate and clip; an image that did not decode gets the training set's class shares."""
+    """Choose out of fold, apply to the test images; an image that did not decode gets the class shares."""
     cfg = load_params()["predict"]
-    manifest = read_manifest(manifest_path).set_index("id")
+    manifest = read_manifest(manifest_path)
     classes = classes_of(manifest.label)
     head = read_prediction_table(head_predictions_path)
-    finetuned = read_prediction_table(finetune_predictions_path)
-    rows = head[["id", "split", "usable"]].merge(finetuned[["id", "split"]], on=["id", "split"])
-    for split in ("val", "test"):
-        expected, found = int((manifest.split == split).sum()), int((rows.split == split).sum())
-        if found != expected:
-            raise ValueError(
-                f"{head_predictions_path} and {finetune_predictions_path} share {found} {split} images of {expected}"
-                f" in {manifest_path}; rerun train and finetune (dvc repro)"
-            )
-    p_head = read_probabilities(rows[["id", "split"]].merge(head, on=["id", "split"]), classes)
-    p_tuned = read_probabilities(
-        rows[["id", "split"]].merge(finetuned, on=["id", "split"]), classes, "_tta" if cfg["finetune_tta"] else ""
-    )
+    tuned = read_prediction_table(finetune_predictions_path)
+    suffix = "_tta" if cfg["finetune_tta"] else ""
+    epochs, head_epochs = sorted(set(tuned.epoch)), sorted(set(head.epoch))
 
-    on_val = (rows.split == "val").to_numpy()
-    y = label_index(manifest.loc[rows.id[on_val], "label"], classes)
-    weight = cfg["blend"]
-    if weight == "auto":
-        weight = best_blend_weight(y, p_head[on_val], p_tuned[on_val])
-    blended = final_p(p_head[on_val], p_tuned[on_val], weight, 1.0, 0.0, 1.0)
-    temperature = best_temperature(y, blended) if cfg["calibrate"] else 1.0
-    calibrated = final_p(p_head[on_val], p_tuned[on_val], weight, temperature, 0.0, 1.0)
-    low, high = best_clip(y, calibrated) if cfg["clip"] == "auto" else cfg["clip"]
-    p = final_p(p_head, p_tuned, weight, temperature, low, high)
+    def probabilities_of(table: pd.DataFrame, split: str, ids: list[str], suffix: str = "") -> np.ndarray:
+        rows = table[table.split == split].set_index("id")
+        if sorted(rows.index) != sorted(ids):
+            raise ValueError(f"{manifest_path}: its {split} images differ from the predictions'; rerun (dvc repro)")
+        return read_probabilities(rows.loc[ids], classes, suffix)
 
-    train_labels = label_index(manifest.loc[manifest.split == "train", "label"], classes)
-    prior = np.bincount(train_labels, minlength=len(classes)) / len(train_labels)
-    p[~rows.usable.to_numpy()] = clip(prior[None, :], low, high)  # test images that did not decode
-    val = rows[on_val][["id"]].assign(label=y).reset_index(drop=True)
-    val = val.join(probability_table(p[on_val], classes))
-    val = val.join(probability_table(p_head[on_val], classes, "_head"))
-    val = val.join(probability_table(p_tuned[on_val], classes, "_finetuned"))
-    write_csv(val_predictions_path, val)
-    on_test = (rows.split == "test").to_numpy()
-    test = rows[on_test][["id"]].reset_index(drop=True)
-    write_csv(predictions_path, test.join(probability_table(p[on_test], classes)))
+    labelled, test = manifest[manifest.split == "train"], manifest[manifest.split == "test"]
+    ids, test_ids = labelled.id.tolist(), test.id.tolist()
+    y = label_index(labelled.label, classes)
+    folds = folds_of(manifest, ids, manifest_path)
+    head_by_epoch = [probabilities_of(head[head.epoch == e], "train", ids) for e in head_epochs]
+    test_head_by_epoch = [probabilities_of(head[head.epoch == e], "test", test_ids) for e in head_epochs]
+    by_epoch = [probabilities_of(tuned[tuned.epoch == e], "train", ids, suffix) for e in epochs]
+    test_by_epoch = [probabilities_of(tuned[tuned.epoch == e], "test", test_ids, suffix) for e in epochs]
+
+    # The choices for the test images, made on every labelled image; the same choices made without each fold.
+    choices = choose(y, head_by_epoch, by_epoch, cfg)
+    p_test = apply(choices, test_head_by_epoch, test_by_epoch)
+    usable = (test.problem == "").to_numpy()
+    prior = np.bincount(y, minlength=len(classes)) / len(y)
+    p_test[~usable] = clip(prior[None, :], choices.low, choices.high)  # test images that did not decode
+    p_oof = apply(choices, head_by_epoch, by_epoch)  # scored on the photos the choices were made on: optimistic
+    p_cv = cross_fitted(y, folds, head_by_epoch, by_epoch, cfg)
+
+    oof = pd.DataFrame({"id": ids, "label": y, "fold": folds}).join(probability_table(p_cv, classes))
+    oof = oof.join(probability_table(head_by_epoch[choices.head_epoch], classes, "_head"))
+    oof = oof.join(probability_table(by_epoch[choices.epoch], classes, "_finetuned"))
+    write_csv(oof_predictions_path, oof)
+    write_csv(predictions_path, pd.DataFrame({"id": test_ids}).join(probability_table(p_test, classes)))
     metrics = {
-        "blend": weight,
-        "temperature": temperature,
-        "clip_low": low,
-        "clip_high": high,
-        "val_logloss": log_loss(y, p[on_val]),
-        "val_accuracy": accuracy(y, p[on_val]),
-        "val_logloss_head": log_loss(y, p_head[on_val]),
-        "val_logloss_finetuned": log_loss(y, p_tuned[on_val]),
-        "n_test": int(on_test.sum()),
-        "n_prior": int((~rows.usable[on_test]).sum()),
+        "cv_logloss": log_loss(y, p_cv),
+        "cv_accuracy": accuracy(y, p_cv),
+        "oof_logloss_optimistic": log_loss(y, p_oof),
+        **{
+            f"cv_logloss_{name}": log_loss(y, cross_fitted(y, folds, head_by_epoch, by_epoch, {**cfg, **settings}))
+            for name, settings in INGREDIENTS.items()
+        },  # fmt: skip
+        "head_epoch": head_epochs[choices.head_epoch],
+        "epoch": epochs[choices.epoch],
+        "blend": choices.blend,
+        "temperature": choices.temperature,
+        "clip_low": choices.low,
+        "clip_high": choices.high,
+        "n_labelled": len(ids),
+        "n_test": len(test_ids),
+        "n_prior": int((~usable).sum()),
     }
-    metrics.update({f"mean_p_{label}": float(p[on_test, i].mean()) for i, label in enumerate(classes)})
+    metrics.update({f"mean_p_{label}": float(p_test[:, i].mean()) for i, label in enumerate(classes)})
     write_json(metrics_path, metrics)
     print(f"predict: {metrics}")
 

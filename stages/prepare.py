@@ -1,5 +1,5 @@
-"""Stage prepare: check every raw image and the answer key, split train/val (seeded, stratified), link the layout,
-write the manifest."""
+"""Stage prepare: check every raw image and the answer key, deal the labelled images into k folds (seeded,
+stratified), link the layout, write the manifest."""
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +16,7 @@ from dogscats.dataset import (
     file_md5,
     link_path,
     scan_raw,
-    stratified_split,
+    stratified_folds,
     write_symlink_tree,
 )
 from dogscats.images import decode_problem
@@ -55,12 +55,18 @@ def main(out_dir: str, manifest_path: str, key_path: str, report_path: str, metr
     # Unusable training images are left out; a test image is never dropped, it is flagged instead.
     images = images[(images.split == "test") | (images.problem == "")].reset_index(drop=True)
     train = images.split == "train"
-    images.loc[train, "split"] = stratified_split(images.label[train], prep["val_fraction"], prep["seed"])
-    for label in sorted(set(images.label[train]) - set(images.label[images.split == "val"])):
-        count = int((images.label == label).sum())
-        print(
-            f"prepare: warning: class {label} has {count} image(s), all kept for training: none in val", file=sys.stderr
-        )
+    if prep["folds"] > train.sum():
+        raise ValueError(f"prepare.folds is {prep['folds']}, but {raw} has {train.sum()} usable labelled images")
+    images["fold"] = 0
+    images.loc[train, "fold"] = stratified_folds(images.label[train], prep["folds"], prep["seed"])
+    for label, count in images.label[train].value_counts().sort_index().items():
+        if count < prep["folds"]:
+            print(
+                f"prepare: warning: class {label} has {count} image(s) for {prep['folds']} folds: "
+                f"{prep['folds'] - count} fold(s) hold none of it; its figures out of fold are poor, since each of its "
+                "images is predicted by a model that saw one image fewer of the class",
+                file=sys.stderr,
+            )
     out = Path(out_dir)
     rows = zip(images.source, images.split, images.label, strict=True)
     images["file"] = [str(link_path(*row, out)) for row in rows]
@@ -69,7 +75,8 @@ def main(out_dir: str, manifest_path: str, key_path: str, report_path: str, metr
     write_csv(manifest_path, images[MANIFEST_COLUMNS])
     write_csv(key_path, key)
     counts = images.split.value_counts()
-    metrics = {f"n_{s}": int(counts.get(s, 0)) for s in ("train", "val", "test")}
+    metrics = {f"n_{s}": int(counts.get(s, 0)) for s in ("train", "test")}
+    metrics["folds"] = prep["folds"]
     metrics["n_bad"], metrics["n_bad_train"] = len(bad), n_bad_train
     metrics["n_classes"] = len(classes_of(images.label))
     write_json(metrics_path, metrics)

@@ -1,26 +1,24 @@
 """Stage train: concatenate the backbones' features and train the ensemble head (dropout + sigmoid, or softmax for
-more than two classes).
-
-With train.folds > 1 the train and val splits are pooled and cut into stratified folds: each image's validation
-probabilities come from the head that did not see it (out-of-fold), and the test ones are the folds' average.
-"""
+more than two classes), once per fold of the manifest: each labelled image's probabilities come from the head that
+did not see it (out of fold), and each test image's from one head refit on all labelled images (train.refit) or the
+mean of the k heads; both at about ten epochs, for predict to choose the epoch count out of fold."""
 
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from dogscats.atomic import write_csv, write_json
+from dogscats.dataset import folds_of, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.feature_store import shared_classes
 from dogscats.head import (
+    EpochPredictions,
+    checkpoint_epochs,
     feature_files,
     fit_head,
     load_concatenated,
-    pooled,
-    predict_proba,
     save_heads,
     subset,
 )
@@ -29,55 +27,81 @@ from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss
 
 
-def main(features_dir: str, models_dir: str, predictions_path: str, history_path: str, metrics_path: str) -> None:
-    """Train the head (or one per fold), save it, and write its val and test class probabilities."""
+def main(
+    manifest_path: str,
+    features_dir: str,
+    models_dir: str,
+    predictions_path: str,
+    history_path: str,
+    metrics_path: str,
+) -> None:
+    """Train one head per fold, save them, and write the out-of-fold and test class probabilities."""
     params = load_params()
     cfg = params["train"]
     files = feature_files(features_dir, params["backbones"])
     classes = shared_classes(files)
     set_seed(cfg["seed"])
-    train, val, test = (load_concatenated(files, split) for split in ("train", "val", "test"))
+    labelled, test = load_concatenated(files, "train"), load_concatenated(files, "test")
+    folds = folds_of(read_manifest(manifest_path), labelled.ids, manifest_path)
     fit_args = (
         len(classes), cfg["hidden"], cfg["dropout"], cfg["optimizer"], cfg["learning_rate"], cfg["epochs"],
         cfg["batch_size"],
     )  # fmt: skip
 
-    if cfg["folds"] <= 1:
-        scored, splits = val, ["val"] * len(val.ids)
-        model, history = fit_head(train, val, *fit_args)
-        models, p_scored = [model], predict_proba(model, val.features)
-    else:
-        scored = pooled(train, val)
-        splits = ["train"] * len(train.ids) + ["val"] * len(val.ids)
-        folds = StratifiedKFold(cfg["folds"], shuffle=True, random_state=cfg["seed"]).split(scored.ids, scored.labels)
-        models, histories, p_scored = [], [], np.zeros((len(scored.ids), len(classes)))
-        for fit_rows, held_out in folds:
-            model, fold_history = fit_head(subset(scored, fit_rows), subset(scored, held_out), *fit_args)
-            p_scored[held_out] = predict_proba(model, scored.features[held_out])
-            models.append(model)
-            histories.append(pd.DataFrame(fold_history))
-        history = pd.concat(histories).groupby(level=0).mean()  # per epoch, averaged over the folds
-    p_test = np.mean([predict_proba(m, test.features) for m in models], axis=0)
+    # Each fold's head predicts its fold and the test images at about ten epochs: predict chooses the epoch count,
+    # out of fold. The saved heads are those at the epoch with the lowest out-of-fold log loss.
+    checkpoints = checkpoint_epochs(cfg["epochs"])
+    fold_ids = sorted(set(folds))
+    p_oof = {e: np.zeros((len(labelled.ids), len(classes))) for e in checkpoints}
+    p_test = {e: np.zeros((len(test.ids), len(classes))) for e in checkpoints}
+    models, weights, histories = [], [], []
+    for fold in fold_ids:
+        held_out, fit_rows = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
+        recorder = EpochPredictions([labelled.features[held_out], test.features], checkpoints)
+        model, history = fit_head(subset(labelled, fit_rows), subset(labelled, held_out), *fit_args, [recorder])
+        for epoch, (oof, on_test) in recorder.predictions.items():
+            p_oof[epoch][held_out] = oof
+            p_test[epoch] += on_test / len(fold_ids)
+        models.append(model)
+        weights.append(recorder.weights)
+        histories.append(pd.DataFrame(history))
+    losses = {e: log_loss(labelled.labels, p) for e, p in p_oof.items()}
+    best = min(checkpoints, key=lambda e: (losses[e], e))
+    print("train: out-of-fold log loss by epoch: " + ", ".join(f"{e}: {loss:.4f}" for e, loss in losses.items()))
 
-    save_heads(models, Path(models_dir))
-    write_csv(history_path, pd.DataFrame(history).rename_axis("epoch").reset_index())
-    rows = pd.DataFrame(
+    # With train.refit, the test images are predicted by one head trained on all labelled images, at each checkpoint
+    # (predict applies the epoch count the folds chose), rather than by the mean of the fold heads: out of fold one
+    # level down, the refit scores better (bench/refit.py, docs/honest.md).
+    refit = None
+    if cfg["refit"]:
+        recorder = EpochPredictions([test.features], checkpoints)
+        refit, _ = fit_head(labelled, None, *fit_args, [recorder])
+        p_test = {epoch: on_test for epoch, (on_test,) in recorder.predictions.items()}
+        refit.set_weights(recorder.weights[best])
+    for model, fold_weights in zip(models, weights, strict=True):
+        model.set_weights(fold_weights[best])
+    save_heads(models, Path(models_dir), refit)
+    history = pd.concat(histories).groupby(level=0).mean()  # per epoch, averaged over the folds
+    write_csv(history_path, history.rename_axis("epoch").reset_index())
+    ids = pd.DataFrame(
         {
-            "id": scored.ids + test.ids,
-            "split": splits + ["test"] * len(test.ids),
-            "usable": np.concatenate([scored.usable, test.usable]),
+            "id": labelled.ids + test.ids,
+            "split": ["train"] * len(labelled.ids) + ["test"] * len(test.ids),
+            "fold": np.concatenate([folds, np.zeros(len(test.ids), int)]),
+            "usable": np.concatenate([labelled.usable, test.usable]),
         }
     )
-    write_csv(predictions_path, rows.join(probability_table(np.concatenate([p_scored, p_test]), classes)))
-    on_val = np.array(splits) == "val"
+    tables = [
+        ids.assign(epoch=e).join(probability_table(np.concatenate([p_oof[e], p_test[e]]), classes)) for e in checkpoints
+    ]
+    write_csv(predictions_path, pd.concat(tables, ignore_index=True))
     metrics = {
-        "val_logloss": log_loss(scored.labels[on_val], p_scored[on_val]),
-        "val_accuracy": accuracy(scored.labels[on_val], p_scored[on_val]),
-        "n_val": int(on_val.sum()),
-        "n_train": len(train.ids),
+        "oof_logloss": losses[best],
+        "oof_accuracy": accuracy(labelled.labels, p_oof[best]),
+        "best_epoch": best,
+        "n_labelled": len(labelled.ids),
+        "folds": len(models),
     }
-    if cfg["folds"] > 1:  # out-of-fold figures over every train and val image
-        metrics.update(oof_logloss=log_loss(scored.labels, p_scored), oof_accuracy=accuracy(scored.labels, p_scored))
     write_json(metrics_path, metrics)
     print(f"train: {metrics}")
 

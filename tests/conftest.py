@@ -51,12 +51,12 @@ PREDICT_ARGS = (
     "data/head_predictions.csv",
     "data/finetune_predictions.csv",
     "data/predictions.csv",
-    "data/val_predictions.csv",
+    "data/oof_predictions.csv",
     "metrics/predict.json",
 )
 EVALUATE_ARGS = (
     "data/split.csv",
-    "data/val_predictions.csv",
+    "data/oof_predictions.csv",
     "metrics/roc.csv",
     "metrics/confusion.csv",
     "metrics/worst_mistakes.html",
@@ -69,11 +69,21 @@ def finetune_args(backbone: str) -> tuple[str, ...]:
     return (
         "data/split.csv",
         f"data/features/{backbone}.h5",
-        "models/finetuned.keras",
+        "models/finetuned",
         "data/finetune_predictions.csv",
         "metrics/finetune_history.csv",
         "metrics/finetune.json",
     )
+
+
+TRAIN_ARGS = (
+    "data/split.csv",
+    "data/features",
+    "models/head",
+    "data/head_predictions.csv",
+    "metrics/train_history.csv",
+    "metrics/train.json",
+)
 
 
 def default_params() -> dict:

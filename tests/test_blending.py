@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from dogscats.blending import best_blend_weight, best_clip, best_temperature, blend, with_temperature
+from dogscats.blending import (
+    apply,
+    best_blend_weight,
+    best_clip,
+    best_temperature,
+    blend,
+    choose,
+    cross_fitted,
+    with_temperature,
+)
+from dogscats.scoring import log_loss
 
 
 def test_blend_is_the_weighted_mean():
@@ -77,3 +87,41 @@ def test_blend_and_temperature_choices_work_on_three_classes():
     p = np.eye(3)[y] * 0.6 + 0.4 / 3
     p[0] = [0.2, 0.7, 0.1]  # one mistake, three confident right answers: sharpen
     assert best_temperature(y, p) < 1.0
+
+
+def _noisy_models(seed: int = 0, n: int = 200) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Labels and two models' probabilities at three epochs each, of varying quality."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    by_epoch = [
+        [np.clip(np.where(y == 1, 0.5 + q, 0.5 - q) + rng.normal(0, 0.2, n), 0.01, 0.99) for q in qualities]
+        for qualities in ((0.1, 0.3, 0.2), (0.2, 0.25, 0.35))
+    ]
+    return y, *by_epoch
+
+
+SETTINGS = {"blend": "auto", "calibrate": True, "clip": "auto"}
+
+
+def test_choose_takes_each_models_best_epoch_then_the_blend_temperature_and_clip():
+    y, head, tuned = _noisy_models()
+    choices = choose(y, head, tuned, SETTINGS)
+    assert choices.head_epoch == int(np.argmin([log_loss(y, p) for p in head]))
+    assert choices.epoch == int(np.argmin([log_loss(y, p) for p in tuned]))
+    assert 0 <= choices.blend <= 1 and choices.temperature > 0 and choices.low < choices.high
+    fixed = choose(y, head, tuned, {"blend": 0.25, "calibrate": False, "clip": [0.01, 0.99]})
+    assert (fixed.blend, fixed.temperature, fixed.low, fixed.high) == (0.25, 1.0, 0.01, 0.99)
+    assert log_loss(y, apply(choices, head, tuned)) <= log_loss(y, apply(fixed, head, tuned))
+
+
+def test_a_folds_cross_fitted_probabilities_ignore_its_own_labels():
+    y, head, tuned = _noisy_models()
+    folds = np.arange(len(y)) % 4 + 1
+    nested = cross_fitted(y, folds, head, tuned, SETTINGS)
+    flipped = np.where(folds == 1, 1 - y, y)  # fold 1's labels changed: only the other folds' choices may move
+    again = cross_fitted(flipped, folds, head, tuned, SETTINGS)
+    assert np.allclose(nested[folds == 1], again[folds == 1])
+    assert not np.allclose(nested[folds != 1], again[folds != 1])
+    others = folds != 1
+    on_others = choose(y[others], [p[others] for p in head], [p[others] for p in tuned], SETTINGS)
+    assert np.allclose(nested[folds == 1], apply(on_others, [p[~others] for p in head], [p[~others] for p in tuned]))

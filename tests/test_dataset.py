@@ -1,4 +1,4 @@
-"""The raw Kaggle layout, the stratified split and the symlink tree."""
+"""The raw Kaggle layout, the stratified folds and the symlink tree."""
 
 import os
 import re
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dogscats.dataset import checked_answer_key, classes_of, label_index, scan_raw, stratified_split
+from dogscats.dataset import checked_answer_key, classes_of, label_index, scan_raw, stratified_folds
 
 from .conftest import make_kaggle_layout, write_image
 
@@ -76,20 +76,22 @@ def test_empty_class_stops(kaggle_raw):
         scan_raw(kaggle_raw)
 
 
-def test_split_is_stratified_seeded_and_sized():
-    labels = pd.Series(["cat"] * 100 + ["dog"] * 50)
-    split = stratified_split(labels, 0.2, seed=1)
-    assert (split[labels == "cat"] == "val").sum() == 20
-    assert (split[labels == "dog"] == "val").sum() == 10
-    np.testing.assert_array_equal(split, stratified_split(labels, 0.2, seed=1))
-    assert not np.array_equal(split, stratified_split(labels, 0.2, seed=2))
+def test_folds_are_stratified_seeded_and_balanced():
+    labels = pd.Series(["cat"] * 101 + ["dog"] * 50)
+    folds = stratified_folds(labels, 5, seed=1)
+    assert sorted(set(folds)) == [1, 2, 3, 4, 5]
+    assert np.bincount(folds)[1:].tolist() == [31, 30, 30, 30, 30]  # sizes differ by one at most
+    for label, size in (("cat", 101), ("dog", 50)):
+        per_fold = np.bincount(folds[labels == label], minlength=6)[1:]
+        assert per_fold.sum() == size and per_fold.max() - per_fold.min() <= 1  # each class's share in every fold
+    np.testing.assert_array_equal(folds, stratified_folds(labels, 5, seed=1))
+    assert not np.array_equal(folds, stratified_folds(labels, 5, seed=2))
 
 
-@pytest.mark.parametrize(("count", "val_fraction", "in_val"), [(1, 0.6, 0), (2, 0.6, 1), (2, 0.9, 1), (3, 0.2, 1)])
-def test_every_class_keeps_a_training_image(count, val_fraction, in_val):
-    labels = pd.Series(["cat"] * 10 + ["dog"] * count)
-    split = stratified_split(labels, val_fraction, seed=0)
-    assert (split[labels == "dog"] == "val").sum() == in_val and (split[labels == "dog"] == "train").any()
+def test_a_class_smaller_than_the_fold_count_lands_in_some_folds():
+    labels = pd.Series(["cat"] * 10 + ["dog"] * 2)
+    folds = stratified_folds(labels, 5, seed=0)
+    assert len(set(folds[labels == "dog"])) == 2 and sorted(set(folds)) == [1, 2, 3, 4, 5]
 
 
 def test_label_index_is_dog_one_cat_zero_unknown_minus_one():
@@ -98,13 +100,12 @@ def test_label_index_is_dog_one_cat_zero_unknown_minus_one():
 
 def test_the_symlink_tree_can_be_rebuilt_from_the_manifest(kaggle_raw, tmp_path):
     frame, _ = scan_raw(kaggle_raw)
-    frame["split"] = ["val" if i % 5 == 0 and s == "train" else s for i, s in enumerate(frame.split)]
     frame.to_csv(tmp_path / "split.csv", index=False)
     tree = tmp_path / "prepared"
     subprocess.run([sys.executable, "-m", "dogscats.dataset", str(tmp_path / "split.csv"), str(tree)], check=True)
     links = sorted(p for p in tree.rglob("*") if p.is_symlink())
     assert len(links) == len(frame) and all(os.readlink(p)[0] != "/" for p in links)
-    assert (tree / "val" / "cat" / "cat.1.jpg").resolve() == (kaggle_raw / "train" / "cat.1.jpg").resolve()
+    assert (tree / "train" / "cat" / "cat.1.jpg").resolve() == (kaggle_raw / "train" / "cat.1.jpg").resolve()
     assert (tree / "test" / "1.jpg").read_bytes() == (kaggle_raw / "test" / "1.jpg").read_bytes()
 
 
@@ -127,8 +128,8 @@ def test_folder_per_class_layout_takes_the_classes_from_the_folders(tmp_path):
     assert train.set_index("id").loc["bird/img3", "label"] == "bird"
     assert sorted(frame[frame.split == "test"].id) == ["t0", "t1", "t2", "t3"]
     assert skipped == [(str(raw / "train" / "stray.jpg"), "not in a class folder")]
-    split = stratified_split(train.label.reset_index(drop=True), 0.4, seed=0)
-    assert [(split[train.label.to_numpy() == c] == "val").sum() for c in ("bird", "cat", "dog")] == [2, 2, 2]
+    folds = stratified_folds(train.label.reset_index(drop=True), 5, seed=0)
+    assert [len(set(folds[train.label.to_numpy() == c])) for c in ("bird", "cat", "dog")] == [5, 5, 5]
     assert label_index(pd.Series(["dog", "bird", ""]), classes_of(train.label)).tolist() == [2, 0, -1]
 
 

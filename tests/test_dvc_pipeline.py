@@ -110,7 +110,7 @@ def test_two_queued_experiments_complete_and_are_listed(committed):
     dropouts = {exp["data"]["params"]["params.yaml"]["data"]["train"]["dropout"]: exp for exp in experiments}
     assert {0.3, 0.4} <= set(dropouts)  # beside any earlier experiment of this project
     for exp in dropouts.values():
-        assert "val_logloss" in exp["data"]["metrics"]["metrics/train.json"]["data"]
+        assert "oof_logloss" in exp["data"]["metrics"]["metrics/train.json"]["data"]
 
 
 def test_a_bad_param_stops_dvc_repro_at_once_with_one_line_naming_it(committed):
@@ -247,5 +247,5 @@ def test_a_fresh_clone_pulls_the_models_and_reproduces_nothing(committed, tmp_pa
     assert "Running stage" not in second, second
     assert "Data and pipelines are up to date" in _run(clone, "dvc", "status")
     assert _run(clone, "git", "status", "--porcelain") == ""  # dvc.lock and metrics unchanged
-    for model in ("models/finetuned.keras", "models/head/head.keras", "data/submission.csv"):
+    for model in ("models/finetuned/fold_1.keras", "models/head/fold_1.keras", "data/submission.csv"):
         assert (clone / model).read_bytes() == (path / model).read_bytes(), model

@@ -1,5 +1,5 @@
 """Fine-tuning: which layers train, BatchNorm frozen, the trunk/top split, the head's weights carried over, augmentation
-only in training, early stopping."""
+only in training, one copy per fold trained on the rows outside its fold and predicting its fold."""
 
 import keras
 import numpy as np
@@ -10,13 +10,15 @@ from dogscats.finetune import (
     augmentation,
     block_names,
     build_top_classifier,
+    clone_top,
     finetuned_model,
-    fit_top,
+    fold_probabilities,
     freeze_below_top_blocks,
     make_optimizer,
     split_at_top_blocks,
-    stacked,
+    train_folds_one_epoch,
     training_augmentation,
+    trunk_outputs,
 )
 from dogscats.head import build_head
 
@@ -85,12 +87,55 @@ def test_the_split_composes_to_the_backbone_for_other_architectures(name, size, 
     assert np.allclose(classifier(trunk(x)), head(other(x, training=False)), atol=1e-5)
 
 
-def test_stacked_fills_arrays_allocated_once():
-    batches = [(np.full((3, 2), i, np.float32), np.full(3, i)) for i in range(3)]
-    maps, labels = stacked(batches, 9)
-    assert maps.shape == (9, 2) and labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+def test_trunk_outputs_fill_one_array_allocated_once():
+    batches = [np.full((3, 2), i, np.float32) for i in range(3)]
+    maps = trunk_outputs(lambda x: x * 2, batches, 9)
+    assert maps.shape == (9, 2) and maps[:, 0].tolist() == [0, 0, 0, 2, 2, 2, 4, 4, 4]
     with pytest.raises(ValueError, match="expected 10 rows of trunk outputs, got 9"):
-        stacked(batches, 10)
+        trunk_outputs(lambda x: x, batches, 10)
+
+
+def test_a_clone_of_the_top_is_independent(base):
+    trunk, top = split_at_top_blocks(base, freeze_below_top_blocks(base, 1))
+    copy = clone_top(top)
+    maps = np.random.default_rng(0).normal(size=(2, *trunk.output.shape[1:])).astype(np.float32)
+    assert np.allclose(copy(maps), top(maps), atol=1e-6)
+    assert [w.trainable for w in copy.weights] == [w.trainable for w in top.weights]  # BatchNorm stays frozen
+    copy.trainable_weights[0].assign(copy.trainable_weights[0] + 1.0)
+    assert not np.allclose(copy(maps), top(maps), atol=1e-3)  # training one fold's copy leaves the others alone
+
+
+def _classifier(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_each_folds_copy_trains_only_on_the_rows_outside_its_fold():
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    folds = np.repeat([1, 2], 20)
+    y = (folds == 1).astype(np.float32)  # fold 1 all ones, fold 2 all zeros
+    classifiers = [_classifier(0), _classifier(0)]
+    for _ in range(20):
+        scores = train_folds_one_epoch(classifiers, [(x[:16], y[:16], folds[:16]), (x[16:], y[16:], folds[16:])])
+    assert set(scores) == {"loss", "accuracy"} and scores["accuracy"] == 1.0
+    assert classifiers[0].predict(x, verbose=0).mean() < 0.2  # fold 1's copy saw fold 2 only: zeros
+    assert classifiers[1].predict(x, verbose=0).mean() > 0.8  # fold 2's copy saw fold 1 only: ones
+
+
+def test_fold_probabilities_come_from_the_copy_that_left_the_fold_out():
+    classifiers = []
+    for bias in (-2.0, 2.0):  # constant outputs: sigmoid(-2) and sigmoid(2)
+        model = _classifier(0)
+        model.layers[0].set_weights([np.zeros((4, 1), np.float32), np.array([bias], np.float32)])
+        classifiers.append(model)
+    folds = np.array([1, 2, 1, 2, 2])
+    maps = np.zeros((5, 4), np.float32)
+    oof, oof_mirror, test, test_mirror = fold_probabilities(classifiers, folds, (maps, maps), (maps[:3], maps[:3]), 8)
+    low, high = 1 / (1 + np.exp(2)), 1 / (1 + np.exp(-2))
+    assert np.allclose(oof[:, 1], np.where(folds == 1, low, high)) and np.allclose(oof_mirror, oof)
+    assert np.allclose(test[:, 1], 0.5) and np.allclose(test_mirror, test) and np.allclose(oof.sum(1), 1)
 
 
 def test_the_top_classifier_starts_from_the_head_and_augments_only_in_training(base):
@@ -107,29 +152,6 @@ def test_the_top_classifier_starts_from_the_head_and_augments_only_in_training(b
     augmented = training_augmentation(augment)
     first = augmented(x).numpy()
     assert np.abs(first - x).max() > 0.1 and np.abs(augmented(x).numpy() - first).max() > 0.1  # new draws each call
-
-
-def test_fit_top_stops_early_and_keeps_the_best_epoch():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
-    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", metrics=["accuracy"])
-    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.float32)
-    history = fit_top(model, lambda: [(x, y)], (x, 1 - y), epochs=10, patience=2, batch_size=64)
-    assert len(history["val_loss"]) == 3 and history["val_loss"][0] < min(history["val_loss"][1:])  # val: flipped
-    assert model.evaluate(x, 1 - y, verbose=0, return_dict=True)["loss"] == pytest.approx(history["val_loss"][0])
-
-
-def test_fit_top_reports_each_epochs_mean_over_its_batches():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="binary_crossentropy", metrics=["accuracy"])  # frozen
-    x = np.random.default_rng(1).normal(size=(64, 4)).astype(np.float32)
-    y = (x[:, 1] > 0).astype(np.float32)
-    history = fit_top(model, lambda: [(x[:40], y[:40]), (x[40:], y[40:])], (x, y), epochs=1, patience=1, batch_size=64)
-    whole = model.evaluate(x, y, verbose=0, return_dict=True)
-    assert history["loss"][0] == pytest.approx(whole["loss"], rel=1e-5)
-    assert history["accuracy"][0] == pytest.approx(whole["accuracy"])
 
 
 def test_sgd_gets_momentum():

@@ -43,8 +43,8 @@ def test_the_repository_params_are_valid():
         ({"predict__blend": "half"}, "predict.blend must be \"auto\" or a number from 0 to 1, got 'half'"),
         ({"predict__blend": 1.5}, 'predict.blend must be "auto" or a number from 0 to 1, got 1.5'),
         ({"finetune__augment__zoom": None}, "finetune.augment.zoom must be a valid number, got None"),
-        ({"prepare__val_fraction": 0}, "prepare.val_fraction must be greater than 0, got 0"),
-        ({"prepare__val_fraction": 1.5}, "prepare.val_fraction must be less than 1, got 1.5"),
+        ({"prepare__folds": 1}, "prepare.folds must be greater than or equal to 2, got 1"),
+        ({"prepare__folds": 2.5}, "prepare.folds must be a valid integer, got 2.5"),
         ({"prepare__max_bad_fraction": -0.1}, "prepare.max_bad_fraction must be greater than or equal to 0, got -0.1"),
         ({"features__resize": "crops"}, "features.resize must be 'squash', 'crop' or 'pad', got 'crops'"),
         ({"features__decode": "reduce"}, "features.decode must be 'full' or 'reduced', got 'reduce'"),
@@ -64,7 +64,12 @@ def test_the_repository_params_are_valid():
             {"train__learning_rate": "1e-4"},
             "train.learning_rate must be a valid number, got '1e-4' (YAML reads 1e-4 as",
         ),
-        ({"features__input_size": 16}, "features.input_size must be greater than or equal to 32, got 16"),
+        ({"features__input_size": 16}, "features.input_size must be null, a side of at least 32 pixels, or {backbone"),
+        ({"features__input_size": {"efficientnet_lite2": 20}}, "features.input_size must be null, a side of at least"),
+        (
+            {"features__input_size": {"efficientnet_lite9": 320}},
+            "features.input_size: unknown backbone 'efficientnet_lite9'; known: ",
+        ),
         ({"features__batch_size": 0}, "features.batch_size must be greater than or equal to 1, got 0"),
         ({"train__optimizer": "adamm"}, "train.optimizer must be 'adadelta', 'adafactor', "),
         ({"finetune__optimizer": "SGD"}, "finetune.optimizer must be 'adadelta', 'adafactor', "),
@@ -74,13 +79,11 @@ def test_the_repository_params_are_valid():
         ({"finetune__head_learning_rate": 0}, "finetune.head_learning_rate must be greater than 0, got 0"),
         ({"finetune__momentum": 1.0}, "finetune.momentum must be less than 1, got 1.0"),
         ({"finetune__trainable_blocks": -3}, "finetune.trainable_blocks must be greater than or equal to 0, got -3"),
-        ({"finetune__patience": -1}, "finetune.patience must be greater than or equal to 0, got -1"),
         ({"finetune__augment__rotation": 400}, "finetune.augment.rotation must be less than or equal to 180, got 400"),
         ({"finetune__augment__shear": "x"}, "finetune.augment.shear must be a valid number, got 'x'"),
         ({"evaluate__worst_mistakes": -5}, "evaluate.worst_mistakes must be greater than or equal to 0, got -5"),
         ({"train__seed": -1}, "train.seed must be greater than or equal to 0, got -1"),
         ({"train__hidden": -1}, "train.hidden must be greater than or equal to 0, got -1"),
-        ({"train__folds": 0}, "train.folds must be greater than or equal to 1, got 0"),
         ({"finetune__epochs": -1}, "finetune.epochs must be greater than or equal to 0, got -1"),
         ({"predict__clip": [0.995, 0.005]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < high <= 1'),
         ({"predict__clip": [0.005]}, 'predict.clip must be "auto" or [low, high]'),
@@ -96,6 +99,10 @@ def test_the_repository_params_are_valid():
         ({"backbones": ["efficientnet_lite0"]}, "finetune.backbone 'efficientnet_lite2' must be one of backbones"),
         (
             {"backbones": ["xception", "efficientnet_lite2"], "features__input_size": 64},
+            "features.input_size must be at least 71 for xception, got 64",
+        ),
+        (
+            {"backbones": ["xception", "efficientnet_lite2"], "features__input_size": {"xception": 64}},
             "features.input_size must be at least 71 for xception, got 64",
         ),
     ],
@@ -143,11 +150,11 @@ def test_keras_knows_every_optimizer_the_params_allow():
 
 
 def test_a_stage_stops_before_any_work_with_one_line_per_problem(in_project, kaggle_raw, tmp_path):
-    in_project(data={"raw": str(kaggle_raw)}, prepare={"val_fraction": 2}, features={"resize": "crops"})
+    in_project(data={"raw": str(kaggle_raw)}, prepare={"folds": 0}, features={"resize": "crops"})
     with pytest.raises(ParamsError) as stop:
         prepare.main(*PREPARE_ARGS)
     assert str(stop.value).splitlines() == [
-        "params.yaml: prepare.val_fraction must be less than 1, got 2",
+        "params.yaml: prepare.folds must be greater than or equal to 2, got 0",
         "params.yaml: features.resize must be 'squash', 'crop' or 'pad', got 'crops'",
     ]
     assert not (tmp_path / "data").exists()
@@ -164,3 +171,12 @@ def test_stages_that_run_no_network_never_import_tensorflow(stage):
     check += "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_input_size_is_one_side_for_all_a_mapping_or_each_backbones_own():
+    from dogscats.backbone_sizes import input_size
+
+    assert input_size(None, "efficientnet_lite2") == 260
+    assert input_size(288, "efficientnet_lite0") == 288
+    assert input_size({"efficientnet_lite2": 320}, "efficientnet_lite2") == 320
+    assert input_size({"efficientnet_lite2": 320}, "efficientnet_lite0") == 224

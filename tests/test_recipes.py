@@ -14,7 +14,7 @@ import yaml
 from dogscats.params import check_params
 from stages import features, finetune, predict, prepare, train
 
-from .conftest import PREDICT_ARGS, PREPARE_ARGS, default_params, finetune_args
+from .conftest import PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args
 
 README = Path(__file__).parent.parent / "README.md"
 QUICK = {"train.epochs": 2, "finetune.epochs": 1, "finetune.head_epochs": 2}  # the most epochs the tests run
@@ -78,7 +78,7 @@ def test_each_recipe_runs_through_the_stages_with_random_weights(number, kaggle_
     prepare.main(*PREPARE_ARGS)
     for name in params["backbones"]:
         features.main(name, "data/split.csv", f"data/features/{name}.h5", f"metrics/features/{name}.json")
-    train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", "x.json")
+    train.main(*TRAIN_ARGS)
     tuned_args = finetune_args(params["finetune"]["backbone"])
     finetune.main(*tuned_args)
     predict.main(*PREDICT_ARGS)
@@ -89,8 +89,8 @@ def test_each_recipe_runs_through_the_stages_with_random_weights(number, kaggle_
     with h5py.File(tuned_args[1]) as h5:
         assert h5.attrs["pooling"] == params["features"]["pooling"]
     tuned = json.loads(Path("metrics/finetune.json").read_text())
-    head = json.loads(Path("x.json").read_text())
-    assert 0 < head["val_logloss"] < 5 and 0 < tuned["val_logloss"] < 5
+    head = json.loads(Path(TRAIN_ARGS[-1]).read_text())
+    assert 0 < head["oof_logloss"] < 5 and 0 < tuned["oof_logloss"] < 5
     trainable = {  # recipe 2's finetune stage is recipe 3: VGG16's block5 (3 convs, 512 -> 512) and the head
         1: 896 + 18_496 + 73_856 + 147_584 + (6272 * 512 + 512) + 513,  # every layer
         2: 3 * (9 * 512 * 512 + 512) + (8192 * 256 + 256) + 257,

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +17,7 @@ from dogscats.params import ParamsError
 from dogscats.scoring import log_loss
 from stages import evaluate, features, finetune, predict, prepare, submit, train
 
-from .conftest import EVALUATE_ARGS, PREDICT_ARGS, PREPARE_ARGS, SUBMIT_ARGS, finetune_args, write_image
+from .conftest import EVALUATE_ARGS, PREDICT_ARGS, PREPARE_ARGS, SUBMIT_ARGS, TRAIN_ARGS, finetune_args, write_image
 
 BACKBONE = "efficientnet_lite0"
 TRAIN_JSON = "metrics/train.json"
@@ -49,8 +50,11 @@ def test_prepare_links_splits_and_reports(prepared):
     manifest = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
     assert "cat.3" not in set(manifest.id)  # left out of training
     assert (manifest[manifest.split == "test"].id == "2").sum() == 1  # a test image is never dropped
-    counts = manifest.groupby(["split", "label"]).size()
-    assert counts[("val", "cat")] == 2 and counts[("val", "dog")] == 2 and counts[("train", "dog")] == 8
+    labelled = manifest[manifest.split == "train"]
+    assert labelled.fold.astype(int).value_counts().sort_index().tolist() == [4, 4, 4, 4, 3]  # 19 images, 5 folds
+    per_class = labelled.groupby(["label", "fold"]).size()
+    assert per_class["cat"].tolist() == [2, 2, 2, 2, 1] and per_class["dog"].tolist() == [2] * 5  # stratified
+    assert (manifest[manifest.split == "test"].fold == "0").all()
     link = Path(manifest.set_index("id").loc["dog.1", "file"])
     assert link.is_symlink() and not os.path.isabs(os.readlink(link))
     assert link.resolve() == (prepared / "train" / "dog.1.jpg").resolve()
@@ -60,7 +64,7 @@ def test_prepare_links_splits_and_reports(prepared):
     report = pd.read_csv("data/prepare_report.csv")
     assert sorted(Path(f).name for f in report.file) == ["2.jpg", "cat.3.jpg"]
     metrics = json.loads(Path("metrics/prepare.json").read_text())
-    assert metrics == {"n_bad": 2, "n_bad_train": 1, "n_classes": 2, "n_test": 6, "n_train": 15, "n_val": 4}
+    assert metrics == {"n_bad": 2, "n_bad_train": 1, "n_classes": 2, "n_test": 6, "n_train": 19, "folds": 5}
 
 
 def test_prepare_stops_when_too_many_training_images_are_bad(kaggle_raw, in_project):
@@ -132,11 +136,11 @@ def test_a_missing_raw_folder_is_named_with_the_fix(in_project, tmp_path):
         prepare.main(*PREPARE_ARGS)
 
 
-def test_features_train_predict_submit(prepared):
+def test_features_train_finetune_predict_evaluate_submit(prepared):
     out = f"data/features/{BACKBONE}.h5"
     features.main(BACKBONE, "data/split.csv", out, f"metrics/features/{BACKBONE}.json")
     with h5py.File(out) as h5:
-        assert h5["train/features"].shape == (15, 1280) and h5["test/features"].shape == (6, 1280)
+        assert h5["train/features"].shape == (19, 1280) and h5["test/features"].shape == (6, 1280)
         assert h5["test/ids"].asstr()[:].tolist() == ["1", "2", "3", "4", "5", "6"]
         assert h5["test/usable"][:].tolist() == [True, False, True, True, True, True]
     assert json.loads(Path(f"metrics/features/{BACKBONE}.json").read_text()) == {
@@ -145,37 +149,55 @@ def test_features_train_predict_submit(prepared):
         "usable": 24,
     }
     assert not list(Path("data/features").glob(".*tmp*"))
+    manifest = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
+    folds = manifest[manifest.split == "train"].set_index("id").fold.astype(int)
 
-    train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
+    train.main(*TRAIN_ARGS)
     history = pd.read_csv("metrics/train_history.csv")
     assert history.epoch.tolist() == [0, 1] and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history)
-    assert json.loads(Path(TRAIN_JSON).read_text())["n_val"] == 4
-    assert [p.name for p in Path("models/head").iterdir()] == ["head.keras"]
-    head = pd.read_csv("data/head_predictions.csv")
-    assert head.split.value_counts().to_dict() == {"test": 6, "val": 4}
+    assert json.loads(Path(TRAIN_JSON).read_text())["n_labelled"] == 19
+    heads = sorted(p.name for p in Path("models/head").iterdir())
+    assert heads == ["all.keras"] + [f"fold_{k}.keras" for k in range(1, 6)]  # and one refit on all labelled images
+    head = pd.read_csv("data/head_predictions.csv", dtype={"id": str})
+    assert head.epoch.value_counts().sort_index().to_dict() == {1: 25, 2: 25}  # each checkpoint epoch
+    best = json.loads(Path(TRAIN_JSON).read_text())["best_epoch"]
+    with h5py.File(f"data/features/{BACKBONE}.h5") as h5:
+        test_features = h5["test/features"][:]
+    refit_p = keras.saving.load_model("models/head/all.keras").predict(test_features, verbose=0)[:, 0]
+    on_test = head[(head.split == "test") & (head.epoch == best)]
+    assert np.allclose(on_test.p_dog, refit_p, atol=1e-6)  # the test images are the refit head's
+    assert head[head.epoch == 2].split.value_counts().to_dict() == {"train": 19, "test": 6}
+    labelled = head[head.split == "train"]
+    assert (labelled.fold.to_numpy() == folds.loc[labelled.id].to_numpy()).all()
+    assert json.loads(Path(TRAIN_JSON).read_text())["best_epoch"] in (1, 2)
 
     _finetune()
-    tuned = pd.read_csv("data/finetune_predictions.csv")
-    assert list(tuned) == ["id", "split", "usable", "p_cat", "p_dog", "p_cat_tta", "p_dog_tta"] and len(tuned) == 10
-    assert tuned.usable.sum() == 9
-    assert len(pd.read_csv("metrics/finetune_history.csv")) >= 1
+    tuned = pd.read_csv("data/finetune_predictions.csv", dtype={"id": str})
+    assert list(tuned) == ["id", "split", "fold", "epoch", "p_cat", "p_dog", "p_cat_tta", "p_dog_tta"]
+    assert tuned.epoch.value_counts().sort_index().to_dict() == {0: 25, 1: 25, 2: 25}  # before and after each epoch
+    assert sorted(p.name for p in Path("models/finetuned").iterdir()) == [f"fold_{k}.keras" for k in range(1, 6)]
+    assert len(pd.read_csv("metrics/finetune_history.csv")) == 2
 
     predict.main(*PREDICT_ARGS)
-    pred = pd.read_csv("data/predictions.csv")
-    assert pred.p_dog.between(0.005, 0.995).all() and np.allclose(pred.p_cat + pred.p_dog, 1)
-    assert pred.set_index("id").loc[2, "p_dog"] == pytest.approx(8 / 15)  # undecodable: the prior, 8 of 15 dogs
-    val = pd.read_csv("data/val_predictions.csv")
     scores = json.loads(Path("metrics/predict.json").read_text())
-    w = scores["blend"]
-    assert 0 <= w <= 1
-    blended = np.clip((1 - w) * val.p_dog_head + w * val.p_dog_finetuned, 0.005, 0.995)
-    assert np.allclose(val.p_dog, blended)
-    assert scores["val_logloss"] == pytest.approx(log_loss(val.label, val.p_dog))
+    w, epoch = scores["blend"], scores["epoch"]
+    assert 0 <= w <= 1 and epoch in (0, 1, 2) and scores["temperature"] == 1  # calibrate: false
+    pred = pd.read_csv("data/predictions.csv", dtype={"id": str}).set_index("id")
+    assert pred.p_dog.between(0.005, 0.995).all() and np.allclose(pred.p_cat + pred.p_dog, 1)
+    assert pred.loc["2", "p_dog"] == pytest.approx(10 / 19)  # undecodable: the prior, 10 of 19 dogs
+    test_head = head[(head.split == "test") & (head.epoch == scores["head_epoch"])].set_index("id").p_dog
+    test_tuned = tuned[(tuned.split == "test") & (tuned.epoch == epoch)].set_index("id").p_dog_tta
+    expected = np.clip((1 - w) * test_head + w * test_tuned, 0.005, 0.995).drop("2")
+    assert np.allclose(pred.p_dog.drop("2"), expected.loc[pred.index.drop("2")])  # the choices made on every fold
+    oof = pd.read_csv("data/oof_predictions.csv", dtype={"id": str})
+    assert len(oof) == 19 and oof.p_dog.between(0.005, 0.995).all()
+    assert scores["cv_logloss"] == pytest.approx(log_loss(oof.label, oof.p_dog))
+    assert scores["cv_logloss_head"] == pytest.approx(log_loss(oof.label, np.clip(oof.p_dog_head, 1e-12, 1 - 1e-12)))
 
     evaluate.main(*EVALUATE_ARGS)
-    assert len(pd.read_csv("metrics/confusion.csv")) == 4
+    assert len(pd.read_csv("metrics/confusion.csv")) == 19  # one row per labelled image
     assert pd.read_csv("metrics/roc.csv").tpr.iloc[-1] == 1
-    errors = json.loads(Path("metrics/evaluate.json").read_text())["val_errors"]
+    errors = json.loads(Path("metrics/evaluate.json").read_text())["cv_errors"]
     assert Path("metrics/worst_mistakes.html").read_text().count('<img src="data:image/jpeg;base64,') == errors
 
     submit.main(*SUBMIT_ARGS)
@@ -183,6 +205,16 @@ def test_features_train_predict_submit(prepared):
     assert submission.id.tolist() == [1, 2, 3, 4, 5, 6] and list(submission) == ["id", "label"]
     scores = json.loads(Path("metrics/submit.json").read_text())
     assert scores["n_rows"] == 6 and 0 < scores["test_logloss"] < 6 and 0 <= scores["test_accuracy"] <= 1
+
+
+def test_the_answer_key_changes_nothing_but_the_score(prepared):
+    before = Path("data/split.csv").read_bytes()
+    (prepared / "answers.csv").write_text("id,label\n" + "".join(f"{i},{i % 2}\n" for i in range(1, 7)))  # flipped
+    prepare.main(*PREPARE_ARGS)
+    assert Path("data/split.csv").read_bytes() == before  # what every model and choice reads
+    stages = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"]
+    readers = sorted(name for name, stage in stages.items() if "data/answer_key.csv" in stage.get("deps", []))
+    assert readers == ["submit"]
 
 
 @pytest.mark.slow  # three fine-tuning runs with real weights: about a minute
@@ -195,7 +227,7 @@ def test_finetune_is_reproducible_and_depends_on_the_seed(prepared):
         _finetune()
         runs.append(json.loads(Path("metrics/finetune.json").read_text()))
         runs[-1]["p"] = pd.read_csv("data/finetune_predictions.csv").p_dog.to_numpy()
-    for key in ("head_val_logloss", "val_logloss", "val_logloss_tta"):
+    for key in ("head_oof_logloss", "oof_logloss", "oof_logloss_tta"):
         assert runs[0][key] == pytest.approx(runs[1][key], abs=5e-5), key
     assert np.allclose(runs[0]["p"], runs[1]["p"], atol=5e-5)
     assert np.abs(runs[0]["p"] - runs[2]["p"]).max() > 1e-3  # another seed: other shuffles and augmentations
@@ -214,15 +246,46 @@ def test_finetune_refuses_another_backbones_features(prepared):
         _finetune()
 
 
-def test_train_k_folds_scores_every_image_out_of_fold(prepared):
+def test_finetune_with_0_epochs_predicts_from_the_stored_features_without_running_the_network(prepared, monkeypatch):
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
-    _set_param("train", "folds", 3)
-    train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
-    assert sorted(p.name for p in Path("models/head").iterdir()) == ["fold_1.keras", "fold_2.keras", "fold_3.keras"]
+    _set_param("finetune", "epochs", 0)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(finetune, "image_batches", no_network)
+    monkeypatch.setattr(finetune, "engine_model", no_network)
+    _finetune()
+    table = pd.read_csv("data/finetune_predictions.csv")
+    assert table.epoch.unique().tolist() == [0]
+    assert np.array_equal(table.p_dog, table.p_dog_tta)  # the stored features are mirror-averaged already
+    oof = table[table.split == "train"]
+    assert oof.p_dog.nunique() > 1  # each fold's head predicts its own fold
+    test_rows = table[table.split == "test"]
+    manifest = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
+    assert test_rows.id.astype(str).tolist() == manifest[manifest.split == "test"].id.tolist()
+    assert sorted(p.name for p in Path("models/finetuned").iterdir())[0] == "fold_1.keras"
+    assert json.loads(Path("metrics/finetune.json").read_text())["best_epoch"] == 0
+
+
+def test_train_follows_the_manifests_folds(prepared):
+    _set_param("prepare", "folds", 3)
+    _set_param("train", "refit", False)  # the test images: the fold heads' mean
+    prepare.main(*PREPARE_ARGS)
+    features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
+    train.main(*TRAIN_ARGS)
+    saved = sorted(p.name for p in Path("models/head").iterdir())
+    assert saved == ["fold_1.keras", "fold_2.keras", "fold_3.keras"]
+    with h5py.File(f"data/features/{BACKBONE}.h5") as h5:
+        test_features = h5["test/features"][:]
+    mean = np.mean([keras.saving.load_model(f"models/head/{n}").predict(test_features, verbose=0) for n in saved], 0)
+    best = json.loads(Path(TRAIN_JSON).read_text())["best_epoch"]
     head = pd.read_csv("data/head_predictions.csv")
-    assert head.split.value_counts().to_dict() == {"train": 15, "val": 4, "test": 6}
+    assert np.allclose(head[(head.split == "test") & (head.epoch == best)].p_dog, mean[:, 0], atol=1e-6)
+    assert head.split.value_counts().to_dict() == {"train": 38, "test": 12}  # at epochs 1 and 2
+    assert sorted(set(head.fold[head.split == "train"])) == [1, 2, 3]
     metrics = json.loads(Path(TRAIN_JSON).read_text())
-    assert metrics["n_val"] == 4 and 0 <= metrics["oof_accuracy"] <= 1 and metrics["oof_logloss"] > 0
+    assert metrics["folds"] == 3 and 0 <= metrics["oof_accuracy"] <= 1 and metrics["oof_logloss"] > 0
     assert len(pd.read_csv("metrics/train_history.csv")) == 2  # per-epoch means over the folds
 
 
@@ -252,7 +315,7 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     (raw / "answers.csv").write_text("id,label\nNA,bird\nNone,1\nnull,dog\npic3,dog\n")  # a name or an index
     in_project(
         data={"raw": str(raw)},
-        prepare={"val_fraction": 0.34},
+        prepare={"folds": 3},
         backbones=[BACKBONE],
         train={"epochs": 2},
         finetune={"backbone": BACKBONE, "epochs": 1, "head_epochs": 2, "batch_size": 8},
@@ -262,12 +325,12 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     prepare.main(*PREPARE_ARGS)
     assert json.loads(Path("metrics/prepare.json").read_text())["n_classes"] == 3
     assert Path("data/answer_key.csv").read_text() == "id,label\nNA,bird\nNone,cat\nnull,dog\npic3,dog\n"
-    assert sorted(p.name for p in Path("data/prepared/val").iterdir()) == ["bird", "cat", "dog"]
+    assert sorted(p.name for p in Path("data/prepared/train").iterdir()) == ["bird", "cat", "dog"]
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
     with h5py.File(f"data/features/{BACKBONE}.h5") as h5:
         assert h5.attrs["classes"].tolist() == ["bird", "cat", "dog"]
-        assert sorted(h5["val/labels"][:].tolist()) == [0, 0, 1, 1, 2, 2]
-    train.main("data/features", "models/head", "data/head_predictions.csv", "metrics/train_history.csv", TRAIN_JSON)
+        assert sorted(h5["train/labels"][:].tolist()) == [0] * 6 + [1] * 6 + [2] * 6
+    train.main(*TRAIN_ARGS)
     head = pd.read_csv("data/head_predictions.csv")
     assert {"p_bird", "p_cat", "p_dog"} <= set(head) and np.allclose(head[["p_bird", "p_cat", "p_dog"]].sum(1), 1)
     _finetune()
@@ -275,7 +338,7 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     predict.main(*PREDICT_ARGS)
     evaluate.main(*EVALUATE_ARGS)
     assert set(pd.read_csv("metrics/confusion.csv").actual) == {"bird", "cat", "dog"}
-    assert 0 <= json.loads(Path("metrics/evaluate.json").read_text())["val_auc"] <= 1
+    assert 0 <= json.loads(Path("metrics/evaluate.json").read_text())["cv_auc"] <= 1
     submit.main(*SUBMIT_ARGS)
     submission = pd.read_csv("data/submission.csv", keep_default_na=False)
     assert list(submission) == ["id", "bird", "cat", "dog"] and submission.id.tolist() == test_ids
@@ -283,7 +346,7 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     for name in ("bird", "cat", "dog"):  # each column is its class's probability
         assert np.allclose(submission[name], predicted[f"p_{name}"], atol=1e-6)
     assert np.allclose(submission[["bird", "cat", "dog"]].sum(1), 1, atol=1e-5)
-    assert submission.iloc[3, 1:].tolist() == pytest.approx([1 / 3] * 3, abs=1e-5)  # the prior: 4 train images each
+    assert submission.iloc[3, 1:].tolist() == pytest.approx([1 / 3] * 3, abs=1e-5)  # the prior: 6 images each
     scores = json.loads(Path("metrics/submit.json").read_text())
     assert scores["n_rows"] == 4 and 0 < scores["test_logloss"] < 10 and 0 <= scores["test_accuracy"] <= 1
 
@@ -299,9 +362,9 @@ def test_the_from_scratch_recipe_runs_through_the_finetune_stage(prepared):
     Path("params.yaml").write_text(yaml.safe_dump(params))
     features.main("small_cnn", "data/split.csv", "data/features/small_cnn.h5", "metrics/features/small_cnn.json")
     with h5py.File("data/features/small_cnn.h5") as h5:
-        assert h5["train/features"].shape == (15, 7 * 7 * 128) and h5.attrs["pooling"] == "flatten"
+        assert h5["train/features"].shape == (19, 7 * 7 * 128) and h5.attrs["pooling"] == "flatten"
     _finetune("small_cnn")
     metrics = json.loads(Path("metrics/finetune.json").read_text())
     weights = 896 + 18_496 + 73_856 + 147_584 + (6272 * 16 + 16) + 17  # every conv layer, the hidden and output
-    assert metrics["trainable_weights"] == weights and 0 < metrics["val_logloss"] < 5
-    assert len(pd.read_csv("data/finetune_predictions.csv")) == 10
+    assert metrics["trainable_weights"] == weights and 0 < metrics["oof_logloss"] < 5
+    assert len(pd.read_csv("data/finetune_predictions.csv")) == 25 * (params["finetune"]["epochs"] + 1)
