@@ -152,3 +152,16 @@ def test_an_answer_key_label_that_is_a_class_name_and_an_index_is_the_name(tmp_p
     (tmp_path / "key.csv").write_text("id,label\na,1\nb,0\nc,2\n")
     key = checked_answer_key(tmp_path / "key.csv", tmp_path, ["c", "b", "a"], ["1", "2"])
     assert key.values.tolist() == [["c", "2"], ["b", "1"], ["a", "1"]]  # in test id order; "0" is the index of "1"
+
+
+def test_folds_of_follows_the_given_order_and_stops_on_a_stale_output():
+    from dogscats.dataset import folds_of
+
+    manifest = pd.DataFrame(
+        {"id": ["a", "b", "c", "t"], "split": ["train", "train", "train", "test"], "fold": [1, 2, 3, 0]}
+    )
+    assert folds_of(manifest, ["c", "a", "b"], "split.csv").tolist() == [3, 1, 2]
+    with pytest.raises(ValueError, match="split.csv: its labelled images differ"):
+        folds_of(manifest, ["a", "b"], "split.csv")  # one labelled image missing: features of an older manifest
+    with pytest.raises(ValueError, match="split.csv: its labelled images differ"):
+        folds_of(manifest, ["a", "b", "x"], "split.csv")

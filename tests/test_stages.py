@@ -67,6 +67,20 @@ def test_prepare_links_splits_and_reports(prepared):
     assert metrics == {"n_bad": 2, "n_bad_train": 1, "n_classes": 2, "n_test": 6, "n_train": 19, "folds": 5}
 
 
+def test_prepare_warns_of_a_class_smaller_than_the_folds_and_stops_on_more_folds_than_images(
+    kaggle_raw, in_project, capsys
+):
+    in_project(data={"raw": str(kaggle_raw)}, prepare={"folds": 12})  # 10 cats and 10 dogs
+    prepare.main(*PREPARE_ARGS)
+    warning = capsys.readouterr().err
+    assert "class cat has 10 image(s) for 12 folds: 2 fold(s) hold none of it" in warning and "class dog" in warning
+    folds = pd.read_csv("data/split.csv").query("split == 'train'").fold
+    assert sorted(folds.unique()) == list(range(1, 13))
+    _set_param("prepare", "folds", 21)
+    with pytest.raises(ValueError, match="prepare.folds is 21, but .* has 20 usable labelled images"):
+        prepare.main(*PREPARE_ARGS)
+
+
 def test_prepare_stops_when_too_many_training_images_are_bad(kaggle_raw, in_project):
     for n in (1, 2, 3):
         _truncate(kaggle_raw / "train" / f"dog.{n}.jpg")
