@@ -1,0 +1,102 @@
+"""Building the exported classifier: one Keras graph from images to the head's (and the fine-tuned models')
+probabilities, every backbone and the flip TTA inside it, saved as Keras and converted to ONNX for the engine.
+
+The graph takes one float32 image batch in [0, 255] per backbone, at that backbone's size (named image_<backbone>),
+and outputs p_head and p_finetuned (class probabilities, or the second class's for a sigmoid head); the blend,
+temperature and clip are applied after it, in numpy, as predict does (dogscats.classifier)."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from dogscats.backbones import get_backbone, load_feature_extractor
+
+
+@keras.saving.register_keras_serializable(package="dogscats")
+class BackbonePreprocess(keras.layers.Layer):
+    """A backbone's own input scaling, by name, as a layer."""
+
+    def __init__(self, backbone: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, x):
+        """The preprocessed batch."""
+        return get_backbone(self.backbone).preprocess(x)
+
+    def get_config(self) -> dict:
+        """The layer's config: the backbone's name."""
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+@keras.saving.register_keras_serializable(package="dogscats")
+class Mirror(keras.layers.Layer):
+    """The batch's mirror images (flipped left to right), as the pipeline's TTA does."""
+
+    def call(self, x):
+        """The flipped batch."""
+        return keras.ops.flip(x, axis=2)
+
+
+def averaged_over_mirror(model: keras.Model, x, tta: bool):
+    """model(x), averaged with model(mirror of x) when tta is on."""
+    out = model(x)
+    return keras.layers.Average()([out, model(Mirror()(x))]) if tta else out
+
+
+def classifier_graph(
+    sizes: dict[str, int],
+    features_cfg: dict,
+    head: keras.Model,
+    finetuned: list[keras.Model],
+    finetuned_backbone: str,
+    finetune_tta: bool,
+) -> keras.Model:
+    """Images (one input per backbone) -> [p_head, p_finetuned]: each backbone's GAP features (flip-averaged with
+    features.tta), concatenated in order, through the head; the fine-tuned models' mean on their backbone's images
+    (flip-averaged with predict.finetune_tta), or the head's again when there are none."""
+    inputs, features = {}, []
+    for name, size in sizes.items():
+        inputs[name] = keras.Input((size, size, 3), name=f"image_{name}")
+        x = BackbonePreprocess(name)(inputs[name])
+        extractor = load_feature_extractor(name, features_cfg["weights"], features_cfg["pooling"], size)
+        features.append(averaged_over_mirror(extractor, x, features_cfg["tta"]))
+    p_head = head(keras.layers.Concatenate()(features) if len(features) > 1 else features[0])
+    p_finetuned = p_head
+    if finetuned:
+        x = BackbonePreprocess(finetuned_backbone)(inputs[finetuned_backbone])
+        outputs = [averaged_over_mirror(model, x, finetune_tta) for model in finetuned]
+        p_finetuned = keras.layers.Average()(outputs) if len(outputs) > 1 else outputs[0]
+    return keras.Model(list(inputs.values()), [p_head, p_finetuned], name="dogscats_classifier")
+
+
+def to_onnx(model: keras.Model, opset: int = 17) -> bytes:
+    """The graph as ONNX bytes, its inputs named as the model's, with a free batch dimension."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = [tf.TensorSpec((None, *x.shape[1:]), tf.float32, name=x.name) for x in model.inputs]
+    function = tf.function(lambda *xs: model(list(xs), training=False), input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
+    return proto.SerializeToString()
+
+
+def probe_inputs(sizes: dict[str, int], seed: int = 0) -> list[np.ndarray]:
+    """Two noise images per backbone, float32 in [0, 255], to check a conversion on."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (2, size, size, 3)).astype(np.float32) for size in sizes.values()]
+
+
+def check_onnx(model: keras.Model, onnx_path: Path, inputs: list[np.ndarray], tolerance: float = 1e-5) -> float:
+    """The largest difference between the Keras graph and its ONNX copy on the inputs; stops above tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [x.name for x in session.get_inputs()]
+    expected = [keras.ops.convert_to_numpy(p) for p in model(inputs, training=False)]
+    got = session.run(None, dict(zip(names, inputs, strict=True)))
+    diff = max(float(np.abs(e - g).max()) for e, g in zip(expected, got, strict=True))
+    if diff > tolerance:
+        raise RuntimeError(f"{onnx_path}: the ONNX copy differs from the Keras graph by {diff:.2e}")
+    return diff
