@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from dogscats.backbones import get_backbone, load_feature_extractor
+from dogscats.determinism import set_seed
 
 
 @keras.saving.register_keras_serializable(package="dogscats")
@@ -60,6 +61,7 @@ def classifier_graph(
     for name, size in sizes.items():
         inputs[name] = keras.Input((size, size, 3), name=f"image_{name}")
         x = BackbonePreprocess(name)(inputs[name])
+        set_seed(0)  # as the features stage: with features.weights null, the same random weights
         extractor = load_feature_extractor(name, features_cfg["weights"], features_cfg["pooling"], size)
         features.append(averaged_over_mirror(extractor, x, features_cfg["tta"]))
     p_head = head(keras.layers.Concatenate()(features) if len(features) > 1 else features[0])

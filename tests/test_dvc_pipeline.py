@@ -142,20 +142,20 @@ def test_repro_reruns_only_what_a_change_touches(project):
     params["predict"].update(blend=0.5, calibrate=False)  # DVC skips a stage whose inputs come out unchanged, so
     _set_params(path, params)  # the head must reach the submission: a blend chosen on 2 images might drop it
     everything = {"demo", "prepare", "features@efficientnet_lite0", "train", "finetune", "predict", "evaluate"}
-    _repro(path, everything | {"submit"})
+    _repro(path, everything | {"submit", "export"})
     _repro(path, set())
 
     params["train"]["dropout"] = 0.3
     _set_params(path, params)
-    _repro(path, {"train", "predict", "evaluate", "submit"})
+    _repro(path, {"train", "predict", "evaluate", "submit", "export"})
 
     params["predict"]["blend"] = 0.37  # off the auto grid, so the blend surely changes
     _set_params(path, params)
-    _repro(path, {"predict", "evaluate", "submit"})
+    _repro(path, {"predict", "evaluate", "submit", "export"})
 
     params["backbones"].append("efficientnet_lite1")
     _set_params(path, params)
-    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit"})  # finetune untouched
+    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit", "export"})  # not finetune
     assert "up to date" in _run(path, "dvc", "status")
     demo_images = {p.read_bytes() for p in (path / "data" / "demo").rglob("*.jpg")}
     cached_images = [
@@ -180,7 +180,7 @@ def test_an_image_change_reruns_the_image_readers_an_unlabelled_file_only_prepar
     assert (path / "metrics" / "submit.json").read_text() != scored
     cat = path / "raw" / "train" / "cat.1.jpg"
     cat.write_bytes((path / "raw" / "train" / "cat.2.jpg").read_bytes())
-    everything = {FEATURES, "train", "finetune", "predict", "evaluate", "submit"}
+    everything = {FEATURES, "train", "finetune", "predict", "evaluate", "submit", "export"}
     _repro(path, {"prepare"} | everything)  # through data/split.csv, which holds each image's md5
     (path / "raw" / "train" / "notes.txt").write_text("not an image")
     _repro(path, {"prepare"})  # listed in the report; the manifest, and so every image reader, unchanged
