@@ -81,7 +81,43 @@ def to_onnx(model: keras.Model, opset: int = 17) -> bytes:
     spec = [tf.TensorSpec((None, *x.shape[1:]), tf.float32, name=x.name) for x in model.inputs]
     function = tf.function(lambda *xs: model(list(xs), training=False), input_signature=spec)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
-    return proto.SerializeToString()
+    return canonical_onnx(proto.SerializeToString())
+
+
+def canonical_onnx(onnx_bytes: bytes) -> bytes:
+    """The same ONNX graph, byte-reproducible: tf2onnx names folded constants and deduplicated weights from global
+    counters, differently on each run, so every node, intermediate value and weight is renamed by its first use in
+    node order (graph inputs and outputs keep their names), the weights are sorted by their new names, and the graph
+    and its batch dimension get fixed names."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    keep = {value.name for value in [*graph.input, *graph.output]}
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    names: dict[str, str] = {}
+
+    def renamed(name: str, prefix: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"{prefix}{sum(n.startswith(prefix) for n in names.values())}")
+
+    for i, node in enumerate(graph.node):
+        node.name = f"node{i}"
+        node.input[:] = [renamed(x, "weight" if x in weights else "value") for x in node.input]
+        node.output[:] = [renamed(x, "value") for x in node.output]
+    for tensor in graph.initializer:
+        tensor.name = names.get(tensor.name, tensor.name)
+    ordered = sorted(graph.initializer, key=lambda tensor: (len(tensor.name), tensor.name))
+    graph.ClearField("initializer")
+    graph.initializer.extend(ordered)
+    graph.ClearField("value_info")
+    for value in [*graph.input, *graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = "batch"  # the free batch dimension, numbered by tf2onnx
+    graph.name = "dogscats_classifier"  # tf2onnx names it after the traced function, numbered
+    return model.SerializeToString(deterministic=True)
 
 
 def probe_inputs(sizes: dict[str, int], seed: int = 0) -> list[np.ndarray]:

@@ -88,6 +88,12 @@ def test_the_classifier_reproduces_the_pipelines_test_predictions(in_exported):
     assert (table["class"] == np.where(p[:, 1] > 0.5, "dog", "cat")).all()
 
 
+def test_a_second_export_is_byte_identical(in_exported, tmp_path):
+    export.main(*EXPORT_ARGS[:-1], str(tmp_path / "again"))
+    for name in ("classifier.onnx", "classifier.keras", "settings.json"):
+        assert (tmp_path / "again" / name).read_bytes() == Path("models/classifier", name).read_bytes(), name
+
+
 def test_classify_gives_every_bad_file_a_row_with_its_reason(in_exported, tmp_path, capsys):
     folder = tmp_path / "mixed"
     (folder / "sub").mkdir(parents=True)
