@@ -103,7 +103,7 @@ def canonical_onnx(onnx_bytes: bytes) -> bytes:
         return names.setdefault(name, f"{prefix}{sum(n.startswith(prefix) for n in names.values())}")
 
     for i, node in enumerate(graph.node):
-        node.name = f"node{i}"
+        node.name, node.doc_string = f"node{i}", ""
         node.input[:] = [renamed(x, "weight" if x in weights else "value") for x in node.input]
         node.output[:] = [renamed(x, "value") for x in node.output]
     for tensor in graph.initializer:
@@ -117,6 +117,7 @@ def canonical_onnx(onnx_bytes: bytes) -> bytes:
             if dim.dim_param:
                 dim.dim_param = "batch"  # the free batch dimension, numbered by tf2onnx
     graph.name = "dogscats_classifier"  # tf2onnx names it after the traced function, numbered
+    graph.doc_string = model.doc_string = ""
     return model.SerializeToString(deterministic=True)
 
 
