@@ -68,7 +68,8 @@ def classifier_graph(
     p_finetuned = p_head
     if finetuned:
         x = BackbonePreprocess(finetuned_backbone)(inputs[finetuned_backbone])
-        outputs = [averaged_over_mirror(model, x, finetune_tta) for model in finetuned]
+        folds = [keras.Model(m.input, m.output, name=f"finetuned_{i}") for i, m in enumerate(finetuned, start=1)]
+        outputs = [averaged_over_mirror(model, x, finetune_tta) for model in folds]  # the folds' models share a name
         p_finetuned = keras.layers.Average()(outputs) if len(outputs) > 1 else outputs[0]
     return keras.Model(list(inputs.values()), [p_head, p_finetuned], name="dogscats_classifier")
 
