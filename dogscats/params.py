@@ -219,10 +219,8 @@ def _check_backbones(params: dict) -> list[str]:
         unknown = [name for name in setting if name not in NATIVE_SIZES]
         problems += [f"features.input_size: unknown backbone {name!r}; known: {known}" for name in unknown]
     for name in sorted(set(backbones) & set(MIN_SIZES)):
-        if input_size(setting, name) < MIN_SIZES[name]:
-            problems.append(
-                f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {input_size(setting, name)}"
-            )
+        if (size := input_size(setting, name)) < MIN_SIZES[name]:
+            problems.append(f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {size}")
     return problems
 
 
