@@ -45,7 +45,7 @@ def _new_project(path: Path) -> tuple[Path, dict]:
     """A copy of the pipeline on a tiny demo dataset with random-weight backbones, in a new git repository."""
     for name in ("stages", "dogscats"):
         shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".ci/regenerate"):
+    for name in ("dvc.yaml", ".gitignore", ".ci/regenerate", ".ci/plot_images.py"):
         (path / name).parent.mkdir(exist_ok=True)
         shutil.copy(REPO / name, path / name)
     params = default_params()
@@ -239,8 +239,11 @@ def test_a_fresh_clone_pulls_the_models_and_reproduces_nothing(committed, tmp_pa
     first = _run(path, "bash", ".ci/regenerate", "main")
     assert "Running stage" not in first and "pushed" in first
     report = (path / "report.md").read_text()
-    assert "## Metrics: workspace vs main" in report and "## Params" in report
+    assert "## Metrics: workspace vs main" in report and "## Params" in report and "## Plots" in report
+    assert "**error**" not in report and "calibration" in report and "fold_1_oof_logloss" in report
     assert (path / "dvc_plots" / "index.html").exists()
+    shown = json.loads(_run(path, "dvc", "plots", "show", "--json"))
+    assert not shown.get("errors") and {"finetune_loss", "roc", "confusion", "calibration"} <= set(shown["data"])
 
     _run(path.parent, "git", "clone", "-q", str(path), str(clone))
     second = _run(clone, "bash", ".ci/regenerate", "main")
@@ -249,3 +252,13 @@ def test_a_fresh_clone_pulls_the_models_and_reproduces_nothing(committed, tmp_pa
     assert _run(clone, "git", "status", "--porcelain") == ""  # dvc.lock and metrics unchanged
     for model in ("models/finetuned/fold_1.keras", "models/head/fold_1.keras", "data/submission.csv"):
         assert (clone / model).read_bytes() == (path / model).read_bytes(), model
+
+    # Without dvc.lock nothing says which outputs to pull, but the run-cache the first regeneration pushed knows
+    # every stage's run: each is restored, none is rerun.
+    unlocked = tmp_path_factory.mktemp("unlocked") / "project"
+    _run(path.parent, "git", "clone", "-q", str(path), str(unlocked))
+    (unlocked / "dvc.lock").unlink()
+    third = _run(unlocked, "bash", ".ci/regenerate", "main")
+    assert "Running stage" not in third and "is cached - skipping run" in third, third
+    for output in ("models/classifier/classifier.onnx", "metrics/live/train/plots/metrics/refit/loss.tsv"):
+        assert (unlocked / output).read_bytes() == (path / output).read_bytes(), output
