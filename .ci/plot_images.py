@@ -1,7 +1,7 @@
 """Turn `dvc plots diff --json` (read from stdin) into images for the pull-request comment, as CML's documentation
 does: each plot's Vega-Lite spec is written to OUT_DIR/<name>.vl.json and, where vega-cli's `vl2png` is installed
 (iterative/setup-cml with `vega: true`), rendered to OUT_DIR/<name>.png; prints the Markdown that shows them.
-Exits 1 if DVC reported an error for any plot, after printing it."""
+Exits 1 if DVC could not draw a plot of the workspace, after printing why."""
 
 import json
 import re
@@ -38,11 +38,13 @@ def main(out_dir: str) -> int:
                 lines.append(f"![{title}](./{out / name}.png)")
             else:
                 lines.append(f"- {title}: `{spec}` (install vega-cli for an image)")
+    # A plot the base revision lacks (a new plot) is only noted; one the workspace cannot draw fails the run.
     errors = report.get("errors", [])
     for error in errors:
-        lines.append(f"- **error** in plot {error.get('name', '?')} ({error.get('rev', '?')}): {error.get('msg', error)}")
+        where = f"{error.get('name', '?')} ({error.get('rev', '?')})"
+        lines.append(f"- **{'error' if error.get('rev') == 'workspace' else 'missing'}** {where}: {error.get('msg')}")
     print("\n".join(lines))
-    return 1 if errors else 0
+    return 1 if any(error.get("rev") == "workspace" for error in errors) else 0
 
 
 if __name__ == "__main__":

@@ -59,14 +59,18 @@ def main(
     stored = stored_features(features_path, backbone.name)
     folds = folds_of(manifest, stored.ids, manifest_path)
     fold_ids = sorted(set(folds))
-    heads, p_head = [], np.zeros((len(folds), len(classes)))
+    heads, head_fits, p_head = [], [], np.zeros((len(folds), len(classes)))
     for fold in fold_ids:
-        head, _ = fit_head(
+        head, fitted = fit_head(
             subset(stored, np.flatnonzero(folds != fold)), None, len(classes), cfg["hidden"], cfg["dropout"], "adam",
             cfg["head_learning_rate"], cfg["head_epochs"], cfg["batch_size"],
         )  # fmt: skip
         p_head[folds == fold] = predict_proba(head, stored.features[folds == fold])
         heads.append(head)
+        head_fits.append(fitted)
+    # The curves' epoch 0: the starting heads' last training loss and accuracy (mean over the folds) and their
+    # out-of-fold figures.
+    starting = {k: np.mean([fit[k][-1] for fit in head_fits]) for k in ("loss", "accuracy") if cfg["head_epochs"]}
 
     # 2. The backbone, split below its top blocks: the frozen trunk runs in the engine (or TensorFlow); a copy of the
     # top blocks and a head per fold train in Keras on the trunk's outputs for augmented photos.
@@ -91,7 +95,7 @@ def main(
             raise ValueError(f"{features_path}: its test images differ from {manifest_path}; rerun its features stage")
         p_test = sum(predict_proba(head, stored_test.features) for head in heads) / len(heads)
         per_epoch = [(p_head, p_head, p_test, p_test)]
-        log_epoch(live, 0, oof_figures(y, per_epoch[0]))
+        log_epoch(live, 0, starting | oof_figures(y, per_epoch[0]))
         print(f"finetune: 0 epochs, the {len(heads)} starting heads predict from the stored features")
     else:
         engine = choose_engine(images_cfg["engine"], gpu_visible(), "float32")
@@ -132,7 +136,7 @@ def main(
         rng = np.random.default_rng(cfg["seed"])
         per_epoch = [fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH)]
         start_loss = log_loss(y, per_epoch[0][1])
-        log_epoch(live, 0, oof_figures(y, per_epoch[0]))
+        log_epoch(live, 0, starting | oof_figures(y, per_epoch[0]))
         print(f"epoch 0 (starting heads): out-of-fold log loss {start_loss:.4f} (mirrored)", flush=True)
         for epoch in range(1, cfg["epochs"] + 1):
             epoch_start = time.perf_counter()
