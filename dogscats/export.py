@@ -6,6 +6,7 @@ and outputs p_head and p_finetuned (class probabilities, or the second class's f
 temperature and clip are applied after it, in numpy, as predict does (dogscats.classifier)."""
 
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -94,6 +95,7 @@ def canonical_onnx(onnx_bytes: bytes) -> bytes:
 
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
+    _outputs_by_identity(graph)
     keep = {value.name for value in [*graph.input, *graph.output]}
     weights = {tensor.name: tensor for tensor in graph.initializer}
     names: dict[str, str] = {}
@@ -120,6 +122,30 @@ def canonical_onnx(onnx_bytes: bytes) -> bytes:
     graph.name = "dogscats_classifier"  # tf2onnx names it after the traced function, numbered
     graph.doc_string = model.doc_string = ""
     return model.SerializeToString(deterministic=True)
+
+
+def _outputs_by_identity(graph: Any) -> None:
+    """Identity nodes collapsed, then one Identity per graph output, at the end: where two outputs are equal (the
+    fine-tuned probabilities are the head's), tf2onnx computes one and copies it to the other, choosing which anew on
+    each run."""
+    import onnx
+
+    outputs = [value.name for value in graph.output]
+    internal = {name: f"{name}/value" for name in outputs}
+    source: dict[str, str] = {}  # an Identity's output -> the value it copies
+    nodes = []
+    for node in graph.node:
+        node.input[:] = [internal.get(source.get(x, x), source.get(x, x)) for x in node.input]
+        if node.op_type == "Identity":
+            source[node.output[0]] = node.input[0]
+            continue
+        node.output[:] = [internal.get(x, x) for x in node.output]
+        nodes.append(node)
+    for name in outputs:
+        copied = source.get(name, name)
+        nodes.append(onnx.helper.make_node("Identity", [internal.get(copied, copied)], [name]))
+    graph.ClearField("node")
+    graph.node.extend(nodes)
 
 
 def probe_inputs(sizes: dict[str, int], seed: int = 0) -> list[np.ndarray]:

@@ -7,12 +7,25 @@ from collections.abc import Mapping
 
 import keras
 from dvclive import Live
+from scmrepo.exceptions import SCMError
+
+
+class PipelineLive(Live):
+    """DVCLive's logger, working in a git repository without commits too: there dvclive 3.49 fails looking up the
+    current commit ("Empty git repo", treeverse/dvclive#522), which the curves do not need."""
+
+    def _init_dvc(self) -> None:
+        """DVCLive's own repository lookups, skipped where git has no commit yet."""
+        try:
+            super()._init_dvc()
+        except SCMError:
+            self._dvc_repo = None
 
 
 def open_live(directory: str) -> Live:
     """A DVCLive logger writing into `directory` (emptied first), and nothing else: dvc.yaml declares the plots, the
     DVC pipeline makes the experiment, and there is no report."""
-    return Live(directory, dvcyaml=None, save_dvc_exp=False, report=None)
+    return PipelineLive(directory, dvcyaml=None, save_dvc_exp=False, report=None)
 
 
 def log_epoch(live: Live, step: int, figures: Mapping[str, float], prefix: str = "") -> None:

@@ -1,4 +1,5 @@
 import json
+import subprocess
 from pathlib import Path
 
 import keras
@@ -48,6 +49,17 @@ def test_the_curves_are_byte_reproducible_and_nothing_else_is_written(tmp_path):
     assert files == ["metrics.json", "plots/metrics/fold_2/loss.tsv", "plots/metrics/fold_2/oof_logloss.tsv"]
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_the_curves_are_written_in_a_git_repository_without_commits(tmp_path, monkeypatch):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # a new project's first `dvc repro`
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    live = open_live("metrics/live/train")
+    log_epoch(live, 1, {"loss": 0.5}, "fold_1")
+    live.end()
+    curve = tmp_path / "metrics/live/train/plots/metrics/fold_1/loss.tsv"
+    assert curve.read_text().splitlines() == ["step\tloss", "1\t0.5"]
 
 
 def test_a_rerun_starts_the_curves_afresh(tmp_path):
