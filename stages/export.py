@@ -9,7 +9,6 @@ from pathlib import Path
 import keras
 
 from dogscats.atomic import atomic_dir, save_keras_model, write_json
-from dogscats.backbone_sizes import input_size
 from dogscats.classifier import KERAS_MODEL, ONNX_MODEL, SETTINGS
 from dogscats.export import check_onnx, classifier_graph, probe_inputs, to_onnx
 from dogscats.feature_store import shared_classes
@@ -40,7 +39,7 @@ def main(features_dir: str, heads_dir: str, finetuned_dir: str, predict_metrics:
     finetuned = []
     if choices["blend"] > 0:
         finetuned = [keras.saving.load_model(p) for p in sorted(Path(finetuned_dir).glob("fold_*.keras"))]
-    sizes = {name: input_size(features_cfg["input_size"], name) for name in params["backbones"]}
+    sizes = {name: features_cfg["input_size"][name] for name in params["backbones"]}
     graph = classifier_graph(
         sizes, features_cfg, head, finetuned, params["finetune"]["backbone"], params["predict"]["finetune_tta"]
     )

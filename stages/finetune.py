@@ -11,7 +11,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_dir, save_keras_model, write_csv, write_json
-from dogscats.backbone_sizes import input_size
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.dataset import folds_of, label_index, read_manifest
 from dogscats.determinism import set_seed
@@ -74,7 +73,7 @@ def main(
 
     # 2. The backbone, split below its top blocks: the frozen trunk runs in the engine (or TensorFlow); a copy of the
     # top blocks and a head per fold train in Keras on the trunk's outputs for augmented photos.
-    size = input_size(images_cfg["input_size"], backbone.name)
+    size = images_cfg["input_size"][backbone.name]
     base = load_feature_extractor(backbone.name, images_cfg["weights"], images_cfg["pooling"], size)
     blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"] if cfg["epochs"] else 0)
     trunk, top = split_at_top_blocks(base, blocks)

@@ -156,6 +156,10 @@ def test_repro_reruns_only_what_a_change_touches(project):
     params["backbones"].append("efficientnet_lite1")
     _set_params(path, params)
     _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit", "export"})  # not finetune
+
+    params["features"]["input_size"]["efficientnet_lite1"] = 224  # one backbone's size: its stage alone upstream
+    _set_params(path, params)
+    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit", "export"})
     assert "up to date" in _run(path, "dvc", "status")
     demo_images = {p.read_bytes() for p in (path / "data" / "demo").rglob("*.jpg")}
     cached_images = [
