@@ -1,7 +1,8 @@
 """Building the exported classifier: one Keras graph from images to the head's (and the fine-tuned models')
 probabilities, every backbone and the flip TTA inside it, saved as Keras and converted to ONNX for the engine.
 
-The graph takes one float32 image batch in [0, 255] per backbone, at that backbone's size (named image_<backbone>),
+The graph takes one float32 image batch in [0, 255] per backbone, at that backbone's size (a seventh larger with
+features.crops 5, for the corner views; named image_<backbone>),
 and outputs p_head and p_finetuned (class probabilities, or the second class's for a sigmoid head); the blend,
 temperature and clip are applied after it, in numpy, as predict does (dogscats.classifier)."""
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.determinism import set_seed
+from dogscats.images import crop_offsets, crop_side
 
 
 @keras.saving.register_keras_serializable(package="dogscats")
@@ -47,6 +49,22 @@ def averaged_over_mirror(model: keras.Model, x, tta: bool):
     return keras.layers.Average()([out, model(Mirror()(x))]) if tta else out
 
 
+def crop(x, size: int, top: int, left: int):
+    """The size x size view of a batch at (top, left)."""
+    side = int(x.shape[1])
+    return keras.layers.Cropping2D(((top, side - size - top), (left, side - size - left)))(x)
+
+
+def averaged_over_views(model: keras.Model, x, size: int, tta: bool, crops: int):
+    """model's output averaged over the views the features stage takes (dogscats.images.crop_offsets), each with its
+    mirror image with tta."""
+    if crops == 1:
+        return averaged_over_mirror(model, x, tta)
+    views = [crop(x, size, top, left) for top, left in crop_offsets(size, crops)]
+    views += [Mirror()(view) for view in views] if tta else []
+    return keras.layers.Average()([model(view) for view in views])
+
+
 def classifier_graph(
     sizes: dict[str, int],
     features_cfg: dict,
@@ -55,20 +73,25 @@ def classifier_graph(
     finetuned_backbone: str,
     finetune_tta: bool,
 ) -> keras.Model:
-    """Images (one input per backbone) -> [p_head, p_finetuned]: each backbone's GAP features (flip-averaged with
-    features.tta), concatenated in order, through the head; the fine-tuned models' mean on their backbone's images
-    (flip-averaged with predict.finetune_tta), or the head's again when there are none."""
-    inputs, features = {}, []
+    """Images (one input per backbone, at crop_side of its size) -> [p_head, p_finetuned]: each backbone's GAP
+    features (averaged over features.crops views, each flip-averaged with features.tta), concatenated in order,
+    through the head; the fine-tuned models' mean on their backbone's centre view (flip-averaged with
+    predict.finetune_tta), or the head's again when there are none."""
+    inputs, features, crops = {}, [], features_cfg["crops"]
     for name, size in sizes.items():
-        inputs[name] = keras.Input((size, size, 3), name=f"image_{name}")
+        side = crop_side(size, crops)
+        inputs[name] = keras.Input((side, side, 3), name=f"image_{name}")
         x = BackbonePreprocess(name)(inputs[name])
         set_seed(0)  # as the features stage: with features.weights null, the same random weights
         extractor = load_feature_extractor(name, features_cfg["weights"], features_cfg["pooling"], size)
-        features.append(averaged_over_mirror(extractor, x, features_cfg["tta"]))
+        features.append(averaged_over_views(extractor, x, size, features_cfg["tta"], crops))
     p_head = head(keras.layers.Concatenate()(features) if len(features) > 1 else features[0])
     p_finetuned = p_head
     if finetuned:
         x = BackbonePreprocess(finetuned_backbone)(inputs[finetuned_backbone])
+        size = sizes[finetuned_backbone]
+        if crops > 1:
+            x = crop(x, size, *crop_offsets(size, crops)[0])  # the centre view, as the finetune stage sees photos
         folds = [keras.Model(m.input, m.output, name=f"finetuned_{i}") for i, m in enumerate(finetuned, start=1)]
         outputs = [averaged_over_mirror(model, x, finetune_tta) for model in folds]  # the folds' models share a name
         p_finetuned = keras.layers.Average()(outputs) if len(outputs) > 1 else outputs[0]

@@ -56,10 +56,18 @@ class Features(Section):
     resize: Literal["squash", "crop", "pad"]
     decode: Literal["full", "reduced"]
     tta: bool
+    crops: Literal[1, 5]
     precision: Literal["float32", "bfloat16", "float16"]
     pooling: Literal["avg", "max", "flatten"]
     input_size: dict[str, int]
     engine: Literal["auto", "tensorflow", "onnxruntime"]
+
+    @field_validator("crops", mode="before")
+    @classmethod
+    def _crops(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # Literal[1, 5] alone would take true for 1
+            raise ValueError("1 or 5")
+        return value
 
     @field_validator("input_size", mode="plain")
     @classmethod

@@ -13,6 +13,7 @@ from dogscats.classifier import KERAS_MODEL, ONNX_MODEL, SETTINGS
 from dogscats.export import check_onnx, classifier_graph, probe_inputs, to_onnx
 from dogscats.feature_store import shared_classes
 from dogscats.head import feature_files
+from dogscats.images import crop_side
 from dogscats.params import load_params
 
 
@@ -43,16 +44,17 @@ def main(features_dir: str, heads_dir: str, finetuned_dir: str, predict_metrics:
     graph = classifier_graph(
         sizes, features_cfg, head, finetuned, params["finetune"]["backbone"], params["predict"]["finetune_tta"]
     )
+    sides = {name: crop_side(size, features_cfg["crops"]) for name, size in sizes.items()}  # the images' load sides
     settings = {
         "classes": shared_classes(feature_files(features_dir, params["backbones"])),
-        "sizes": sizes,
+        "sizes": sides,
         "resize": features_cfg["resize"],
         "decode": features_cfg["decode"],
         **{key: choices[key] for key in ("blend", "temperature", "clip_low", "clip_high", "head_epoch", "epoch")},
     }
     with atomic_dir(Path(out)) as tmp:
         (tmp / ONNX_MODEL).write_bytes(to_onnx(graph))
-        difference = check_onnx(graph, tmp / ONNX_MODEL, probe_inputs(sizes))
+        difference = check_onnx(graph, tmp / ONNX_MODEL, probe_inputs(sides))
         save_keras_model(graph, tmp / KERAS_MODEL)
         write_json(tmp / SETTINGS, settings)
     print(

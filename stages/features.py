@@ -33,6 +33,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     start = time.perf_counter()
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(backbone=backbone.name, input_size=size, pooling=params["pooling"], classes=classes)
+        h5.attrs.update(tta=params["tta"], crops=params["crops"])
         h5.attrs["engine"] = engine  # auto depends on the machine: which engine made these features
         progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
         for split in SPLITS:

@@ -34,6 +34,7 @@ from dogscats.finetune import (
     trunk_outputs,
 )
 from dogscats.head import fit_head, loss_for, predict_proba, subset
+from dogscats.images import centre_view, crop_side
 from dogscats.live import log_epoch, open_live
 from dogscats.params import load_params
 from dogscats.predictions import probability_table
@@ -111,11 +112,15 @@ def main(
               f"weights per fold, trunk in {engine}")  # fmt: skip
 
         # 3. The trunk outputs of every photo and its mirror image, computed once: they predict after every epoch.
+        # Photos are loaded as the features stage loads them (larger with features.crops 5), and the network sees
+        # each one's centre view, as in the exported classifier.
         resize, decode, batch_size = images_cfg["resize"], images_cfg["decode"], cfg["batch_size"]
+        side = crop_side(size, images_cfg["crops"])
 
         def maps_of(rows: pd.DataFrame, mirror: bool) -> np.ndarray:
             usable = (rows.problem == "").tolist()
-            images = image_batches(rows.source.tolist(), usable, size, resize, decode, batch_size)
+            images = image_batches(rows.source.tolist(), usable, side, resize, decode, batch_size)
+            images = (centre_view(x, size) for x in images)
             name = f"finetune: trunk outputs, {'mirrored ' if mirror else ''}{rows.split.iloc[0] if len(rows) else ''}"
             images = tqdm(images, desc=name, total=-(-len(rows) // batch_size), unit="batch")
             batches = (backbone.preprocess(x.astype(np.float32))[:, :, :: -1 if mirror else 1] for x in images)
@@ -141,7 +146,8 @@ def main(
             epoch_start = time.perf_counter()
             order = rng.permutation(len(labelled))
             sources = labelled.source[order].tolist()
-            photos = image_batches(sources, [True] * len(order), size, resize, decode, batch_size)
+            photos = image_batches(sources, [True] * len(order), side, resize, decode, batch_size)
+            photos = (centre_view(x, size) for x in photos)
             train = augmented_trunk_batches(run_trunk, augmented, backbone.preprocess, photos, y[order], folds[order])
             scores = train_folds_one_epoch(classifiers, train)
             per_epoch.append(fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH))
