@@ -12,7 +12,6 @@ DECODE_POLICIES = ("full", "reduced")  # reduced: JPEG decoded at 1/2, 1/4 or 1/
 REDUCED_MIN_SIDE = 0.75  # reduced decoding keeps at least this fraction of the input size on each side
 PAD_COLOUR = (127, 127, 127)
 CROP_MARGIN = 1 / 7  # five views are cut from a square this much larger than the input (as 224 of the classic 256)
-CROPS = (1, 5)  # views per image: the centre square; or the centre and the four corners of the larger square
 CHECK_DRAFT_SIZE = 64  # decode_problem decodes JPEGs at 1/8 scale: every byte is still read, a fraction of the memory
 
 
