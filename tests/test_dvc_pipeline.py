@@ -51,6 +51,7 @@ def _new_project(path: Path) -> tuple[Path, dict]:
     params = default_params()
     params["data"]["raw"], params["submit"]["labels"] = "data/demo", None
     params["demo"].update(train_per_class=6, test_count=4)
+    params["prepare"]["folds"] = 2  # two models of each kind per run, not five
     params["features"]["weights"] = None
     params["backbones"] = ["efficientnet_lite0"]
     params["train"]["epochs"] = 2
@@ -139,7 +140,6 @@ def test_a_forced_repro_gives_the_same_lock_and_metrics(committed):
 def test_repro_reruns_only_what_a_change_touches(project):
     path, params = project
     params["features"]["weights"] = "imagenet"  # random weights give every image p(dog) 0.5, whatever the head
-    params["prepare"]["folds"] = 2  # the last step exports every fold's fine-tuned network: minutes each
     params["predict"].update(blend=0, calibrate=False)  # DVC skips a stage whose inputs come out unchanged, so the
     _set_params(path, params)  # head must reach the submission (blend 0: the head alone; auto might drop it)
     everything = {"demo", "prepare", "features@efficientnet_lite0", "train", "finetune", "predict", "evaluate"}
