@@ -43,10 +43,40 @@ class Mirror(keras.layers.Layer):
         return keras.ops.flip(x, axis=2)
 
 
-def averaged_over_mirror(model: keras.Model, x, tta: bool):
-    """model(x), averaged with model(mirror of x) when tta is on."""
-    out = model(x)
-    return keras.layers.Average()([out, model(Mirror()(x))]) if tta else out
+@keras.saving.register_keras_serializable(package="dogscats")
+class StackViews(keras.layers.Layer):
+    """Batches of views, one after another in one batch: the network runs once on all, so the graph (and its ONNX
+    conversion) holds one copy of it, not one per view."""
+
+    def call(self, views):
+        """The views' batches, concatenated along the batch axis."""
+        return keras.ops.concatenate(views, axis=0)
+
+
+@keras.saving.register_keras_serializable(package="dogscats")
+class MeanOverViews(keras.layers.Layer):
+    """The mean over views of outputs stacked view after view (as StackViews stacked their inputs)."""
+
+    def __init__(self, views: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.views = views
+
+    def call(self, x):
+        """Per image, its views' mean output."""
+        return keras.ops.mean(keras.ops.reshape(x, (self.views, -1, *x.shape[1:])), axis=0)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """The shape of one view's outputs."""
+        return input_shape
+
+    def get_config(self) -> dict:
+        """The layer's config: the number of views."""
+        return {**super().get_config(), "views": self.views}
+
+
+def averaged_over(model: keras.Model, views: list):
+    """model's output averaged over the views of a batch, the model run once on them all."""
+    return model(views[0]) if len(views) == 1 else MeanOverViews(len(views))(model(StackViews()(views)))
 
 
 def crop(x, size: int, top: int, left: int):
@@ -58,11 +88,8 @@ def crop(x, size: int, top: int, left: int):
 def averaged_over_views(model: keras.Model, x, size: int, tta: bool, crops: int):
     """model's output averaged over the views the features stage takes (dogscats.images.crop_offsets), each with its
     mirror image with tta."""
-    if crops == 1:
-        return averaged_over_mirror(model, x, tta)
-    views = [crop(x, size, top, left) for top, left in crop_offsets(size, crops)]
-    views += [Mirror()(view) for view in views] if tta else []
-    return keras.layers.Average()([model(view) for view in views])
+    views = [x] if crops == 1 else [crop(x, size, top, left) for top, left in crop_offsets(size, crops)]
+    return averaged_over(model, views + [Mirror()(view) for view in views] if tta else views)
 
 
 def classifier_graph(
@@ -92,8 +119,10 @@ def classifier_graph(
         size = sizes[finetuned_backbone]
         if crops > 1:
             x = crop(x, size, *crop_offsets(size, crops)[0])  # the centre view, as the finetune stage sees photos
+        # renamed: the folds' saved models share one name, which a Keras graph refuses
         folds = [keras.Model(m.input, m.output, name=f"finetuned_{i}") for i, m in enumerate(finetuned, start=1)]
-        outputs = [averaged_over_mirror(model, x, finetune_tta) for model in folds]  # the folds' models share a name
+        views = [x, Mirror()(x)] if finetune_tta else [x]
+        outputs = [averaged_over(model, views) for model in folds]
         p_finetuned = keras.layers.Average()(outputs) if len(outputs) > 1 else outputs[0]
     return keras.Model(list(inputs.values()), [p_head, p_finetuned], name="dogscats_classifier")
 

@@ -27,6 +27,7 @@ def mean_of(models: list[keras.Model]) -> keras.Model:
 
 def main(features_dir: str, heads_dir: str, finetuned_dir: str, predict_metrics: str, train_metrics: str, out: str):
     """Build the classifier graph from the saved models and predict's choices; write it atomically."""
+    keras.utils.clear_session()  # layer names numbered from zero as in a new process: the same bytes in any process
     params = load_params()
     features_cfg, choices = params["features"], json.loads(Path(predict_metrics).read_text())
     best = json.loads(Path(train_metrics).read_text())["best_epoch"]
