@@ -97,7 +97,8 @@ def test_a_backbones_experiment_then_readmes_way_back_reruns_nothing(committed):
 
 def test_two_queued_experiments_complete_and_are_listed(committed):
     path, _ = committed
-    _run(path, "dvc", "exp", "run", "--queue", "-S", "train.dropout=0.3,0.4")  # a sweep: two experiments
+    _run(path, "dvc", "exp", "run", "--queue", "-S", "evaluate.worst_mistakes=3,4")  # a sweep: two experiments,
+    # each rerunning evaluate alone
     _run(path, "dvc", "queue", "start")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -108,9 +109,9 @@ def test_two_queued_experiments_complete_and_are_listed(committed):
     assert status.count("Success") == 2, status
     rows = json.loads(_run(path, "dvc", "exp", "show", "--json"))
     experiments = [exp for row in rows for run in row.get("experiments") or [] for exp in run["revs"]]
-    dropouts = {exp["data"]["params"]["params.yaml"]["data"]["train"]["dropout"]: exp for exp in experiments}
-    assert {0.3, 0.4} <= set(dropouts)  # beside any earlier experiment of this project
-    for exp in dropouts.values():
+    shown = {exp["data"]["params"]["params.yaml"]["data"]["evaluate"]["worst_mistakes"]: exp for exp in experiments}
+    assert {3, 4} <= set(shown)  # beside any earlier experiment of this project
+    for exp in shown.values():
         assert "oof_logloss" in exp["data"]["metrics"]["metrics/train.json"]["data"]
 
 
