@@ -1,0 +1,3 @@
+from dogscats.classifier import Classifier
+
+__all__ = ["Classifier"]

@@ -19,11 +19,3 @@ NATIVE_SIZES = {
 }
 MIN_SIZES = {"inception_v3": 75, "xception": 71}  # the smallest sides keras.applications accepts
 MIN_SIZE = 32  # every other backbone's
-
-
-def input_size(setting: int | dict[str, int] | None, backbone: str) -> int:
-    """The side fed to a backbone: features.input_size as one side for all, a {backbone: side} mapping (unlisted
-    backbones at their own), or null (their own)."""
-    if isinstance(setting, dict):
-        return setting.get(backbone, NATIVE_SIZES[backbone])
-    return setting or NATIVE_SIZES[backbone]

@@ -19,6 +19,7 @@ import numpy as np
 
 from dogscats.atomic import atomic_path
 from dogscats.backbones import weights_cache_dir
+from dogscats.images import crop_offsets
 
 ENGINES = ("auto", "tensorflow", "onnxruntime")
 OPSET = 17
@@ -100,6 +101,11 @@ class EngineModel:
         self.name = name
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
+    @property
+    def input_size(self) -> int:
+        """The side of the square images the model takes."""
+        return int(self.session.get_inputs()[0].shape[1])
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The model's output for a batch."""
         return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
@@ -153,12 +159,21 @@ def probe_images(size: int, count: int = 2, seed: int = 0) -> np.ndarray:
 
 
 def engine_feature_batches(
-    extractor: EngineModel, preprocess: Callable[[np.ndarray], np.ndarray], batches: Iterable, tta: bool = False
+    extractor: EngineModel,
+    preprocess: Callable[[np.ndarray], np.ndarray],
+    batches: Iterable,
+    tta: bool = False,
+    crops: int = 1,
 ) -> Iterator[np.ndarray]:
-    """Yield float32 features per batch of uint8 images, in order; tta averages them with the mirrored image's."""
+    """Yield float32 features per batch of uint8 images, in order; with crops 5 the images are loaded at crop_side
+    and each view's features (crop_offsets) are averaged; tta averages each view's with its mirror image's."""
     for images in batches:
         x = preprocess(np.asarray(images, dtype=np.float32))
-        features = extractor(x)
-        if tta:
-            features = (features + extractor(x[:, :, ::-1])) / 2
-        yield features
+        if crops == 1:
+            features = extractor(x)
+            yield (features + extractor(x[:, :, ::-1])) / 2 if tta else features
+            continue
+        size = extractor.input_size
+        views = [x[:, top : top + size, left : left + size] for top, left in crop_offsets(size, crops)]
+        views += [view[:, :, ::-1] for view in views] if tta else []
+        yield sum(extractor(view) for view in views) / len(views)

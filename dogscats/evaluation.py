@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pandas as pd
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from dogscats.images import load_rgb
@@ -43,6 +44,16 @@ def _one_vs_rest(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if probs.shape[1] == 2:
         return np.asarray(y) == 1, probs[:, 1]
     return (np.eye(probs.shape[1])[np.asarray(y)] == 1).ravel(), probs.ravel()
+
+
+def calibration_rows(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """The reliability curve: in each of `bins` equal-width bins of the predicted probability (empty bins left out),
+    the mean prediction and the fraction that was positive, with the ideal (equal) beside it; positives as for ROC."""
+    truth, score = _one_vs_rest(y, p)
+    if not len(truth):
+        return pd.DataFrame({"predicted": [], "observed": [], "ideal": []})
+    observed, predicted = calibration_curve(truth, score, n_bins=bins, strategy="uniform")
+    return pd.DataFrame({"predicted": predicted, "observed": observed, "ideal": predicted})
 
 
 def confusion_rows(y: np.ndarray, p: np.ndarray, classes: list[str]) -> pd.DataFrame:

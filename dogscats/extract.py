@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from dogscats.backbones import Backbone, load_feature_extractor
 from dogscats.engine import EngineModel, engine_feature_batches
-from dogscats.images import load_resized
+from dogscats.images import crop_offsets, crop_side, load_resized
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -156,16 +156,20 @@ def feature_batches(
     dataset: tf.data.Dataset,
     strategy: tf.distribute.Strategy,
     tta: bool = False,
+    crops: int = 1,
 ) -> Iterator[np.ndarray]:
-    """Yield float32 GAP features per batch, in dataset order; tta averages them with the mirrored image's."""
+    """Yield float32 GAP features per batch, in dataset order; with crops 5 the images are loaded at crop_side and
+    each view's features (crop_offsets) are averaged; tta averages each view's with its mirror image's."""
+    size = int(model.input.shape[1])
 
     @tf.function(reduce_retracing=True)
     def step(images: tf.Tensor) -> tf.Tensor:
         x = backbone.preprocess(tf.cast(images, tf.float32))
-        features = tf.cast(model(x, training=False), tf.float32)
-        if tta:
-            features = (features + tf.cast(model(tf.reverse(x, axis=[2]), training=False), tf.float32)) / 2
-        return features
+        offsets = crop_offsets(size, crops)
+        views = [x] if crops == 1 else [x[:, top : top + size, left : left + size] for top, left in offsets]
+        views += [tf.reverse(view, axis=[2]) for view in views] if tta else []
+        features = [tf.cast(model(view, training=False), tf.float32) for view in views]
+        return features[0] if len(features) == 1 else tf.add_n(features) / len(features)
 
     for batch in strategy.experimental_distribute_dataset(dataset):
         per_replica = strategy.run(step, args=(batch,))
@@ -183,9 +187,10 @@ def split_features(
 ) -> Iterator[np.ndarray]:
     """The features stage's path: features per batch of the files, in order, through the engine's extractor when
     there is one (photos from image_batches), else through the Keras model in TensorFlow (photos from tf.data)."""
-    size, batch_size = int(model.input.shape[1]), params["batch_size"]
+    crops, batch_size = params["crops"], params["batch_size"]
+    side = crop_side(int(model.input.shape[1]), crops)  # the images are loaded larger for the corner crops
     if extractor is not None:
-        images = image_batches(files, usable, size, params["resize"], params["decode"], batch_size)
-        return engine_feature_batches(extractor, backbone.preprocess, images, params["tta"])
-    dataset = image_dataset(files, usable, size, params["resize"], params["decode"], batch_size)
-    return feature_batches(model, backbone, dataset, strategy, params["tta"])
+        images = image_batches(files, usable, side, params["resize"], params["decode"], batch_size)
+        return engine_feature_batches(extractor, backbone.preprocess, images, params["tta"], crops)
+    dataset = image_dataset(files, usable, side, params["resize"], params["decode"], batch_size)
+    return feature_batches(model, backbone, dataset, strategy, params["tta"], crops)

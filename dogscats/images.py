@@ -11,6 +11,7 @@ RESIZE_POLICIES = ("squash", "crop", "pad")  # stretch to a square; centre-crop 
 DECODE_POLICIES = ("full", "reduced")  # reduced: JPEG decoded at 1/2, 1/4 or 1/8 scale (see load_resized)
 REDUCED_MIN_SIDE = 0.75  # reduced decoding keeps at least this fraction of the input size on each side
 PAD_COLOUR = (127, 127, 127)
+CROP_MARGIN = 1 / 7  # five views are cut from a square this much larger than the input (as 224 of the classic 256)
 CHECK_DRAFT_SIZE = 64  # decode_problem decodes JPEGs at 1/8 scale: every byte is still read, a fraction of the memory
 
 
@@ -54,6 +55,23 @@ def load_resized(path: Path | str, size: int, resize: str = "squash", decode: st
         raise ValueError(f"unknown decode policy {decode!r}; choose one of {', '.join(DECODE_POLICIES)}")
     im = load_rgb(path, draft_size=int(size * REDUCED_MIN_SIDE) if decode == "reduced" else None)
     return np.asarray(fit_square(im, size, resize), dtype=np.uint8)
+
+
+def crop_side(size: int, crops: int) -> int:
+    """The side images are loaded at for that many views: the input side for 1, a seventh larger (even) for 5."""
+    return size if crops == 1 else size + 2 * round(size * CROP_MARGIN / 2)
+
+
+def crop_offsets(size: int, crops: int) -> list[tuple[int, int]]:
+    """(top, left) of each size x size view in an image loaded at crop_side: the centre, then the four corners."""
+    far = crop_side(size, crops) - size
+    return [(far // 2, far // 2)] + ([(0, 0), (0, far), (far, 0), (far, far)] if crops == 5 else [])
+
+
+def centre_view(images: np.ndarray, size: int) -> np.ndarray:
+    """The centre size x size view of a batch of square images (the batch itself when it is that size)."""
+    top = (images.shape[1] - size) // 2
+    return images[:, top : top + size, top : top + size]
 
 
 def decode_problem(path: Path | str) -> str | None:

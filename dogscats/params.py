@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES, input_size
+from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES
 
 PARAMS_FILE = Path("params.yaml")
 AUTO = "auto"
@@ -56,10 +56,18 @@ class Features(Section):
     resize: Literal["squash", "crop", "pad"]
     decode: Literal["full", "reduced"]
     tta: bool
+    crops: Literal[1, 5]
     precision: Literal["float32", "bfloat16", "float16"]
     pooling: Literal["avg", "max", "flatten"]
-    input_size: Any
+    input_size: dict[str, int]
     engine: Literal["auto", "tensorflow", "onnxruntime"]
+
+    @field_validator("crops", mode="before")
+    @classmethod
+    def _crops(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # Literal[1, 5] alone would take true for 1
+            raise ValueError("1 or 5")
+        return value
 
     @field_validator("input_size", mode="plain")
     @classmethod
@@ -67,9 +75,8 @@ class Features(Section):
         def side(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool) and v >= MIN_SIZE
 
-        sides = isinstance(value, dict) and all(isinstance(k, str) and side(v) for k, v in value.items())
-        if value is not None and not side(value) and not sides:
-            raise ValueError(f"null, a side of at least {MIN_SIZE} pixels, or {{backbone: side}} with such sides")
+        if not (isinstance(value, dict) and all(isinstance(k, str) and side(v) for k, v in value.items())):
+            raise ValueError(f"{{backbone: side}}, one entry per backbone, sides of at least {MIN_SIZE} pixels")
         return value
 
 
@@ -214,13 +221,16 @@ def _check_backbones(params: dict) -> list[str]:
         problems.append(f"finetune.backbone {tuned!r} must be one of backbones ({', '.join(backbones)})")
     if params["features"]["engine"] == "onnxruntime" and params["features"]["precision"] != "float32":
         problems.append(f"features.engine onnxruntime runs float32 only, not {params['features']['precision']}")
-    setting = params["features"]["input_size"]
-    if isinstance(setting, dict):
-        unknown = [name for name in setting if name not in NATIVE_SIZES]
-        problems += [f"features.input_size: unknown backbone {name!r}; known: {known}" for name in unknown]
-    for name in sorted(set(backbones) & set(MIN_SIZES)):
-        if (size := input_size(setting, name)) < MIN_SIZES[name]:
-            problems.append(f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {size}")
+    sizes = params["features"]["input_size"]
+    problems += [
+        f"features.input_size: unknown backbone {name!r}; known: {known}" for name in sizes if name not in NATIVE_SIZES
+    ]
+    for name in dict.fromkeys([*backbones, tuned]):  # each features stage tracks its own entry
+        if name in NATIVE_SIZES and name not in sizes:
+            problems.append(f"features.input_size has no side for {name}; add {name}: {NATIVE_SIZES[name]} (its own)")
+    for name in sorted(set(sizes) & set(MIN_SIZES)):
+        if sizes[name] < MIN_SIZES[name]:
+            problems.append(f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {sizes[name]}")
     return problems
 
 

@@ -1,21 +1,27 @@
-"""Stage evaluate: ROC curve and confusion matrix of the labelled images' final out-of-fold probabilities (choices
-made without each image's fold) for `dvc plots`, and an HTML page of the worst mistakes (thumbnail, true class, its
-predicted probability)."""
+"""Stage evaluate: ROC curve, confusion matrix and reliability (calibration) curve of the labelled images' final
+out-of-fold probabilities (choices made without each image's fold) for `dvc plots`, and an HTML page of the worst
+mistakes (thumbnail, true class, its predicted probability)."""
 
 import sys
 
 from dogscats.atomic import atomic_path, write_csv, write_json
 from dogscats.dataset import classes_of, read_manifest
-from dogscats.evaluation import auc, confusion_rows, roc_points, worst_mistakes, worst_mistakes_html
+from dogscats.evaluation import auc, calibration_rows, confusion_rows, roc_points, worst_mistakes, worst_mistakes_html
 from dogscats.params import load_params
 from dogscats.predictions import read_prediction_table, read_probabilities
 from dogscats.scoring import predicted_class
 
 
 def main(
-    manifest_path: str, oof_predictions_path: str, roc_path: str, confusion_path: str, html_path: str, metrics_path: str
+    manifest_path: str,
+    oof_predictions_path: str,
+    roc_path: str,
+    confusion_path: str,
+    calibration_path: str,
+    html_path: str,
+    metrics_path: str,
 ) -> None:
-    """Write the plots' data, the mistakes page and the AUC."""
+    """Write the three plots' data, the mistakes page and the AUC."""
     cfg = load_params()["evaluate"]
     manifest = read_manifest(manifest_path)
     manifest = manifest[manifest.split == "train"].set_index("id")
@@ -24,6 +30,7 @@ def main(
     p, y = read_probabilities(val, classes), val.label.to_numpy()
     write_csv(roc_path, roc_points(y, p))
     write_csv(confusion_path, confusion_rows(y, p, classes))
+    write_csv(calibration_path, calibration_rows(y, p))
 
     files = manifest.loc[val.id, "source"].to_numpy()
     errors = int((predicted_class(p) != y).sum())

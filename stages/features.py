@@ -7,7 +7,6 @@ import h5py
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_path, write_json
-from dogscats.backbone_sizes import input_size
 from dogscats.backbones import get_backbone
 from dogscats.dataset import classes_of, label_index, read_manifest
 from dogscats.determinism import set_seed
@@ -25,7 +24,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     classes = classes_of(manifest.label)
     strategy = choose_strategy()
     set_seed(0)  # with features.weights: null the weights are random: the same ones on every run
-    size = input_size(params["input_size"], backbone.name)
+    size = params["input_size"][backbone.name]
     model = build_extractor(backbone.name, params["weights"], params["precision"], strategy, params["pooling"], size)
     dim = int(model.output.shape[-1])
     engine = choose_engine(params["engine"], gpu_visible(), params["precision"])
@@ -34,6 +33,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     start = time.perf_counter()
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(backbone=backbone.name, input_size=size, pooling=params["pooling"], classes=classes)
+        h5.attrs.update(tta=params["tta"], crops=params["crops"])
         h5.attrs["engine"] = engine  # auto depends on the machine: which engine made these features
         progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
         for split in SPLITS:

@@ -11,7 +11,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_dir, save_keras_model, write_csv, write_json
-from dogscats.backbone_sizes import input_size
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.dataset import folds_of, label_index, read_manifest
 from dogscats.determinism import set_seed
@@ -35,6 +34,8 @@ from dogscats.finetune import (
     trunk_outputs,
 )
 from dogscats.head import fit_head, loss_for, predict_proba, subset
+from dogscats.images import centre_view, crop_side
+from dogscats.live import log_epoch, open_live
 from dogscats.params import load_params
 from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss
@@ -43,7 +44,7 @@ PREDICT_BATCH = 256  # trunk outputs per prediction step: fewer, larger steps th
 
 
 def main(
-    manifest_path: str, features_path: str, models_dir: str, predictions_path: str, history_path: str, metrics_path: str
+    manifest_path: str, features_path: str, models_dir: str, predictions_path: str, live_dir: str, metrics_path: str
 ) -> None:
     """Per fold: a starting head on stored features, then fine-tuning; out-of-fold and test probabilities per epoch."""
     params = load_params()
@@ -58,18 +59,22 @@ def main(
     stored = stored_features(features_path, backbone.name)
     folds = folds_of(manifest, stored.ids, manifest_path)
     fold_ids = sorted(set(folds))
-    heads, p_head = [], np.zeros((len(folds), len(classes)))
+    heads, head_fits, p_head = [], [], np.zeros((len(folds), len(classes)))
     for fold in fold_ids:
-        head, _ = fit_head(
+        head, fitted = fit_head(
             subset(stored, np.flatnonzero(folds != fold)), None, len(classes), cfg["hidden"], cfg["dropout"], "adam",
             cfg["head_learning_rate"], cfg["head_epochs"], cfg["batch_size"],
         )  # fmt: skip
         p_head[folds == fold] = predict_proba(head, stored.features[folds == fold])
         heads.append(head)
+        head_fits.append(fitted)
+    # The curves' epoch 0: the starting heads' last training loss and accuracy (mean over the folds) and their
+    # out-of-fold figures.
+    starting = {k: np.mean([fit[k][-1] for fit in head_fits]) for k in ("loss", "accuracy") if cfg["head_epochs"]}
 
     # 2. The backbone, split below its top blocks: the frozen trunk runs in the engine (or TensorFlow); a copy of the
     # top blocks and a head per fold train in Keras on the trunk's outputs for augmented photos.
-    size = input_size(images_cfg["input_size"], backbone.name)
+    size = images_cfg["input_size"][backbone.name]
     base = load_feature_extractor(backbone.name, images_cfg["weights"], images_cfg["pooling"], size)
     blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"] if cfg["epochs"] else 0)
     trunk, top = split_at_top_blocks(base, blocks)
@@ -79,7 +84,7 @@ def main(
     labelled = manifest[manifest.split == "train"].set_index("id").loc[stored.ids].reset_index()
     test = manifest[manifest.split == "test"].reset_index(drop=True)
     y = label_index(labelled.label, classes)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    live = open_live(live_dir)  # the curves, one row per epoch from epoch 0 (the starting heads), as they come
     best_epoch, best_weights = 0, [c.get_weights() for c in classifiers]
     trainable = sum(int(np.prod(w.shape)) for w in classifiers[0].trainable_weights)
     if not cfg["epochs"]:
@@ -90,6 +95,7 @@ def main(
             raise ValueError(f"{features_path}: its test images differ from {manifest_path}; rerun its features stage")
         p_test = sum(predict_proba(head, stored_test.features) for head in heads) / len(heads)
         per_epoch = [(p_head, p_head, p_test, p_test)]
+        log_epoch(live, 0, starting | oof_figures(y, per_epoch[0]))
         print(f"finetune: 0 epochs, the {len(heads)} starting heads predict from the stored features")
     else:
         engine = choose_engine(images_cfg["engine"], gpu_visible(), "float32")
@@ -106,11 +112,15 @@ def main(
               f"weights per fold, trunk in {engine}")  # fmt: skip
 
         # 3. The trunk outputs of every photo and its mirror image, computed once: they predict after every epoch.
+        # Photos are loaded as the features stage loads them (larger with features.crops 5), and the network sees
+        # each one's centre view, as in the exported classifier.
         resize, decode, batch_size = images_cfg["resize"], images_cfg["decode"], cfg["batch_size"]
+        side = crop_side(size, images_cfg["crops"])
 
         def maps_of(rows: pd.DataFrame, mirror: bool) -> np.ndarray:
             usable = (rows.problem == "").tolist()
-            images = image_batches(rows.source.tolist(), usable, size, resize, decode, batch_size)
+            images = image_batches(rows.source.tolist(), usable, side, resize, decode, batch_size)
+            images = (centre_view(x, size) for x in images)
             name = f"finetune: trunk outputs, {'mirrored ' if mirror else ''}{rows.split.iloc[0] if len(rows) else ''}"
             images = tqdm(images, desc=name, total=-(-len(rows) // batch_size), unit="batch")
             batches = (backbone.preprocess(x.astype(np.float32))[:, :, :: -1 if mirror else 1] for x in images)
@@ -130,25 +140,25 @@ def main(
         rng = np.random.default_rng(cfg["seed"])
         per_epoch = [fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH)]
         start_loss = log_loss(y, per_epoch[0][1])
+        log_epoch(live, 0, starting | oof_figures(y, per_epoch[0]))
         print(f"epoch 0 (starting heads): out-of-fold log loss {start_loss:.4f} (mirrored)", flush=True)
         for epoch in range(1, cfg["epochs"] + 1):
             epoch_start = time.perf_counter()
             order = rng.permutation(len(labelled))
             sources = labelled.source[order].tolist()
-            photos = image_batches(sources, [True] * len(order), size, resize, decode, batch_size)
+            photos = image_batches(sources, [True] * len(order), side, resize, decode, batch_size)
+            photos = (centre_view(x, size) for x in photos)
             train = augmented_trunk_batches(run_trunk, augmented, backbone.preprocess, photos, y[order], folds[order])
             scores = train_folds_one_epoch(classifiers, train)
             per_epoch.append(fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH))
-            history["loss"].append(scores["loss"])
-            history["accuracy"].append(scores["accuracy"])
-            history["val_loss"].append(log_loss(y, per_epoch[-1][0]))
-            history["val_accuracy"].append(accuracy(y, per_epoch[-1][0]))
-            mirrored = log_loss(y, per_epoch[-1][1])
+            figures = {"loss": scores["loss"], "accuracy": scores["accuracy"]} | oof_figures(y, per_epoch[-1])
+            log_epoch(live, epoch, figures)
+            mirrored = figures["oof_logloss_tta"]
             if mirrored < log_loss(y, per_epoch[best_epoch][1]):
                 best_epoch, best_weights = epoch, [c.get_weights() for c in classifiers]
             print(
                 f"epoch {epoch}/{cfg['epochs']}: loss {scores['loss']:.4f}, out-of-fold log loss "
-                f"{history['val_loss'][-1]:.4f} ({mirrored:.4f} mirrored) ({time.perf_counter() - epoch_start:.0f} s)",
+                f"{figures['oof_logloss']:.4f} ({mirrored:.4f} mirrored) ({time.perf_counter() - epoch_start:.0f} s)",
                 flush=True,
             )
 
@@ -162,8 +172,7 @@ def main(
             if top is not None:
                 top.set_weights(fold_top.get_weights())  # the base's own top blocks take this fold's weights
             save_keras_model(finetuned_model(base, head), tmp / f"fold_{fold}.keras")
-    epochs = pd.RangeIndex(1, len(history["loss"]) + 1, name="epoch")
-    write_csv(history_path, pd.DataFrame(history, index=epochs).reset_index())
+    live.end()
     ids = pd.DataFrame(
         {
             "id": labelled.id.tolist() + test.id.tolist(),
@@ -191,6 +200,16 @@ def main(
     }
     write_json(metrics_path, metrics)
     print(f"finetune: {metrics}; {(time.perf_counter() - start) / 60:.1f} minutes")
+
+
+def oof_figures(y: np.ndarray, probabilities: tuple[np.ndarray, ...]) -> dict[str, float]:
+    """One epoch's out-of-fold figures over all labelled images, plain and mirror-averaged."""
+    oof, oof_mirrored = probabilities[:2]
+    return {
+        "oof_logloss": log_loss(y, oof),
+        "oof_logloss_tta": log_loss(y, oof_mirrored),
+        "oof_accuracy": accuracy(y, oof_mirrored),
+    }
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dogscats.head import (
     save_heads,
     subset,
 )
+from dogscats.live import LiveCurves, open_live
 from dogscats.params import load_params
 from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss
@@ -32,7 +33,7 @@ def main(
     features_dir: str,
     models_dir: str,
     predictions_path: str,
-    history_path: str,
+    live_dir: str,
     metrics_path: str,
 ) -> None:
     """Train one head per fold, save them, and write the out-of-fold and test class probabilities."""
@@ -54,17 +55,20 @@ def main(
     fold_ids = sorted(set(folds))
     p_oof = {e: np.zeros((len(labelled.ids), len(classes))) for e in checkpoints}
     p_test = {e: np.zeros((len(test.ids), len(classes))) for e in checkpoints}
-    models, weights, histories = [], [], []
+    # Each head's curves go to DVCLive after every epoch: its training loss and its held-out fold's log loss.
+    live = open_live(live_dir)
+    curves = {"loss": "loss", "val_loss": "oof_logloss"}
+    models, weights = [], []
     for fold in fold_ids:
         held_out, fit_rows = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
         recorder = EpochPredictions([labelled.features[held_out], test.features], checkpoints)
-        model, history = fit_head(subset(labelled, fit_rows), subset(labelled, held_out), *fit_args, [recorder])
+        callbacks = [recorder, LiveCurves(live, curves, f"fold_{fold}")]
+        model, _ = fit_head(subset(labelled, fit_rows), subset(labelled, held_out), *fit_args, callbacks)
         for epoch, (oof, on_test) in recorder.predictions.items():
             p_oof[epoch][held_out] = oof
             p_test[epoch] += on_test / len(fold_ids)
         models.append(model)
         weights.append(recorder.weights)
-        histories.append(pd.DataFrame(history))
     losses = {e: log_loss(labelled.labels, p) for e, p in p_oof.items()}
     best = min(checkpoints, key=lambda e: (losses[e], e))
     print("train: out-of-fold log loss by epoch: " + ", ".join(f"{e}: {loss:.4f}" for e, loss in losses.items()))
@@ -75,14 +79,13 @@ def main(
     refit = None
     if cfg["refit"]:
         recorder = EpochPredictions([test.features], checkpoints)
-        refit, _ = fit_head(labelled, None, *fit_args, [recorder])
+        refit, _ = fit_head(labelled, None, *fit_args, [recorder, LiveCurves(live, {"loss": "loss"}, "refit")])
         p_test = {epoch: on_test for epoch, (on_test,) in recorder.predictions.items()}
         refit.set_weights(recorder.weights[best])
     for model, fold_weights in zip(models, weights, strict=True):
         model.set_weights(fold_weights[best])
     save_heads(models, Path(models_dir), refit)
-    history = pd.concat(histories).groupby(level=0).mean()  # per epoch, averaged over the folds
-    write_csv(history_path, history.rename_axis("epoch").reset_index())
+    live.end()
     ids = pd.DataFrame(
         {
             "id": labelled.ids + test.ids,

@@ -59,6 +59,7 @@ EVALUATE_ARGS = (
     "data/oof_predictions.csv",
     "metrics/roc.csv",
     "metrics/confusion.csv",
+    "metrics/calibration.csv",
     "metrics/worst_mistakes.html",
     "metrics/evaluate.json",
 )
@@ -71,7 +72,7 @@ def finetune_args(backbone: str) -> tuple[str, ...]:
         f"data/features/{backbone}.h5",
         "models/finetuned",
         "data/finetune_predictions.csv",
-        "metrics/finetune_history.csv",
+        "metrics/live/finetune",
         "metrics/finetune.json",
     )
 
@@ -81,7 +82,7 @@ TRAIN_ARGS = (
     "data/features",
     "models/head",
     "data/head_predictions.csv",
-    "metrics/train_history.csv",
+    "metrics/live/train",
     "metrics/train.json",
 )
 

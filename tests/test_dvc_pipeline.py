@@ -45,12 +45,13 @@ def _new_project(path: Path) -> tuple[Path, dict]:
     """A copy of the pipeline on a tiny demo dataset with random-weight backbones, in a new git repository."""
     for name in ("stages", "dogscats"):
         shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".ci/regenerate"):
+    for name in ("dvc.yaml", ".gitignore", ".ci/regenerate", ".ci/plot_images.py"):
         (path / name).parent.mkdir(exist_ok=True)
         shutil.copy(REPO / name, path / name)
     params = default_params()
     params["data"]["raw"], params["submit"]["labels"] = "data/demo", None
     params["demo"].update(train_per_class=6, test_count=4)
+    params["prepare"]["folds"] = 2  # two models of each kind per run, not five
     params["features"]["weights"] = None
     params["backbones"] = ["efficientnet_lite0"]
     params["train"]["epochs"] = 2
@@ -96,7 +97,8 @@ def test_a_backbones_experiment_then_readmes_way_back_reruns_nothing(committed):
 
 def test_two_queued_experiments_complete_and_are_listed(committed):
     path, _ = committed
-    _run(path, "dvc", "exp", "run", "--queue", "-S", "train.dropout=0.3,0.4")  # a sweep: two experiments
+    _run(path, "dvc", "exp", "run", "--queue", "-S", "evaluate.worst_mistakes=3,4")  # a sweep: two experiments,
+    # each rerunning evaluate alone
     _run(path, "dvc", "queue", "start")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -107,9 +109,9 @@ def test_two_queued_experiments_complete_and_are_listed(committed):
     assert status.count("Success") == 2, status
     rows = json.loads(_run(path, "dvc", "exp", "show", "--json"))
     experiments = [exp for row in rows for run in row.get("experiments") or [] for exp in run["revs"]]
-    dropouts = {exp["data"]["params"]["params.yaml"]["data"]["train"]["dropout"]: exp for exp in experiments}
-    assert {0.3, 0.4} <= set(dropouts)  # beside any earlier experiment of this project
-    for exp in dropouts.values():
+    shown = {exp["data"]["params"]["params.yaml"]["data"]["evaluate"]["worst_mistakes"]: exp for exp in experiments}
+    assert {3, 4} <= set(shown)  # beside any earlier experiment of this project
+    for exp in shown.values():
         assert "oof_logloss" in exp["data"]["metrics"]["metrics/train.json"]["data"]
 
 
@@ -139,23 +141,27 @@ def test_a_forced_repro_gives_the_same_lock_and_metrics(committed):
 def test_repro_reruns_only_what_a_change_touches(project):
     path, params = project
     params["features"]["weights"] = "imagenet"  # random weights give every image p(dog) 0.5, whatever the head
-    params["predict"].update(blend=0.5, calibrate=False)  # DVC skips a stage whose inputs come out unchanged, so
-    _set_params(path, params)  # the head must reach the submission: a blend chosen on 2 images might drop it
+    params["predict"].update(blend=0, calibrate=False)  # DVC skips a stage whose inputs come out unchanged, so the
+    _set_params(path, params)  # head must reach the submission (blend 0: the head alone; auto might drop it)
     everything = {"demo", "prepare", "features@efficientnet_lite0", "train", "finetune", "predict", "evaluate"}
-    _repro(path, everything | {"submit"})
+    _repro(path, everything | {"submit", "export"})
     _repro(path, set())
 
     params["train"]["dropout"] = 0.3
     _set_params(path, params)
-    _repro(path, {"train", "predict", "evaluate", "submit"})
-
-    params["predict"]["blend"] = 0.37  # off the auto grid, so the blend surely changes
-    _set_params(path, params)
-    _repro(path, {"predict", "evaluate", "submit"})
+    _repro(path, {"train", "predict", "evaluate", "submit", "export"})
 
     params["backbones"].append("efficientnet_lite1")
     _set_params(path, params)
-    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit"})  # finetune untouched
+    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit", "export"})  # not finetune
+
+    params["features"]["input_size"]["efficientnet_lite1"] = 224  # one backbone's size: its stage alone upstream
+    _set_params(path, params)
+    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit", "export"})
+
+    params["predict"]["blend"] = 0.37  # off the auto grid, so the blend surely changes; last, as the export then
+    _set_params(path, params)  # holds the fine-tuned folds too
+    _repro(path, {"predict", "evaluate", "submit", "export"})
     assert "up to date" in _run(path, "dvc", "status")
     demo_images = {p.read_bytes() for p in (path / "data" / "demo").rglob("*.jpg")}
     cached_images = [
@@ -180,7 +186,7 @@ def test_an_image_change_reruns_the_image_readers_an_unlabelled_file_only_prepar
     assert (path / "metrics" / "submit.json").read_text() != scored
     cat = path / "raw" / "train" / "cat.1.jpg"
     cat.write_bytes((path / "raw" / "train" / "cat.2.jpg").read_bytes())
-    everything = {FEATURES, "train", "finetune", "predict", "evaluate", "submit"}
+    everything = {FEATURES, "train", "finetune", "predict", "evaluate", "submit", "export"}
     _repro(path, {"prepare"} | everything)  # through data/split.csv, which holds each image's md5
     (path / "raw" / "train" / "notes.txt").write_text("not an image")
     _repro(path, {"prepare"})  # listed in the report; the manifest, and so every image reader, unchanged
@@ -239,8 +245,11 @@ def test_a_fresh_clone_pulls_the_models_and_reproduces_nothing(committed, tmp_pa
     first = _run(path, "bash", ".ci/regenerate", "main")
     assert "Running stage" not in first and "pushed" in first
     report = (path / "report.md").read_text()
-    assert "## Metrics: workspace vs main" in report and "## Params" in report
+    assert "## Metrics: workspace vs main" in report and "## Params" in report and "## Plots" in report
+    assert "**error**" not in report and "calibration" in report and "fold_1_oof_logloss" in report
     assert (path / "dvc_plots" / "index.html").exists()
+    shown = json.loads(_run(path, "dvc", "plots", "show", "--json"))
+    assert not shown.get("errors") and {"finetune_loss", "roc", "confusion", "calibration"} <= set(shown["data"])
 
     _run(path.parent, "git", "clone", "-q", str(path), str(clone))
     second = _run(clone, "bash", ".ci/regenerate", "main")
@@ -249,3 +258,14 @@ def test_a_fresh_clone_pulls_the_models_and_reproduces_nothing(committed, tmp_pa
     assert _run(clone, "git", "status", "--porcelain") == ""  # dvc.lock and metrics unchanged
     for model in ("models/finetuned/fold_1.keras", "models/head/fold_1.keras", "data/submission.csv"):
         assert (clone / model).read_bytes() == (path / model).read_bytes(), model
+
+    # Without dvc.lock nothing says which outputs to pull, but the run-cache the first regeneration pushed knows the
+    # stages' runs: a stage whose outputs are all cached (demo) is restored from the remote, not rerun. (DVC 3.67 does
+    # not push the run-cache's copies of uncached outputs, the metrics, so the stages with metrics run again.)
+    unlocked = tmp_path_factory.mktemp("unlocked") / "project"
+    _run(path.parent, "git", "clone", "-q", str(path), str(unlocked))
+    (unlocked / "dvc.lock").unlink()
+    third = _run(unlocked, "bash", ".ci/regenerate", "main")
+    assert "Stage 'demo' is cached - skipping run" in third and "Running stage 'demo'" not in third, third
+    for output in ("models/classifier/classifier.onnx", "metrics/live/train/plots/metrics/refit/loss.tsv"):
+        assert (unlocked / output).read_bytes() == (path / output).read_bytes(), output

@@ -15,6 +15,7 @@ from dogscats.engine import (
     EngineModel,
     check_conversion,
     choose_engine,
+    engine_feature_batches,
     engine_model,
     probe_images,
     to_onnx,
@@ -64,12 +65,13 @@ def _photos(tmp_path: Path, count: int = 6) -> list[str]:
         pytest.param("efficientnet_lite2", marks=pytest.mark.slow),
     ],
 )
-def test_engine_features_match_tensorflow_with_the_real_weights(name, tmp_path):
+@pytest.mark.parametrize("crops", [1, 5])
+def test_engine_features_match_tensorflow_with_the_real_weights(name, crops, tmp_path):
     backbone = get_backbone(name)
     model = load_feature_extractor(name, weights="imagenet")
     extractor = engine_model(model, backbone.preprocess(probe_images(backbone.input_size).astype(np.float32)), tmp_path)
     files = _photos(tmp_path)
-    params = {"resize": "crop", "decode": "reduced", "batch_size": 4, "tta": True}
+    params = {"resize": "crop", "decode": "reduced", "batch_size": 4, "tta": True, "crops": crops}
     usable, strategy = [True] * len(files), tf.distribute.get_strategy()
     expected = np.concatenate(list(split_features(files, usable, backbone, model, None, strategy, params)))
     engine = list(split_features(files, usable, backbone, model, extractor, strategy, params))
@@ -127,3 +129,23 @@ def test_a_conversion_that_disagrees_with_keras_is_an_error():
     assert check_conversion(_tiny_model(0), converted, probe) < 1e-5
     with pytest.raises(RuntimeError, match="tiny: the ONNX Runtime conversion deviates from Keras"):
         check_conversion(_tiny_model(1), converted, probe)
+
+
+class _MeanColour:
+    """A stand-in extractor: each image's mean colour, with its top-left pixel, so that views and mirrors differ."""
+
+    input_size = 14
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        assert x.shape[1:3] == (14, 14)
+        return np.concatenate([x.mean(axis=(1, 2)), x[:, 0, 0]], axis=1)
+
+
+def test_five_crops_average_the_centre_and_corner_views_and_their_mirrors():
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)  # crop_side(14, 5) == 16
+    (features,) = engine_feature_batches(_MeanColour(), lambda x: x / 255, [images], tta=True, crops=5)
+    x = images / 255
+    views = [x[:, 1:15, 1:15], x[:, :14, :14], x[:, :14, 2:], x[:, 2:, :14], x[:, 2:, 2:]]
+    views += [v[:, :, ::-1] for v in views]
+    expected = np.mean([_MeanColour()(v) for v in views], axis=0)
+    assert np.allclose(features, expected) and not np.allclose(features, _MeanColour()(views[0]))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dogscats.images import decode_problem, load_resized
+from dogscats.images import centre_view, crop_offsets, crop_side, decode_problem, load_resized
 
 from .conftest import REPO, write_image
 
@@ -163,3 +163,12 @@ def test_a_decompression_bomb_is_a_problem(tmp_path, monkeypatch):
     path = write_image(tmp_path / "bomb.jpg", COLOUR, size=(100, 100))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000)  # PIL refuses over twice this: 10,000 > 8,000 pixels
     assert "DecompressionBombError" in decode_problem(path)
+
+
+def test_crop_views_are_cut_from_a_square_a_seventh_larger():
+    assert crop_side(320, 1) == 320 and crop_side(320, 5) == 366 and crop_side(224, 5) == 256
+    assert crop_offsets(320, 1) == [(0, 0)]
+    assert crop_offsets(224, 5) == [(16, 16), (0, 0), (0, 32), (32, 0), (32, 32)]
+    batch = np.arange(2 * 6 * 6 * 3).reshape(2, 6, 6, 3)
+    assert np.array_equal(centre_view(batch, 4), batch[:, 1:5, 1:5])
+    assert np.array_equal(centre_view(batch, 6), batch)

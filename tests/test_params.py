@@ -9,10 +9,13 @@ from typing import get_args
 import pytest
 import yaml
 
+from dogscats.backbone_sizes import NATIVE_SIZES
 from dogscats.params import OPTIMIZERS, ParamsError, check_params, load_params
 from stages import prepare
 
 from .conftest import PREPARE_ARGS, REPO, default_params
+
+SIZES = default_params()["features"]["input_size"]
 
 
 def _problems(**changes) -> list[str]:
@@ -64,10 +67,14 @@ def test_the_repository_params_are_valid():
             {"train__learning_rate": "1e-4"},
             "train.learning_rate must be a valid number, got '1e-4' (YAML reads 1e-4 as",
         ),
-        ({"features__input_size": 16}, "features.input_size must be null, a side of at least 32 pixels, or {backbone"),
-        ({"features__input_size": {"efficientnet_lite2": 20}}, "features.input_size must be null, a side of at least"),
+        ({"features__input_size": 320}, "features.input_size must be {backbone: side}, one entry per backbone, sides"),
+        ({"features__input_size": {**SIZES, "efficientnet_lite2": 20}}, "features.input_size must be {backbone: side}"),
         (
-            {"features__input_size": {"efficientnet_lite9": 320}},
+            {"features__input_size": {"efficientnet_lite0": 224}},
+            "features.input_size has no side for efficientnet_lite2; add efficientnet_lite2: 260 (its own)",
+        ),
+        (
+            {"features__input_size": {**SIZES, "efficientnet_lite9": 320}},
             "features.input_size: unknown backbone 'efficientnet_lite9'; known: ",
         ),
         ({"features__batch_size": 0}, "features.batch_size must be greater than or equal to 1, got 0"),
@@ -98,11 +105,7 @@ def test_the_repository_params_are_valid():
         ({"finetune__backbone": "efficientnet_lite3"}, "finetune.backbone: unknown backbone 'efficientnet_lite3'"),
         ({"backbones": ["efficientnet_lite0"]}, "finetune.backbone 'efficientnet_lite2' must be one of backbones"),
         (
-            {"backbones": ["xception", "efficientnet_lite2"], "features__input_size": 64},
-            "features.input_size must be at least 71 for xception, got 64",
-        ),
-        (
-            {"backbones": ["xception", "efficientnet_lite2"], "features__input_size": {"xception": 64}},
+            {"backbones": ["xception", "efficientnet_lite2"], "features__input_size": {**SIZES, "xception": 64}},
             "features.input_size must be at least 71 for xception, got 64",
         ),
     ],
@@ -173,10 +176,12 @@ def test_stages_that_run_no_network_never_import_tensorflow(stage):
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
-def test_input_size_is_one_side_for_all_a_mapping_or_each_backbones_own():
-    from dogscats.backbone_sizes import input_size
+def test_the_params_give_every_backbone_a_side_its_own_but_lite2s():
+    sizes = default_params()["features"]["input_size"]
+    assert sizes == {**NATIVE_SIZES, "efficientnet_lite2": 320}  # each features stage tracks its own entry
 
-    assert input_size(None, "efficientnet_lite2") == 260
-    assert input_size(288, "efficientnet_lite0") == 288
-    assert input_size({"efficientnet_lite2": 320}, "efficientnet_lite2") == 320
-    assert input_size({"efficientnet_lite2": 320}, "efficientnet_lite0") == 224
+
+def test_each_features_stage_tracks_every_features_param_but_the_other_backbones_sizes():
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["features"]["do"]
+    shared = {f"features.{key}" for key in default_params()["features"] if key != "input_size"}
+    assert set(stage["params"]) == shared | {"features.input_size.${item}"}

@@ -1,5 +1,6 @@
-"""Each recipe of README's Recipes table, its command's params applied as written, run through the real stages on
-a tiny generated dataset with random weights (the ImageNet weights of recipes 2 to 5 cannot be downloaded here)."""
+"""Each recipe of the Recipes table in docs/recipes.md, its command's params applied as written, run through the real
+stages on a tiny generated dataset with random weights (the ImageNet weights of recipes 2 to 5 cannot be downloaded
+here)."""
 
 import json
 import re
@@ -16,13 +17,13 @@ from stages import features, finetune, predict, prepare, train
 
 from .conftest import PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args
 
-README = Path(__file__).parent.parent / "README.md"
+RECIPES_PAGE = Path(__file__).parent.parent / "docs" / "recipes.md"
 QUICK = {"train.epochs": 2, "finetune.epochs": 1, "finetune.head_epochs": 2}  # the most epochs the tests run
 
 
 def recipe_commands() -> dict[int, str]:
-    """Recipe number -> its command (the `dvc exp run -S ...` overrides) from README's Recipes table."""
-    section = README.read_text().split("## Recipes", 1)[1].split("\n## ", 1)[0]
+    """Recipe number -> its command (the `dvc exp run -S ...` overrides) from the Recipes table of docs/recipes.md."""
+    section = RECIPES_PAGE.read_text().split("## Recipes", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| (\d) \| [^|]+ \| ([^|]+) \|", section, re.MULTILINE)
     return {int(number): command.strip("` ") for number, command in rows}
 
@@ -98,8 +99,8 @@ def test_each_recipe_runs_through_the_stages_with_random_weights(number, kaggle_
         5: 2048 + 1,  # not fine-tuned: the starting head alone, Dropout + Dense(1) on Xception's features
     }[number]
     assert tuned["trainable_weights"] == trainable
-    history = pd.read_csv("metrics/finetune_history.csv")
-    assert len(history) == tuned["epochs_run"] == params["finetune"]["epochs"]  # recipe 5 does not fine-tune
+    curve = pd.read_csv("metrics/live/finetune/plots/metrics/oof_logloss.tsv", sep="\t")
+    assert len(curve) - 1 == tuned["epochs_run"] == params["finetune"]["epochs"]  # recipe 5 does not fine-tune
     scores = json.loads(Path("metrics/predict.json").read_text())
     blend = params["predict"]["blend"]
     assert scores["blend"] == blend if blend != "auto" else 0 <= scores["blend"] <= 1

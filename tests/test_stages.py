@@ -167,8 +167,11 @@ def test_features_train_finetune_predict_evaluate_submit(prepared):
     folds = manifest[manifest.split == "train"].set_index("id").fold.astype(int)
 
     train.main(*TRAIN_ARGS)
-    history = pd.read_csv("metrics/train_history.csv")
-    assert history.epoch.tolist() == [0, 1] and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history)
+    curves = Path("metrics/live/train/plots/metrics")
+    named = sorted(str(p.relative_to(curves)) for p in curves.rglob("*.tsv"))
+    assert named == [f"fold_{k}/{c}.tsv" for k in range(1, 6) for c in ("loss", "oof_logloss")] + ["refit/loss.tsv"]
+    fold_1 = pd.read_csv(curves / "fold_1/oof_logloss.tsv", sep="\t")
+    assert list(fold_1) == ["step", "oof_logloss"] and fold_1.step.tolist() == [1, 2]  # no timestamp; epochs done
     assert json.loads(Path(TRAIN_JSON).read_text())["n_labelled"] == 19
     heads = sorted(p.name for p in Path("models/head").iterdir())
     assert heads == ["all.keras"] + [f"fold_{k}.keras" for k in range(1, 6)]  # and one refit on all labelled images
@@ -190,7 +193,10 @@ def test_features_train_finetune_predict_evaluate_submit(prepared):
     assert list(tuned) == ["id", "split", "fold", "epoch", "p_cat", "p_dog", "p_cat_tta", "p_dog_tta"]
     assert tuned.epoch.value_counts().sort_index().to_dict() == {0: 25, 1: 25, 2: 25}  # before and after each epoch
     assert sorted(p.name for p in Path("models/finetuned").iterdir()) == [f"fold_{k}.keras" for k in range(1, 6)]
-    assert len(pd.read_csv("metrics/finetune_history.csv")) == 2
+    curve = pd.read_csv("metrics/live/finetune/plots/metrics/oof_logloss.tsv", sep="\t")
+    assert curve.step.tolist() == [0, 1, 2]  # the starting heads, then each epoch
+    loss = pd.read_csv("metrics/live/finetune/plots/metrics/loss.tsv", sep="\t")
+    assert loss.step.tolist() == [0, 1, 2]  # epoch 0: the starting heads' training loss
 
     predict.main(*PREDICT_ARGS)
     scores = json.loads(Path("metrics/predict.json").read_text())
@@ -211,6 +217,8 @@ def test_features_train_finetune_predict_evaluate_submit(prepared):
     evaluate.main(*EVALUATE_ARGS)
     assert len(pd.read_csv("metrics/confusion.csv")) == 19  # one row per labelled image
     assert pd.read_csv("metrics/roc.csv").tpr.iloc[-1] == 1
+    calibration = pd.read_csv("metrics/calibration.csv")
+    assert list(calibration) == ["predicted", "observed", "ideal"] and calibration.observed.between(0, 1).all()
     errors = json.loads(Path("metrics/evaluate.json").read_text())["cv_errors"]
     assert Path("metrics/worst_mistakes.html").read_text().count('<img src="data:image/jpeg;base64,') == errors
 
@@ -300,7 +308,9 @@ def test_train_follows_the_manifests_folds(prepared):
     assert sorted(set(head.fold[head.split == "train"])) == [1, 2, 3]
     metrics = json.loads(Path(TRAIN_JSON).read_text())
     assert metrics["folds"] == 3 and 0 <= metrics["oof_accuracy"] <= 1 and metrics["oof_logloss"] > 0
-    assert len(pd.read_csv("metrics/train_history.csv")) == 2  # per-epoch means over the folds
+    curves = Path("metrics/live/train/plots/metrics")
+    assert sorted(p.name for p in curves.iterdir()) == ["fold_1", "fold_2", "fold_3"]  # no refit, no curve
+    assert len(pd.read_csv(curves / "fold_3/loss.tsv", sep="\t")) == 2
 
 
 def _set_param(section: str, key: str | None, value) -> None:

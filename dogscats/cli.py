@@ -1,0 +1,84 @@
+"""The `dogscats` console command: `dogscats classify PATH... [--model DIR] [--out FILE]`.
+
+Writes CSV, one row per image: path, p_<class> per class in the model's order, and class (the most probable); when a
+file cannot be read, a last column, error, says why, and its probabilities are empty. Exit status 0, 1 when a row has
+an error, 2 for bad arguments."""
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dogscats.atomic import atomic_path
+from dogscats.classifier import Classifier, image_files
+
+PROGRESS_FROM = 5  # images: a progress bar on stderr for more than this many
+BATCH = 16
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand, classify."""
+    main = argparse.ArgumentParser(prog="dogscats", description="Use a classifier exported by the dogscats pipeline.")
+    commands = main.add_subparsers(dest="command", required=True)
+    classify = commands.add_parser("classify", help="class probabilities of image files, as CSV")
+    classify.add_argument("paths", nargs="+", type=Path, help="image files, or folders searched recursively")
+    classify.add_argument("--model", type=Path, default=Path("models/classifier"), help="default: models/classifier")
+    classify.add_argument("--out", type=Path, help="write the CSV here (default: stdout)")
+    return main
+
+
+def rows(model: Classifier, paths: list[Path], progress: bool) -> tuple[list[list[str]], int]:
+    """The CSV rows for the paths, and how many have an error."""
+    out, errors = [], 0
+    with tqdm(total=len(paths), desc="classify", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for batch_rows, batch_errors, probabilities in model.batches(paths, BATCH):
+            good = iter(probabilities)
+            for i, error in zip(batch_rows, batch_errors, strict=True):
+                if error:
+                    out.append([str(paths[i]), *[""] * len(model.classes), "", error])
+                    errors += 1
+                else:
+                    p = next(good)
+                    out.append([str(paths[i]), *(f"{v:.8g}" for v in p), model.classes[int(np.argmax(p))], ""])
+            bar.update(len(batch_rows))
+    return out, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status."""
+    args = parser().parse_args(argv)
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"dogscats classify: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        model = Classifier.load(args.model)
+    except FileNotFoundError as err:
+        print(f"dogscats classify: {err}", file=sys.stderr)
+        return 2
+    paths = image_files(args.paths)
+    table, errors = rows(model, paths, len(paths) > PROGRESS_FROM)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    header = ["path", *(f"p_{c}" for c in model.classes), "class"]
+    writer.writerow(header + ["error"] if errors else header)  # the error column only when a file has one
+    writer.writerows(row if errors else row[:-1] for row in table)
+    if args.out:
+        with atomic_path(args.out, suffix=args.out.suffix or ".csv") as tmp:
+            tmp.write_text(text.getvalue())
+    else:
+        sys.stdout.write(text.getvalue())
+    if errors:
+        print(
+            f"dogscats classify: {errors} of {len(paths)} file(s) could not be read (see the error column)",
+            file=sys.stderr,
+        )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
