@@ -1,5 +1,6 @@
 """HDF5 feature files: per split (train: the labelled images, test) the float32 GAP features, labels and file ids,
-in manifest order; the attributes name the backbone and the classes (labels index them)."""
+in manifest order; the attributes name the backbone, the classes (labels index them) and how the images were turned
+into features (PREPROCESSING), which the exported classifier reads so it cannot disagree with its head's features."""
 
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ import h5py
 import numpy as np
 
 SPLITS = ("train", "test")  # train: every labelled image (the folds are in the manifest)
+# The attributes that say how an image becomes a feature vector: what the exported classifier must do again.
+PREPROCESSING = ("backbone", "input_size", "weights", "pooling", "resize", "decode", "tta", "crops")
 
 
 @dataclass
@@ -45,12 +48,6 @@ def write_split(
         raise RuntimeError(f"{split}: wrote {start} feature rows for {len(ids)} images")
 
 
-def read_labels(path: Path | str, split: str) -> np.ndarray:
-    """Only the labels of one split (no features read)."""
-    with h5py.File(path, "r") as h5:
-        return h5[split]["labels"][:]
-
-
 def read_split(path: Path | str, split: str) -> SplitFeatures:
     """One split of a feature file; labels are -1 where unknown (test)."""
     with h5py.File(path, "r") as h5:
@@ -63,6 +60,24 @@ def backbone_of(path: Path | str) -> str:
     """The name of the backbone whose features a file holds."""
     with h5py.File(path, "r") as h5:
         return str(h5.attrs["backbone"])
+
+
+def write_preprocessing(h5: h5py.File, backbone: str, input_size: int, features_cfg: dict) -> None:
+    """Record how the images became features (PREPROCESSING) in a feature file's attributes."""
+    h5.attrs.update(backbone=backbone, input_size=input_size, weights=str(features_cfg["weights"]))
+    h5.attrs.update({key: features_cfg[key] for key in ("pooling", "resize", "decode", "tta", "crops")})
+
+
+def preprocessing_of(path: Path | str) -> dict:
+    """How a file's images became features: PREPROCESSING's attributes as Python values (weights None for random)."""
+    with h5py.File(path, "r") as h5:
+        missing = [key for key in PREPROCESSING if key not in h5.attrs]
+        if missing:
+            raise ValueError(f"{path}: no {', '.join(missing)} attributes (an older feature file); rerun its stage")
+        values = {key: h5.attrs[key] for key in PREPROCESSING}
+    out = {key: (v.item() if isinstance(v, np.generic) else str(v)) for key, v in values.items()}
+    out["weights"] = None if out["weights"] == "None" else out["weights"]
+    return out
 
 
 def classes_of_file(path: Path | str) -> list[str]:

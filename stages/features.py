@@ -12,7 +12,7 @@ from dogscats.dataset import classes_of, label_index, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
 from dogscats.extract import build_extractor, choose_strategy, split_features
-from dogscats.feature_store import SPLITS, write_split
+from dogscats.feature_store import SPLITS, write_preprocessing, write_split
 from dogscats.params import load_params
 
 
@@ -32,8 +32,8 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     extractor = engine_model(model, probe) if engine == "onnxruntime" else None
     start = time.perf_counter()
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs.update(backbone=backbone.name, input_size=size, pooling=params["pooling"], classes=classes)
-        h5.attrs.update(tta=params["tta"], crops=params["crops"])
+        h5.attrs["classes"] = classes
+        write_preprocessing(h5, backbone.name, size, params)
         h5.attrs["engine"] = engine  # auto depends on the machine: which engine made these features
         progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
         for split in SPLITS:
