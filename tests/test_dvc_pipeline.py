@@ -95,6 +95,17 @@ def test_a_backbones_experiment_then_readmes_way_back_reruns_nothing(committed):
     assert "Running stage" not in _run(path, "dvc", "repro")
 
 
+def test_a_size_for_a_backbone_not_in_use_reruns_nothing(committed):
+    path, params = committed
+    sizes = params["features"]["input_size"]
+    _set_params(path, {**params, "features": {**params["features"], "input_size": {**sizes, "resnet50": 192}}})
+    try:
+        _repro(path, set())  # no features stage reads it, and the export reads its sizes from the feature files
+    finally:
+        _set_params(path, params)
+    assert "Data and pipelines are up to date" in _run(path, "dvc", "status")
+
+
 def test_two_queued_experiments_complete_and_are_listed(committed):
     path, _ = committed
     _run(path, "dvc", "exp", "run", "--queue", "-S", "evaluate.worst_mistakes=3,4")  # a sweep: two experiments,
