@@ -3,7 +3,9 @@ orientation applied, RGB, fitted to the network's square input. 16-bit images ar
 pixels are composited over grey. Any other format is refused before Pillow opens it: some of Pillow's plugins run
 other programs (EPS runs Ghostscript)."""
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,7 +47,15 @@ def format_of(path: Path | str) -> str | None:
     with open(path, "rb") as f:
         prefix = f.read(16)  # as much as Image.open gives the plugins' checks
     Image.init()
-    return next((name for name, (_, accept) in Image.OPEN.items() if accept and accept(prefix)), None)
+    return next((name for name, (_, accept) in Image.OPEN.items() if accept and _accepts(accept, prefix)), None)
+
+
+def _accepts(accept: Callable[[bytes], Any], prefix: bytes) -> bool:
+    """Whether a plugin's signature check takes the first bytes (some fail on a few bytes: then it does not)."""
+    try:
+        return bool(accept(prefix))
+    except Exception:  # struct.error and the like, on files shorter than a header
+        return False
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

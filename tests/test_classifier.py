@@ -364,9 +364,10 @@ def test_classify_exits_0_when_every_file_is_read_and_1_when_one_is_not(tmp_path
 
 
 def test_a_tie_at_one_half_goes_to_the_second_class_as_in_the_pipeline(tmp_path, capsys, photos):
-    even = {"p_head": (0.0, 0.0, 0.0), "p_finetuned": (0.0, 0.0, 0.0)}  # sigmoid(0): p = 0.5 for every photo
-    settings = {**SETTINGS, "blend": 0.0, "temperature": 1.0, "clip_low": 0.0, "clip_high": 1.0}
-    folder = write_model(tmp_path / "model", settings, weights=even)
+    even = {"p_head": (0.0, 0.0), "p_finetuned": (0.0, 0.0)}  # sigmoid(0): p = 0.5 for every photo
+    one = {"efficientnet_lite0": 32}  # one backbone: nothing else differs from the old code's way
+    settings = {**SETTINGS, "sizes": one, "blend": 0.0, "temperature": 1.0, "clip_low": 0.0, "clip_high": 1.0}
+    folder = write_model(tmp_path / "model", settings, one, even)
     status, table, _ = _classify(capsys, str(photos[0]), "--model", str(folder))
     assert status == 0 and table.p_dog.tolist() == [0.5] and table["class"].tolist() == ["dog"]
     assert predicted_class(np.array([0.5])).tolist() == [1]  # the pipeline's rule
