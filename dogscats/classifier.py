@@ -5,9 +5,10 @@
 
 It needs numpy, Pillow, pydantic and ONNX Runtime, not TensorFlow nor SciPy: models/classifier/ holds classifier.onnx
 (every backbone, the flip TTA, the head and any fine-tuned models, from dogscats.export; one input per backbone,
-image_<backbone>, and the outputs p_head and p_finetuned) and settings.json (the classes, each backbone's input side,
-the decode and resize policies, the blend weight, temperature and clip bounds). Both are checked at load: a folder
-that is not such a classifier raises ModelError, one line naming the file and every problem."""
+image_<backbone>, and two outputs, the head's probabilities then the fine-tuned models') and settings.json (the
+classes, each backbone's input side, the decode and resize policies, the blend weight, temperature and clip bounds).
+Both are checked at load: a folder that is not such a classifier raises ModelError, one line naming the file and
+every problem."""
 
 import json
 import tempfile
@@ -28,7 +29,7 @@ from dogscats.scoring import as_probabilities
 SETTINGS = "settings.json"
 ONNX_MODEL = "classifier.onnx"
 KERAS_MODEL = "classifier.keras"
-OUTPUTS = ("p_head", "p_finetuned")
+OUTPUTS = ("p_head", "p_finetuned")  # taken by these names where the graph has them, else its two outputs in order
 INPUT_PREFIX = "image_"  # the graph's input for a backbone is image_<backbone>
 # Folders are searched for these; .tif and .tiff too, so that they get a row saying TIFF is not read (not skipped).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
@@ -110,7 +111,7 @@ class Classifier:
         calibrated and clipped as in predict."""
         s = self.settings
         feeds = {INPUT_PREFIX + name: batch for name, batch in zip(s["sizes"], batches, strict=True)}
-        p_head, p_finetuned = (as_probabilities(p) for p in self.session.run(list(OUTPUTS), feeds))
+        p_head, p_finetuned = (as_probabilities(p) for p in self.session.run(output_names(self.session), feeds))
         return final_p(p_head, p_finetuned, s["blend"], s["temperature"], s["clip_low"], s["clip_high"])
 
     def predict(self, paths: list[Path | str], batch_size: int = 16) -> tuple[np.ndarray, list[str]]:
@@ -177,8 +178,8 @@ def onnx_session(path: Path) -> Any:
 
 def graph_mismatch(session: Any, settings: dict) -> str:
     """How the graph's inputs and outputs disagree with the settings (one image_<backbone> input per entry of sizes,
-    float (batch, side, side, 3); outputs p_head and p_finetuned with a column per class, or one for two), or ""
-    when they agree."""
+    float (batch, side, side, 3); the two outputs with a column per class, or one for two classes), or "" when they
+    agree."""
     inputs = {x.name: x for x in session.get_inputs()}
     wanted = {INPUT_PREFIX + name: side for name, side in settings["sizes"].items()}
     fits = set(inputs) == set(wanted) and all(
@@ -190,14 +191,23 @@ def graph_mismatch(session: Any, settings: dict) -> str:
         expected = ", ".join(f"{name}: {side}" for name, side in settings["sizes"].items())
         return f"the graph's inputs are {graph}; the settings' sizes are {expected} (inputs image_<backbone>)"
     outputs = {x.name: x.shape for x in session.get_outputs()}
-    if not set(OUTPUTS) <= set(outputs):
-        return f"the graph's outputs are {', '.join(outputs)}, not {', '.join(OUTPUTS)}"
+    if not output_names(session):
+        return f"the graph's outputs are {', '.join(outputs) or 'none'}, not two ({', '.join(OUTPUTS)})"
     k = len(settings["classes"])
-    columns = {name: (outputs[name] or [None])[-1] for name in OUTPUTS}  # K, or 1 for a sigmoid (two classes); or free
-    if not all(not isinstance(n, int) or n == (1 if k == 2 and n == 1 else k) for n in columns.values()):
-        shapes = ", ".join(f"{name} {_shape(outputs[name])}" for name in OUTPUTS)
+    columns = [(outputs[name] or [None])[-1] for name in output_names(session)]  # K, 1 for a sigmoid, or free
+    if not all(not isinstance(n, int) or n == (1 if k == 2 and n == 1 else k) for n in columns):
+        shapes = ", ".join(f"{name} {_shape(outputs[name])}" for name in output_names(session))
         return f"the graph's outputs are {shapes}; the settings have {k} classes"
     return ""
+
+
+def output_names(session: Any) -> list[str]:
+    """The graph's outputs to read, p_head's then p_finetuned's: by those names where it has them, else its two
+    outputs in order (tf2onnx names them Identity:0, Identity_1:0); [] when it has neither."""
+    names = [x.name for x in session.get_outputs()]
+    if set(OUTPUTS) <= set(names):
+        return list(OUTPUTS)
+    return names if len(names) == 2 else []
 
 
 def _shape(shape: list) -> str:

@@ -293,9 +293,15 @@ def test_settings_that_do_not_fit_the_graph_are_refused_naming_both(tmp_path, si
     assert "\n" not in line
 
 
-def test_a_graph_without_the_exports_outputs_is_refused(tmp_path):
-    folder = write_model(tmp_path / "model", weights={"p": WEIGHTS["p_head"], "p_finetuned": WEIGHTS["p_head"]})
-    with pytest.raises(ModelError, match="the graph's outputs are p, p_finetuned, not p_head, p_finetuned"):
+def test_the_two_outputs_are_read_by_name_or_else_in_order(tmp_path, photos):
+    as_tf2onnx_names_them = {"Identity:0": WEIGHTS["p_head"], "Identity_1:0": WEIGHTS["p_finetuned"]}
+    in_order = write_model(tmp_path / "in_order", weights=as_tf2onnx_names_them)
+    np.testing.assert_allclose(Classifier.load(in_order).predict(photos)[0][:, 1], expected_p(photos), atol=1e-6)
+    reversed_order = {"p_finetuned": WEIGHTS["p_finetuned"], "p_head": WEIGHTS["p_head"]}
+    by_name = write_model(tmp_path / "by_name", weights=reversed_order)
+    np.testing.assert_allclose(Classifier.load(by_name).predict(photos)[0][:, 1], expected_p(photos), atol=1e-6)
+    folder = write_model(tmp_path / "one", weights={"p": WEIGHTS["p_head"]})
+    with pytest.raises(ModelError, match=r"the graph's outputs are p, not two \(p_head, p_finetuned\)"):
         Classifier.load(folder)
     folder = write_model(tmp_path / "three", {**SETTINGS, "classes": ["cat", "dog", "fox"]})
     with pytest.raises(ModelError, match=r"p_head \?x1, p_finetuned \?x1; the settings have 3 classes"):
