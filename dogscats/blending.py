@@ -7,15 +7,11 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from dogscats.scoring import as_matrix, clip, log_loss, predicted_class
+from dogscats.calibration import blend, final_p, with_temperature
+from dogscats.scoring import clip, log_loss, predicted_class
 
 TEMPERATURE_RANGE = (0.01, 100.0)  # searched by calibrate: true (below 1 sharpens, above 1 softens)
 CLIP_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # low bounds tried by clip: auto (high = 1 - low)
-
-
-def blend(p_head: np.ndarray, p_finetuned: np.ndarray, weight: float) -> np.ndarray:
-    """Weighted mean of the two models' probabilities: weight is the fine-tuned model's share."""
-    return (1 - weight) * np.asarray(p_head) + weight * np.asarray(p_finetuned)
 
 
 def best_blend_weight(y: np.ndarray, p_head: np.ndarray, p_finetuned: np.ndarray) -> float:
@@ -25,15 +21,6 @@ def best_blend_weight(y: np.ndarray, p_head: np.ndarray, p_finetuned: np.ndarray
     found = minimize_scalar(loss, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-4})
     candidates = [0.0, round(float(found.x), 4), 1.0]
     return min(candidates, key=loss)
-
-
-def with_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
-    """Divide the log-probabilities by the temperature and renormalise (softmax(log p / T); for two classes the
-    log-odds divided by T): above 1 softens over-confident probabilities, below 1 sharpens. Keeps p's shape."""
-    scaled = np.log(as_matrix(p)) / temperature
-    probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    return probs[:, 1] if np.ndim(p) == 1 else probs
 
 
 def best_temperature(y: np.ndarray, p: np.ndarray) -> float:
@@ -57,14 +44,6 @@ def best_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     losses = [log_loss(y, clip(p, low, 1 - low)) for low in CLIP_GRID]
     best = max(i for i, loss in enumerate(losses) if loss <= min(losses) + 1e-12)
     return CLIP_GRID[best], 1 - CLIP_GRID[best]
-
-
-def final_p(
-    p_head: np.ndarray, p_finetuned: np.ndarray, weight: float, temperature: float, low: float, high: float
-) -> np.ndarray:
-    """The submitted probabilities: blend, then temperature, then clip."""
-    p = np.clip(blend(p_head, p_finetuned, weight), 1e-12, 1 - 1e-12)
-    return clip(with_temperature(p, temperature), low, high)
 
 
 @dataclass(frozen=True)

@@ -3,25 +3,76 @@
     from dogscats import Classifier
     probabilities, errors = Classifier.load("models/classifier").predict(["cat.jpg", "dog.png"])
 
-It needs numpy, Pillow, SciPy and ONNX Runtime, not TensorFlow: models/classifier/ holds classifier.onnx (every
-backbone, the flip TTA, the head and any fine-tuned models, from dogscats.export) and settings.json (the classes, each
-backbone's input size, the decode and resize policies, the blend weight, temperature and clip bounds)."""
+It needs numpy, Pillow, pydantic and ONNX Runtime, not TensorFlow nor SciPy: models/classifier/ holds classifier.onnx
+(every backbone, the flip TTA, the head and any fine-tuned models, from dogscats.export; one input per backbone,
+image_<backbone>, and two outputs, the head's probabilities then the fine-tuned models') and settings.json (the
+classes, each backbone's input side, the decode and resize policies, the blend weight, temperature and clip bounds).
+Both are checked at load: a folder that is not such a classifier raises ModelError, one line naming the file and
+every problem."""
 
 import json
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
 
-from dogscats.blending import final_p
-from dogscats.images import load_resized
-from dogscats.scoring import as_matrix
+from dogscats.backbone_sizes import MIN_SIZE
+from dogscats.calibration import final_p
+from dogscats.images import DECODE_POLICIES, RESIZE_POLICIES, load_resized
+from dogscats.schema import Section, problems
+from dogscats.scoring import as_probabilities
 
 SETTINGS = "settings.json"
 ONNX_MODEL = "classifier.onnx"
 KERAS_MODEL = "classifier.keras"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
+OUTPUTS = ("p_head", "p_finetuned")  # taken by these names where the graph has them, else its two outputs in order
+INPUT_PREFIX = "image_"  # the graph's input for a backbone is image_<backbone>
+# Folders are searched for these; .tif and .tiff too, so that they get a row saying TIFF is not read (not skipped).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class ModelError(ValueError):
+    """A model folder that is not a classifier the export stage wrote: the message is one line."""
+
+
+ClassName = Annotated[str, Field(min_length=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Epoch = Annotated[int, Field(ge=0)]
+
+
+class Settings(Section):
+    """settings.json, as stages/export.py writes it."""
+
+    classes: Annotated[list[ClassName], Field(min_length=2)]
+    sizes: Annotated[dict[str, Annotated[int, Field(ge=MIN_SIZE)]], Field(min_length=1)]
+    resize: Literal[RESIZE_POLICIES]
+    decode: Literal[DECODE_POLICIES]
+    blend: Fraction
+    temperature: Annotated[float, Field(gt=0)]  # finite: Section refuses NaN and infinity
+    clip_low: Fraction
+    clip_high: Fraction
+    head_epoch: Epoch
+    epoch: Epoch
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[str]) -> list[str]:
+        if len(set(classes)) < len(classes):
+            raise ValueError("distinct class names")
+        return classes
+
+    @field_validator("clip_high")
+    @classmethod
+    def _clip_around_chance(cls, high: float, info: ValidationInfo) -> float:
+        if "classes" in info.data and "clip_low" in info.data:  # else their own errors are reported
+            k, low = len(info.data["classes"]), info.data["clip_low"]
+            if not low < 1 / k < high:
+                raise ValueError(f"above 1/K = {1 / k:.4g} ({k} classes), clip_low below it (it is {low})")
+        return high
 
 
 @dataclass(frozen=True)
@@ -38,17 +89,16 @@ class Classifier:
 
     @classmethod
     def load(cls, folder: Path | str) -> "Classifier":
-        """Load models/classifier (or any folder the export stage wrote)."""
-        import onnxruntime as ort
-
+        """Load models/classifier (or any folder the export stage wrote); ModelError when it is not one."""
         folder = Path(folder)
         for name in (SETTINGS, ONNX_MODEL):
             if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found: export a classifier with dvc repro export")
-        settings = json.loads((folder / SETTINGS).read_text())
-        options = ort.SessionOptions()
-        options.use_deterministic_compute = True
-        session = ort.InferenceSession(str(folder / ONNX_MODEL), options, providers=["CPUExecutionProvider"])
+                raise ModelError(f"{folder / name} not found: export a classifier with dvc repro export")
+        settings = read_settings(folder / SETTINGS)
+        session = onnx_session(folder / ONNX_MODEL)
+        mismatch = graph_mismatch(session, settings)
+        if mismatch:
+            raise ModelError(f"{folder / ONNX_MODEL} does not fit {folder / SETTINGS}: {mismatch}")
         return cls(session, settings)
 
     def images(self, path: Path | str) -> list[np.ndarray]:
@@ -57,12 +107,11 @@ class Classifier:
         return [load_resized(path, size, s["resize"], s["decode"]).astype(np.float32) for size in s["sizes"].values()]
 
     def probabilities(self, batches: list[np.ndarray]) -> np.ndarray:
-        """(N, K) probabilities of image batches (one per backbone): blended, calibrated and clipped as in predict."""
+        """(N, K) probabilities of image batches (one per backbone, in the order of settings' sizes): blended,
+        calibrated and clipped as in predict."""
         s = self.settings
-        names = [x.name for x in self.session.get_inputs()]
-        p_head, p_finetuned = (
-            as_probabilities(p) for p in self.session.run(None, dict(zip(names, batches, strict=True)))
-        )
+        feeds = {INPUT_PREFIX + name: batch for name, batch in zip(s["sizes"], batches, strict=True)}
+        p_head, p_finetuned = (as_probabilities(p) for p in self.session.run(output_names(self.session), feeds))
         return final_p(p_head, p_finetuned, s["blend"], s["temperature"], s["clip_low"], s["clip_high"])
 
     def predict(self, paths: list[Path | str], batch_size: int = 16) -> tuple[np.ndarray, list[str]]:
@@ -95,17 +144,90 @@ class Classifier:
                 yield rows, errors, np.zeros((0, len(self.classes)))
 
 
-def as_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """A model's outputs as (N, K) float64 class probabilities: a sigmoid's single column p becomes (1 - p, p)."""
-    return as_matrix(outputs[:, 0].astype(np.float64)) if outputs.shape[1] == 1 else outputs.astype(np.float64)
+def read_settings(path: Path) -> dict:
+    """settings.json, checked; ModelError naming every problem, on one line."""
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path}: cannot be read as JSON: {err}") from None
+    found = problems(Settings, settings, "settings must be a JSON object")
+    if found:
+        raise ModelError(f"{path}: {'; '.join(found)}")
+    return settings
+
+
+def onnx_session(path: Path) -> Any:
+    """An ONNX Runtime session on the model's bytes; ModelError if they are not a model it can run, or if the model
+    keeps weights in external data files (none is read: their folder is an empty one)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.use_deterministic_compute = True
+    try:
+        model = path.read_bytes()
+        with tempfile.TemporaryDirectory() as empty:
+            # loaded from bytes, external data would be looked for in this folder (ONNX Runtime 1.21 on)
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", empty)
+            return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ONNX Runtime raises its own types (Fail, InvalidGraph, ...), and OSError
+        message = " ".join(str(err).split())
+        if "external data" in message.lower():
+            raise ModelError(f"{path}: uses external data files, which are not loaded ({message})") from None
+        raise ModelError(f"{path}: ONNX Runtime cannot load it: {type(err).__name__}: {message}") from None
+
+
+def graph_mismatch(session: Any, settings: dict) -> str:
+    """How the graph's inputs and outputs disagree with the settings (one image_<backbone> input per entry of sizes,
+    float (batch, side, side, 3); the two outputs with a column per class, or one for two classes), or "" when they
+    agree."""
+    inputs = {x.name: x for x in session.get_inputs()}
+    wanted = {INPUT_PREFIX + name: side for name, side in settings["sizes"].items()}
+    fits = set(inputs) == set(wanted) and all(
+        inputs[name].type == "tensor(float)" and list(inputs[name].shape[1:]) == [side, side, 3]
+        for name, side in wanted.items()
+    )
+    if not fits:
+        graph = ", ".join(f"{x.name} {_shape(x.shape)}" for x in inputs.values())
+        expected = ", ".join(f"{name}: {side}" for name, side in settings["sizes"].items())
+        return f"the graph's inputs are {graph}; the settings' sizes are {expected} (inputs image_<backbone>)"
+    outputs = {x.name: x.shape for x in session.get_outputs()}
+    if not output_names(session):
+        return f"the graph's outputs are {', '.join(outputs) or 'none'}, not two ({', '.join(OUTPUTS)})"
+    k = len(settings["classes"])
+    columns = [(outputs[name] or [None])[-1] for name in output_names(session)]  # K, 1 for a sigmoid, or free
+    if not all(not isinstance(n, int) or n == (1 if k == 2 and n == 1 else k) for n in columns):
+        shapes = ", ".join(f"{name} {_shape(outputs[name])}" for name in output_names(session))
+        return f"the graph's outputs are {shapes}; the settings have {k} classes"
+    return ""
+
+
+def output_names(session: Any) -> list[str]:
+    """The graph's outputs to read, p_head's then p_finetuned's: by those names where it has them, else its two
+    outputs in order (tf2onnx names them Identity:0, Identity_1:0); [] when it has neither."""
+    names = [x.name for x in session.get_outputs()]
+    if set(OUTPUTS) <= set(names):
+        return list(OUTPUTS)
+    return names if len(names) == 2 else []
+
+
+def _shape(shape: list) -> str:
+    """An input's shape as text, a free dimension as ?."""
+    return "x".join(str(d) if isinstance(d, int) else "?" for d in shape)
 
 
 def image_files(paths: list[Path | str]) -> list[Path]:
-    """The files given, and the image files (by suffix) found recursively in the folders given, sorted per folder."""
+    """The files given, and the image files (by suffix) found recursively in the folders given, sorted per folder;
+    hidden files and folders (a dot first, such as macOS's ._ copies) are skipped."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
         else:
             found.append(path)
     return found

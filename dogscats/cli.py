@@ -1,8 +1,9 @@
 """The `dogscats` console command: `dogscats classify PATH... [--model DIR] [--out FILE]`.
 
-Writes CSV, one row per image: path, p_<class> per class in the model's order, and class (the most probable); when a
-file cannot be read, a last column, error, says why, and its probabilities are empty. Exit status 0, 1 when a row has
-an error, 2 for bad arguments."""
+Writes CSV, one row per image: path, p_<class> per class in the model's order, and class (the most probable, as the
+pipeline decides: with two classes, the second from p = 0.5 on); when a file cannot be read, a last column, error,
+says why, and its probabilities are empty. Exit status 0, 1 when a row has an error, 2 for bad arguments or a model
+folder that is not an exported classifier (one line on stderr)."""
 
 import argparse
 import csv
@@ -10,11 +11,11 @@ import io
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from dogscats.atomic import atomic_path
-from dogscats.classifier import Classifier, image_files
+from dogscats.classifier import Classifier, ModelError, image_files
+from dogscats.scoring import predicted_class
 
 PROGRESS_FROM = 5  # images: a progress bar on stderr for more than this many
 BATCH = 16
@@ -36,14 +37,14 @@ def rows(model: Classifier, paths: list[Path], progress: bool) -> tuple[list[lis
     out, errors = [], 0
     with tqdm(total=len(paths), desc="classify", unit="img", disable=not progress, file=sys.stderr) as bar:
         for batch_rows, batch_errors, probabilities in model.batches(paths, BATCH):
-            good = iter(probabilities)
+            good = zip(probabilities, predicted_class(probabilities), strict=True)
             for i, error in zip(batch_rows, batch_errors, strict=True):
                 if error:
                     out.append([str(paths[i]), *[""] * len(model.classes), "", error])
                     errors += 1
                 else:
-                    p = next(good)
-                    out.append([str(paths[i]), *(f"{v:.8g}" for v in p), model.classes[int(np.argmax(p))], ""])
+                    p, predicted = next(good)
+                    out.append([str(paths[i]), *(f"{v:.8g}" for v in p), model.classes[predicted], ""])
             bar.update(len(batch_rows))
     return out, errors
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         model = Classifier.load(args.model)
-    except FileNotFoundError as err:
+    except ModelError as err:
         print(f"dogscats classify: {err}", file=sys.stderr)
         return 2
     paths = image_files(args.paths)

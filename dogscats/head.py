@@ -8,7 +8,7 @@ import numpy as np
 
 from dogscats import feature_store
 from dogscats.atomic import atomic_dir, save_keras_model
-from dogscats.scoring import as_matrix
+from dogscats.scoring import as_probabilities as probabilities  # also finetune's
 
 
 def feature_files(features_dir: Path | str, backbones: list[str]) -> list[Path]:
@@ -88,11 +88,6 @@ def subset(rows: feature_store.SplitFeatures, index: np.ndarray) -> feature_stor
 def predict_proba(model: keras.Model, features: np.ndarray) -> np.ndarray:
     """(N, K) class probabilities, as float64."""
     return probabilities(model.predict(features, batch_size=1024, verbose=0))
-
-
-def probabilities(outputs: np.ndarray) -> np.ndarray:
-    """A model's outputs as (N, K) class probabilities: a sigmoid's single column p becomes (1 - p, p)."""
-    return as_matrix(outputs[:, 0]) if outputs.shape[1] == 1 else np.asarray(outputs, dtype=np.float64)
 
 
 def save_heads(models: list[keras.Model], out: Path, refit: keras.Model | None = None) -> None:

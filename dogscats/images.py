@@ -1,10 +1,14 @@
-"""Image decoding: any file PIL can read (whatever its extension), EXIF orientation applied, RGB, fitted to the
-network's square input. 16-bit images are scaled to 8 bits; transparent pixels are composited over grey."""
+"""Image decoding: JPEG, PNG, GIF, WebP and BMP files, told by their content (whatever their extension), EXIF
+orientation applied, RGB, fitted to the network's square input. 16-bit images are scaled to 8 bits; transparent
+pixels are composited over grey. Any other format is refused before Pillow opens it: some of Pillow's plugins run
+other programs (EPS runs Ghostscript)."""
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 RESAMPLE = Image.Resampling.BICUBIC
 RESIZE_POLICIES = ("squash", "crop", "pad")  # stretch to a square; centre-crop the short side; pad to a square
@@ -13,20 +17,50 @@ REDUCED_MIN_SIDE = 0.75  # reduced decoding keeps at least this fraction of the 
 PAD_COLOUR = (127, 127, 127)
 CROP_MARGIN = 1 / 7  # five views are cut from a square this much larger than the input (as 224 of the classic 256)
 CHECK_DRAFT_SIZE = 64  # decode_problem decodes JPEGs at 1/8 scale: every byte is still read, a fraction of the memory
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")  # Pillow's names of the formats read (camera JPEGs open as MPO)
+FORMAT_NAMES = "JPEG, PNG, GIF, WebP, BMP"
+
+
+class ImageFormatError(UnidentifiedImageError):
+    """A file in a format Pillow knows but this project does not read."""
 
 
 def load_rgb(path: Path | str, draft_size: int | None = None) -> Image.Image:
-    """Decode an image, apply its EXIF orientation, convert to RGB; draft_size allows reduced-scale JPEG decoding."""
-    with Image.open(path) as im:
+    """Decode an image, apply its EXIF orientation, convert to RGB; draft_size allows reduced-scale JPEG decoding.
+    Only FORMATS are opened: any other raises ImageFormatError naming it."""
+    try:
+        opened = Image.open(path, formats=FORMATS)
+    except UnidentifiedImageError:
+        known = format_of(path)
+        if known:
+            raise ImageFormatError(f"{known} is not an allowed image format ({FORMAT_NAMES})") from None
+        raise
+    with opened as im:
         if draft_size:
             im.draft("RGB", (draft_size, draft_size))  # libjpeg DCT scaling, never below draft_size on either side
         im.load()
         return to_rgb(ImageOps.exif_transpose(im))
 
 
+def format_of(path: Path | str) -> str | None:
+    """The format Pillow would take the file for, by its first bytes alone (no plugin opens it), or None."""
+    with open(path, "rb") as f:
+        prefix = f.read(16)  # as much as Image.open gives the plugins' checks
+    Image.init()
+    return next((name for name, (_, accept) in Image.OPEN.items() if accept and _accepts(accept, prefix)), None)
+
+
+def _accepts(accept: Callable[[bytes], Any], prefix: bytes) -> bool:
+    """Whether a plugin's signature check takes the first bytes (some fail on a few bytes: then it does not)."""
+    try:
+        return bool(accept(prefix))
+    except Exception:  # struct.error and the like, on files shorter than a header
+        return False
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB from any mode: 16-bit greys scaled (PIL's own conversion clips them at 255), alpha over grey."""
-    if im.mode == "I" or im.mode.startswith("I;16"):  # PIL opens 16-bit PNG and TIFF greys as I;16 or I
+    if im.mode == "I" or im.mode.startswith("I;16"):  # PIL opens 16-bit PNG greys as I;16 or I
         im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8))
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")

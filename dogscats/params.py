@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES
+from dogscats.schema import Section, describe
 
 PARAMS_FILE = Path("params.yaml")
 AUTO = "auto"
-NON_EMPTY = {"string_too_short": "a non-empty string", "too_short": "a non-empty list"}  # every min_length here is 1
 OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl", "lion", "nadam", "rmsprop", "sgd")
 
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # NumPy's range
@@ -26,12 +26,6 @@ Optimizer = Literal[OPTIMIZERS]
 
 class ParamsError(SystemExit):
     """Bad params: the run ends with one line per problem, and no traceback."""
-
-
-class Section(BaseModel):
-    """A params section: no unknown keys, no type conversions (30 is not "30", 1 is not true)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Data(Section):
@@ -180,22 +174,11 @@ def check_params(params: Any) -> list[str]:
 
 
 def _describe(error: dict) -> str:
-    """One pydantic error as a line: the dotted key, what is allowed, the value given."""
-    key = ".".join(str(part) for part in error["loc"])
-    if not key:
-        return f"the params must be a mapping of sections, got {error['input']!r}"
-    if error["type"] == "missing":
-        return f"missing key {key}"
-    if error["type"] == "extra_forbidden":
-        return f"unknown key {key}"
-    message = error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
-    allowed = NON_EMPTY.get(error["type"], message)
-    if error["type"] == "literal_error":
-        allowed = allowed.replace("None", "null")  # as YAML spells it
+    """One pydantic error as a line (dogscats.schema.describe), with a hint where YAML read a number as text."""
     hint = ""
     if error["type"] == "float_type" and isinstance(error["input"], str) and _reads_as_float(error["input"]):
         hint = f" (YAML reads {error['input']} as text: write it with a decimal point, e.g. 1.0e-4)"
-    return f"{key} must be {allowed}, got {error['input']!r}{hint}"
+    return describe(error, "the params must be a mapping of sections") + hint
 
 
 def _reads_as_float(text: str) -> bool:

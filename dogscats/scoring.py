@@ -14,6 +14,13 @@ def as_matrix(p: np.ndarray) -> np.ndarray:
     return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
 
+def as_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """A model's (N, 1) or (N, K) outputs as (N, K) float64 class probabilities: a sigmoid's single column p (the
+    second class's) becomes (1 - p, p)."""
+    outputs = np.asarray(outputs)
+    return as_matrix(outputs[:, 0]) if outputs.shape[1] == 1 else as_matrix(outputs)
+
+
 def image_log_losses(y_true: np.ndarray, p: np.ndarray, eps: float = LOSS_EPS) -> np.ndarray:
     """Each image's cross-entropy, probabilities clipped to [eps, 1 - eps] and rows rescaled as Kaggle does."""
     probs = np.clip(as_matrix(p), eps, 1 - eps)

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dogscats.images import centre_view, crop_offsets, crop_side, decode_problem, load_resized
 
@@ -172,3 +172,33 @@ def test_crop_views_are_cut_from_a_square_a_seventh_larger():
     batch = np.arange(2 * 6 * 6 * 3).reshape(2, 6, 6, 3)
     assert np.array_equal(centre_view(batch, 4), batch[:, 1:5, 1:5])
     assert np.array_equal(centre_view(batch, 6), batch)
+
+
+def test_camera_jpegs_that_open_as_mpo_still_decode(tmp_path):
+    plain, camera = tmp_path / "plain.jpg", tmp_path / "camera.jpg"
+    Image.new("RGB", (30, 20), COLOUR).save(plain)
+    Image.new("RGB", (30, 20), COLOUR).save(
+        camera, format="MPO", save_all=True, append_images=[Image.new("RGB", (30, 20))]
+    )
+    assert Image.open(plain).format == "JPEG" and Image.open(camera).format == "MPO"  # through the JPEG plugin
+    for path in (plain, camera):
+        assert decode_problem(path) is None
+        assert _close_to(load_resized(path, 16, "crop", "reduced"), COLOUR)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"), [("TIFF", "TIFF"), ("EPS", "EPS"), ("PPM", "PPM"), ("ICO", "ICO"), ("TGA", None)]
+)
+def test_formats_outside_the_allow_list_are_problems_naming_them(tmp_path, fmt, name):
+    path = tmp_path / "photo.jpg"
+    if fmt == "EPS":  # Pillow would need Ghostscript to write one, and to read one: its header is enough here
+        path.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    else:
+        Image.new("RGB", (30, 20), COLOUR).save(path, format=fmt)
+    problem = decode_problem(path)
+    if name:  # known by its first bytes: named
+        assert problem == f"ImageFormatError: {name} is not an allowed image format (JPEG, PNG, GIF, WebP, BMP)"
+    else:  # TGA has no signature of its own (its first bytes may look like another format's): refused all the same
+        assert problem.startswith(("UnidentifiedImageError: cannot identify image file", "ImageFormatError: "))
+    with pytest.raises(UnidentifiedImageError):
+        load_resized(path, 16)
