@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -65,6 +66,17 @@ def test_prepare_links_splits_and_reports(prepared):
     assert sorted(Path(f).name for f in report.file) == ["2.jpg", "cat.3.jpg"]
     metrics = json.loads(Path("metrics/prepare.json").read_text())
     assert metrics == {"n_bad": 2, "n_bad_train": 1, "n_classes": 2, "n_test": 6, "n_train": 19, "folds": 5}
+
+
+def test_the_same_photos_in_another_folder_give_the_same_prepare_outputs(prepared, tmp_path):
+    outputs = ("data/split.csv", "data/answer_key.csv", "data/prepare_report.csv", "metrics/prepare.json")
+    before = {name: Path(name).read_bytes() for name in outputs}
+    copy = shutil.copytree(prepared, tmp_path / "moved" / "photos")
+    _set_param("data", "raw", str(copy))
+    _set_param("submit", "labels", str(copy / "answers.csv"))
+    prepare.main(*PREPARE_ARGS)
+    assert {name: Path(name).read_bytes() for name in outputs} == before  # nothing downstream reruns
+    assert Path("data/prepared/train/dog/dog.1.jpg").resolve() == (copy / "train" / "dog.1.jpg").resolve()
 
 
 def test_prepare_warns_of_a_class_smaller_than_the_folds_and_stops_on_more_folds_than_images(
