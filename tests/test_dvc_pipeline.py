@@ -129,6 +129,24 @@ def test_a_bad_param_stops_dvc_repro_at_once_with_one_line_naming_it(committed):
     assert "Traceback" not in output
 
 
+def test_the_same_photos_in_another_folder_rerun_prepare_alone_with_the_same_outputs(committed, tmp_path):
+    path, _ = committed
+    copy = shutil.copytree(path / "data" / "demo", tmp_path / "elsewhere" / "photos")
+    before, metrics = yaml.safe_load((path / "dvc.lock").read_text())["stages"], _metrics(path)
+    output = _run(path, "dvc", "exp", "run", "-S", f"data.raw={copy}")
+    after = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
+    for command in _readme_way_back():
+        _run(path, *command)
+    assert re.findall(r"Running stage '([^']+)'", output) == ["prepare"], output
+    assert after["prepare"]["params"]["params.yaml"]["data"]["raw"] == str(copy)  # prepare did see the new folder
+    assert after["prepare"]["outs"] == before["prepare"]["outs"]  # the manifest byte for byte, and so
+    assert {name: stage for name, stage in after.items() if name != "prepare"} == {  # every later stage as it was
+        name: stage for name, stage in before.items() if name != "prepare"
+    }
+    assert _metrics(path) == metrics
+    assert "Data and pipelines are up to date" in _run(path, "dvc", "status")
+
+
 def test_a_forced_repro_gives_the_same_lock_and_metrics(committed):
     path, _ = committed
     lock, metrics = (path / "dvc.lock").read_text(), _metrics(path)
