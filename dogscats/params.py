@@ -132,8 +132,8 @@ class Predict(Section):
     @classmethod
     def _clip(cls, value: Any) -> Any:
         pair = isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)
-        if value != AUTO and not (pair and 0 <= value[0] < value[1] <= 1):
-            raise ValueError('"auto" or [low, high] with 0 <= low < high <= 1')
+        if value != AUTO and not (pair and 0 <= value[0] < 1 / 2 < value[1] <= 1):  # 1/K < 1/2 for K classes: predict
+            raise ValueError('"auto" or [low, high] with 0 <= low < 1/2 < high <= 1')  # checks low < 1/K, knowing K
         return value
 
 
@@ -232,6 +232,14 @@ def _check_backbones(params: dict) -> list[str]:
         if sizes[name] < MIN_SIZES[name]:
             problems.append(f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {sizes[name]}")
     return problems
+
+
+def clip_problem(clip: Any, n_classes: int) -> str | None:
+    """Why predict.clip cannot clip probabilities of n_classes classes (None if it can): low must lie below 1/K, or
+    every clipped row would sum to more than 1 (K > 2) or the bounds cross the middle (K = 2)."""
+    if clip == AUTO or clip[0] < 1 / n_classes:
+        return None
+    return f"predict.clip: low {clip[0]} must be below 1/{n_classes} for {n_classes} classes; lower it, or use auto"
 
 
 def _is_number(value: Any) -> bool:

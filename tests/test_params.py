@@ -14,7 +14,7 @@ from dogscats.backbone_sizes import NATIVE_SIZES
 from dogscats.params import OPTIMIZERS, ParamsError, check_params, load_params
 from stages import prepare
 
-from .conftest import PREPARE_ARGS, REPO, default_params
+from .conftest import PREDICT_ARGS, PREPARE_ARGS, REPO, default_params
 
 SIZES = default_params()["features"]["input_size"]
 
@@ -93,7 +93,9 @@ def test_the_repository_params_are_valid():
         ({"train__seed": -1}, "train.seed must be greater than or equal to 0, got -1"),
         ({"train__hidden": -1}, "train.hidden must be greater than or equal to 0, got -1"),
         ({"finetune__epochs": -1}, "finetune.epochs must be greater than or equal to 0, got -1"),
-        ({"predict__clip": [0.995, 0.005]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < high <= 1'),
+        ({"predict__clip": [0.995, 0.005]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < 1/2 < high'),
+        ({"predict__clip": [0.6, 0.9]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < 1/2 < high <= 1'),
+        ({"predict__clip": [0.1, 0.5]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < 1/2 < high <= 1'),
         ({"predict__clip": [0.005]}, 'predict.clip must be "auto" or [low, high]'),
         ({"submit__labels": ""}, "submit.labels must be a non-empty string, got ''"),
         ({"data__raw": 5}, "data.raw must be a valid string, got 5"),
@@ -217,3 +219,26 @@ def test_each_stage_tracks_the_params_it_reads_but_data_raw_which_only_locates_t
         assert untracked <= LOCATORS, (name, untracked)
         locating |= {name} if untracked else set()
     assert locating == {"features", "finetune", "evaluate"}  # the image readers find the photos through data.raw
+
+
+def test_predict_clip_must_leave_every_class_above_its_low_bound():
+    from dogscats.params import clip_problem
+
+    assert clip_problem([0.4, 0.9], 2) is None and clip_problem("auto", 5) is None
+    assert clip_problem([0.4, 0.9], 3) == (
+        "predict.clip: low 0.4 must be below 1/3 for 3 classes; lower it, or use auto"
+    )
+
+
+def test_predict_stops_with_one_line_when_the_clip_low_bound_is_not_below_one_over_k(in_project, tmp_path):
+    from stages import predict
+
+    in_project(predict={**default_params()["predict"], "clip": [0.4, 0.9]})  # valid for two classes, not for three
+    (tmp_path / "data").mkdir()
+    rows = [f"{c}/{n},,{c},train,{n + 1},,,x" for c in ("bird", "cat", "dog") for n in range(2)] + ["t,,,test,0,,,x"]
+    (tmp_path / "data" / "split.csv").write_text("id,file,label,split,fold,source,problem,md5\n" + "\n".join(rows))
+    with pytest.raises(ParamsError) as stop:
+        predict.main(*PREDICT_ARGS)
+    assert (
+        str(stop.value) == "params.yaml: predict.clip: low 0.4 must be below 1/3 for 3 classes; lower it, or use auto"
+    )
