@@ -10,10 +10,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES
+from dogscats.images import DECODE_POLICIES, RESIZE_POLICIES
 
 PARAMS_FILE = Path("params.yaml")
 AUTO = "auto"
 NON_EMPTY = {"string_too_short": "a non-empty string", "too_short": "a non-empty list"}  # every min_length here is 1
+# The choices of the keys whose modules import TensorFlow live here, where checking the params needs none; those
+# modules import them from here (the image policies' live in dogscats.images, which needs no TensorFlow either).
+ENGINES = ("auto", "tensorflow", "onnxruntime")  # features.engine: dogscats.engine
+PRECISIONS = ("float32", "bfloat16", "float16")  # features.precision: dogscats.extract
+POOLINGS = ("avg", "max", "flatten")  # features.pooling: dogscats.backbones
 OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl", "lion", "nadam", "rmsprop", "sgd")
 
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # NumPy's range
@@ -53,14 +59,14 @@ class Prepare(Section):
 class Features(Section):
     weights: Literal["imagenet", None]
     batch_size: AtLeastOne
-    resize: Literal["squash", "crop", "pad"]
-    decode: Literal["full", "reduced"]
+    resize: Literal[RESIZE_POLICIES]
+    decode: Literal[DECODE_POLICIES]
     tta: bool
     crops: Literal[1, 5]
-    precision: Literal["float32", "bfloat16", "float16"]
-    pooling: Literal["avg", "max", "flatten"]
+    precision: Literal[PRECISIONS]
+    pooling: Literal[POOLINGS]
     input_size: dict[str, int]
-    engine: Literal["auto", "tensorflow", "onnxruntime"]
+    engine: Literal[ENGINES]
 
     @field_validator("crops", mode="before")
     @classmethod

@@ -29,18 +29,18 @@ def main(
     manifest = read_manifest(manifest_path)
     manifest = manifest[manifest.split == "train"].set_index("id")
     classes = classes_of(manifest.label)
-    val = read_prediction_table(oof_predictions_path)  # each image predicted by models that never saw it
-    p, y = read_probabilities(val, classes), val.label.to_numpy()
+    oof = read_prediction_table(oof_predictions_path)  # each image predicted by models that never saw it
+    p, y = read_probabilities(oof, classes), oof.label.to_numpy()
     write_csv(roc_path, roc_points(y, p))
     write_csv(confusion_path, confusion_rows(y, p, classes))
     write_csv(calibration_path, calibration_rows(y, p))
 
-    files = np.array(image_paths(manifest.loc[val.id], raw))
+    files = np.array(image_paths(manifest.loc[oof.id], raw))
     errors = int((predicted_class(p) != y).sum())
-    worst = worst_mistakes(val.id, files, y, p, classes, cfg["worst_mistakes"])
-    title = f"The {len(worst)} worst of {errors} mistakes among {len(val)} labelled images (out of fold)"
+    worst = worst_mistakes(oof.id, files, y, p, classes, cfg["worst_mistakes"])
+    title = f"The {len(worst)} worst of {errors} mistakes among {len(oof)} labelled images (out of fold)"
     with atomic_path(html_path, suffix=".html") as tmp:
-        tmp.write_text(worst_mistakes_html(worst, title if errors else f"No mistakes among {len(val)} labelled images"))
+        tmp.write_text(worst_mistakes_html(worst, title if errors else f"No mistakes among {len(oof)} labelled images"))
     metrics = {"cv_auc": auc(y, p), "cv_errors": errors}
     if metrics["cv_auc"] is None:
         present = ", ".join(classes[i] for i in sorted(set(y)))

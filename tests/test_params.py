@@ -124,6 +124,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_the_choices_allowed_are_the_ones_the_code_knows():
+    from dogscats import params
     from dogscats.backbone_sizes import NATIVE_SIZES
     from dogscats.backbones import POOLINGS, registry
     from dogscats.engine import ENGINES
@@ -136,6 +137,11 @@ def test_the_choices_allowed_are_the_ones_the_code_knows():
     assert (choices["pooling"], choices["precision"]) == (POOLINGS, PRECISIONS)
     assert (choices["resize"], choices["decode"]) == (RESIZE_POLICIES, DECODE_POLICIES)
     assert choices["engine"] == ENGINES
+    assert (POOLINGS, PRECISIONS, ENGINES) == (params.POOLINGS, params.PRECISIONS, params.ENGINES)  # one list each
+    assert (RESIZE_POLICIES, DECODE_POLICIES) == (params.RESIZE_POLICIES, params.DECODE_POLICIES)
+    for module in ("backbones", "extract", "engine", "images"):  # each list written once, in params or in images
+        source = (REPO / "dogscats" / f"{module}.py").read_text()
+        assert not re.search(r"^(POOLINGS|PRECISIONS|ENGINES|OPTIMIZERS) = ", source, re.MULTILINE), module
 
 
 def test_a_params_file_that_is_not_a_mapping_is_named():
