@@ -112,7 +112,7 @@ def test_two_queued_experiments_complete_and_are_listed(committed):
     shown = {exp["data"]["params"]["params.yaml"]["data"]["evaluate"]["worst_mistakes"]: exp for exp in experiments}
     assert {3, 4} <= set(shown)  # beside any earlier experiment of this project
     for exp in shown.values():
-        assert "oof_logloss" in exp["data"]["metrics"]["metrics/train.json"]["data"]
+        assert "oof_logloss_optimistic" in exp["data"]["metrics"]["metrics/train.json"]["data"]
 
 
 def test_a_bad_param_stops_dvc_repro_at_once_with_one_line_naming_it(committed):
