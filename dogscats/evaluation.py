@@ -1,5 +1,5 @@
 """Evaluation outputs people look at: ROC curve and confusion matrix data for `dvc plots`, and an HTML page of
-the worst validation mistakes with their thumbnails."""
+the worst out-of-fold mistakes with their thumbnails."""
 
 import base64
 import html

@@ -17,8 +17,7 @@ import tensorflow as tf
 from dogscats.backbones import Backbone, load_feature_extractor
 from dogscats.engine import EngineModel, engine_feature_batches
 from dogscats.images import crop_offsets, crop_side, load_resized
-
-PRECISIONS = ("float32", "bfloat16", "float16")
+from dogscats.params import PRECISIONS  # its one list, where checking params needs no TensorFlow
 
 
 def image_dataset(

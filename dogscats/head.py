@@ -53,7 +53,7 @@ def build_head(
 
 def fit_head(
     train: feature_store.SplitFeatures,
-    val: feature_store.SplitFeatures | None,
+    held_out: feature_store.SplitFeatures | None,
     n_classes: int,
     hidden: int,
     dropout: float,
@@ -63,12 +63,13 @@ def fit_head(
     batch_size: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Build and train a head on one split's features; the history has val_ columns when val is given."""
+    """Build and train a head on some rows' features; the history has (Keras's) val_ columns, the held-out rows'
+    figures, when held_out is given."""
     model = build_head(train.features.shape[1], n_classes, hidden, dropout, optimizer, learning_rate)
     history = model.fit(
         train.features,
         train.labels,
-        validation_data=(val.features, val.labels) if val is not None else None,
+        validation_data=(held_out.features, held_out.labels) if held_out is not None else None,
         epochs=epochs,
         batch_size=batch_size,
         shuffle=True,

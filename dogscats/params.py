@@ -10,10 +10,16 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES
+from dogscats.images import DECODE_POLICIES, RESIZE_POLICIES
 from dogscats.schema import Section, describe
 
 PARAMS_FILE = Path("params.yaml")
 AUTO = "auto"
+# The choices of the keys whose modules import TensorFlow live here, where checking the params needs none; those
+# modules import them from here (the image policies' live in dogscats.images, which needs no TensorFlow either).
+ENGINES = ("auto", "tensorflow", "onnxruntime")  # features.engine: dogscats.engine
+PRECISIONS = ("float32", "bfloat16", "float16")  # features.precision: dogscats.extract
+POOLINGS = ("avg", "max", "flatten")  # features.pooling: dogscats.backbones
 OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl", "lion", "nadam", "rmsprop", "sgd")
 
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # NumPy's range
@@ -47,14 +53,14 @@ class Prepare(Section):
 class Features(Section):
     weights: Literal["imagenet", None]
     batch_size: AtLeastOne
-    resize: Literal["squash", "crop", "pad"]
-    decode: Literal["full", "reduced"]
+    resize: Literal[RESIZE_POLICIES]
+    decode: Literal[DECODE_POLICIES]
     tta: bool
     crops: Literal[1, 5]
-    precision: Literal["float32", "bfloat16", "float16"]
-    pooling: Literal["avg", "max", "flatten"]
+    precision: Literal[PRECISIONS]
+    pooling: Literal[POOLINGS]
     input_size: dict[str, int]
-    engine: Literal["auto", "tensorflow", "onnxruntime"]
+    engine: Literal[ENGINES]
 
     @field_validator("crops", mode="before")
     @classmethod
@@ -126,8 +132,8 @@ class Predict(Section):
     @classmethod
     def _clip(cls, value: Any) -> Any:
         pair = isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)
-        if value != AUTO and not (pair and 0 <= value[0] < value[1] <= 1):
-            raise ValueError('"auto" or [low, high] with 0 <= low < high <= 1')
+        if value != AUTO and not (pair and 0 <= value[0] < 1 / 2 < value[1] <= 1):  # 1/K < 1/2 for K classes: predict
+            raise ValueError('"auto" or [low, high] with 0 <= low < 1/2 < high <= 1')  # checks low < 1/K, knowing K
         return value
 
 
@@ -215,6 +221,14 @@ def _check_backbones(params: dict) -> list[str]:
         if sizes[name] < MIN_SIZES[name]:
             problems.append(f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {sizes[name]}")
     return problems
+
+
+def clip_problem(clip: Any, n_classes: int) -> str | None:
+    """Why predict.clip cannot clip probabilities of n_classes classes (None if it can): low must lie below 1/K, or
+    every clipped row would sum to more than 1 (K > 2) or the bounds cross the middle (K = 2)."""
+    if clip == AUTO or clip[0] < 1 / n_classes:
+        return None
+    return f"predict.clip: low {clip[0]} must be below 1/{n_classes} for {n_classes} classes; lower it, or use auto"
 
 
 def _is_number(value: Any) -> bool:

@@ -1,7 +1,8 @@
 """The submission: one row per test image, sorted by id (numerically when every id is a number).
 
 Two classes: Kaggle's `id,label`, label = p(second class), p(dog). More: `id,<class>,...`, one probability column per
-class, rows summing to 1."""
+class, rows summing to 1. Probabilities are rounded to DECIMALS places when the frame is made, so what is scored is what
+is written."""
 
 from pathlib import Path
 
@@ -12,9 +13,12 @@ from dogscats.atomic import write_csv
 from dogscats.predictions import read_prediction_table, read_probabilities
 from dogscats.scoring import accuracy, log_loss
 
+DECIMALS = 6  # the submission's probabilities, as written and as scored
+
 
 def make_submission(predictions_path: Path | str, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
-    """The submission frame, checked: every test id exactly once, probabilities in [0, 1]."""
+    """The submission frame, checked: every test id exactly once, probabilities in [0, 1], rounded to DECIMALS places
+    (as written, and so as scored)."""
     pred = read_prediction_table(predictions_path)
     dup = pred.id[pred.id.duplicated()].tolist()
     if dup:
@@ -25,6 +29,7 @@ def make_submission(predictions_path: Path | str, test_ids: list[str], classes: 
     probs = read_probabilities(pred, classes)
     if not np.all((probs >= 0) & (probs <= 1)):  # also catches NaN
         raise ValueError(f"{predictions_path}: labels must be probabilities in [0, 1]")
+    probs = probs.round(DECIMALS)
     if len(classes) == 2:
         submission = pd.DataFrame({"id": pred.id, "label": probs[:, 1]})
     else:
@@ -35,8 +40,8 @@ def make_submission(predictions_path: Path | str, test_ids: list[str], classes: 
 
 
 def write_submission(path: Path | str, submission: pd.DataFrame) -> None:
-    """Write the CSV atomically, probabilities with 6 decimals."""
-    write_csv(path, submission.round({c: 6 for c in submission.columns if c != "id"}))
+    """Write the CSV atomically: make_submission's frame, its probabilities rounded already."""
+    write_csv(path, submission)
 
 
 def score_submission(submission: pd.DataFrame, key: pd.DataFrame, classes: list[str]) -> dict[str, float]:

@@ -143,7 +143,11 @@ def _parse(data: bytes) -> dict[str, np.ndarray]:
         raise ValueError(f"unsupported legacy torch protocol {_short(protocol)}")
     _check_sys_info(_load(f, _PlainUnpickler))
     state = _load(f, _StateDictUnpickler)
-    if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, TensorRef) for k, v in state.items())):
+    if not isinstance(state, dict):
+        raise ValueError("the state dict is not a mapping of names to tensors")
+    state = dict(dict.items(state))  # a plain copy, read with dict's own method: a BUILD can give the OrderedDict an
+    # `items` or `values` attribute (e.g. OrderedDict itself, which returns nothing), but cannot redirect dict.items
+    if not all(isinstance(k, str) and isinstance(v, TensorRef) for k, v in state.items()):
         raise ValueError("the state dict is not a mapping of names to tensors")
     keys = _load(f, _PlainUnpickler)
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):

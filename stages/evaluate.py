@@ -4,8 +4,10 @@ mistakes (thumbnail, true class, its predicted probability)."""
 
 import sys
 
+import numpy as np
+
 from dogscats.atomic import atomic_path, write_csv, write_json
-from dogscats.dataset import classes_of, read_manifest
+from dogscats.dataset import classes_of, image_paths, read_manifest
 from dogscats.evaluation import auc, calibration_rows, confusion_rows, roc_points, worst_mistakes, worst_mistakes_html
 from dogscats.params import load_params
 from dogscats.predictions import read_prediction_table, read_probabilities
@@ -22,22 +24,23 @@ def main(
     metrics_path: str,
 ) -> None:
     """Write the three plots' data, the mistakes page and the AUC."""
-    cfg = load_params()["evaluate"]
+    params = load_params()
+    cfg, raw = params["evaluate"], params["data"]["raw"]  # data.raw locates the thumbnails' images; not tracked
     manifest = read_manifest(manifest_path)
     manifest = manifest[manifest.split == "train"].set_index("id")
     classes = classes_of(manifest.label)
-    val = read_prediction_table(oof_predictions_path)  # each image predicted by models that never saw it
-    p, y = read_probabilities(val, classes), val.label.to_numpy()
+    oof = read_prediction_table(oof_predictions_path)  # each image predicted by models that never saw it
+    p, y = read_probabilities(oof, classes), oof.label.to_numpy()
     write_csv(roc_path, roc_points(y, p))
     write_csv(confusion_path, confusion_rows(y, p, classes))
     write_csv(calibration_path, calibration_rows(y, p))
 
-    files = manifest.loc[val.id, "source"].to_numpy()
+    files = np.array(image_paths(manifest.loc[oof.id], raw))
     errors = int((predicted_class(p) != y).sum())
-    worst = worst_mistakes(val.id, files, y, p, classes, cfg["worst_mistakes"])
-    title = f"The {len(worst)} worst of {errors} mistakes among {len(val)} labelled images (out of fold)"
+    worst = worst_mistakes(oof.id, files, y, p, classes, cfg["worst_mistakes"])
+    title = f"The {len(worst)} worst of {errors} mistakes among {len(oof)} labelled images (out of fold)"
     with atomic_path(html_path, suffix=".html") as tmp:
-        tmp.write_text(worst_mistakes_html(worst, title if errors else f"No mistakes among {len(val)} labelled images"))
+        tmp.write_text(worst_mistakes_html(worst, title if errors else f"No mistakes among {len(oof)} labelled images"))
     metrics = {"cv_auc": auc(y, p), "cv_errors": errors}
     if metrics["cv_auc"] is None:
         present = ", ".join(classes[i] for i in sorted(set(y)))

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from dogscats.atomic import atomic_path, write_json
 from dogscats.backbones import get_backbone
-from dogscats.dataset import classes_of, label_index, read_manifest
+from dogscats.dataset import classes_of, image_paths, label_index, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
 from dogscats.extract import build_extractor, choose_strategy, split_features
@@ -17,8 +17,9 @@ from dogscats.params import load_params
 
 
 def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: str) -> None:
-    """Extract one backbone's features for the train, val and test splits, in manifest order."""
-    params = load_params()["features"]
+    """Extract one backbone's features for the labelled (train) and test images, in manifest order."""
+    all_params = load_params()
+    params, raw = all_params["features"], all_params["data"]["raw"]  # data.raw locates the images; not tracked
     backbone = get_backbone(backbone_name)
     manifest = read_manifest(manifest_path)
     classes = classes_of(manifest.label)
@@ -39,7 +40,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
         for split in SPLITS:
             rows = manifest[manifest.split == split]
             usable = (rows.problem == "").tolist()
-            batches = split_features(rows.source.tolist(), usable, backbone, model, extractor, strategy, params)
+            batches = split_features(image_paths(rows, raw), usable, backbone, model, extractor, strategy, params)
             labels = label_index(rows.label, classes)
             write_split(h5, split, rows.id.tolist(), labels, usable, _counted(batches, progress), dim)
         progress.close()

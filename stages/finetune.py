@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from dogscats.atomic import atomic_dir, save_keras_model, write_csv, write_json
 from dogscats.backbones import get_backbone, load_feature_extractor
-from dogscats.dataset import folds_of, label_index, read_manifest
+from dogscats.dataset import folds_of, image_paths, label_index, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
 from dogscats.extract import image_batches
@@ -119,7 +119,7 @@ def main(
 
         def maps_of(rows: pd.DataFrame, mirror: bool) -> np.ndarray:
             usable = (rows.problem == "").tolist()
-            images = image_batches(rows.source.tolist(), usable, side, resize, decode, batch_size)
+            images = image_batches(image_paths(rows, params["data"]["raw"]), usable, side, resize, decode, batch_size)
             images = (centre_view(x, size) for x in images)
             name = f"finetune: trunk outputs, {'mirrored ' if mirror else ''}{rows.split.iloc[0] if len(rows) else ''}"
             images = tqdm(images, desc=name, total=-(-len(rows) // batch_size), unit="batch")
@@ -145,7 +145,7 @@ def main(
         for epoch in range(1, cfg["epochs"] + 1):
             epoch_start = time.perf_counter()
             order = rng.permutation(len(labelled))
-            sources = labelled.source[order].tolist()
+            sources = image_paths(labelled.iloc[order], params["data"]["raw"])
             photos = image_batches(sources, [True] * len(order), side, resize, decode, batch_size)
             photos = (centre_view(x, size) for x in photos)
             train = augmented_trunk_batches(run_trunk, augmented, backbone.preprocess, photos, y[order], folds[order])

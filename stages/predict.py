@@ -11,7 +11,7 @@ import pandas as pd
 from dogscats.atomic import write_csv, write_json
 from dogscats.blending import apply, choose, cross_fitted
 from dogscats.dataset import classes_of, folds_of, label_index, read_manifest
-from dogscats.params import load_params
+from dogscats.params import ParamsError, clip_problem, load_params
 from dogscats.predictions import probability_table, read_prediction_table, read_probabilities
 from dogscats.scoring import accuracy, clip, log_loss
 
@@ -37,6 +37,8 @@ def main(
     cfg = load_params()["predict"]
     manifest = read_manifest(manifest_path)
     classes = classes_of(manifest.label)
+    if clip_problem(cfg["clip"], len(classes)):  # the params check knows no K: 1/2 is its bound
+        raise ParamsError(f"params.yaml: {clip_problem(cfg['clip'], len(classes))}")
     head = read_prediction_table(head_predictions_path)
     tuned = read_prediction_table(finetune_predictions_path)
     suffix = "_tta" if cfg["finetune_tta"] else ""

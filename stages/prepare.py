@@ -1,5 +1,6 @@
 """Stage prepare: check every raw image and the answer key, deal the labelled images into k folds (seeded,
-stratified), link the layout, write the manifest."""
+stratified), link the layout, write the manifest (image paths relative to data.raw, so that moving the photos changes
+no output: dogscats.dataset explains)."""
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from dogscats.dataset import (
     checked_answer_key,
     classes_of,
     file_md5,
+    image_paths,
     link_path,
     scan_raw,
     stratified_folds,
@@ -39,11 +41,12 @@ def main(out_dir: str, manifest_path: str, key_path: str, report_path: str, metr
     if labels:
         key = checked_answer_key(Path(labels), raw, test_ids, classes_of(images.label))
     with ThreadPoolExecutor() as pool:
-        checks = tqdm(pool.map(check_image, images.source), total=len(images), desc="prepare: checking images")
+        paths = image_paths(images, raw)
+        checks = tqdm(pool.map(check_image, paths), total=len(images), desc="prepare: checking images")
         images["problem"], images["md5"] = zip(*checks, strict=True)
     for source, problem, split in images[images.problem != ""][["source", "problem", "split"]].itertuples(index=False):
         bad.append((source, problem if split == "train" else f"{problem} (test image kept, predicted with the prior)"))
-        print(f"prepare: warning: {source}: {problem}", file=sys.stderr)
+        print(f"prepare: warning: {raw / source}: {problem}", file=sys.stderr)
     write_csv(report_path, pd.DataFrame(bad, columns=["file", "reason"]))
     n_train = int((images.split == "train").sum())
     n_bad_train = int(((images.split == "train") & (images.problem != "")).sum())
@@ -71,7 +74,7 @@ def main(out_dir: str, manifest_path: str, key_path: str, report_path: str, metr
     rows = zip(images.source, images.split, images.label, strict=True)
     images["file"] = [str(link_path(*row, out)) for row in rows]
     with atomic_dir(out) as tmp:  # a sibling of out, so the relative links stay valid after the rename
-        write_symlink_tree(images, tmp)
+        write_symlink_tree(images, raw, tmp)
     write_csv(manifest_path, images[MANIFEST_COLUMNS])
     write_csv(key_path, key)
     counts = images.split.value_counts()

@@ -98,9 +98,9 @@ def main(
         ids.assign(epoch=e).join(probability_table(np.concatenate([p_oof[e], p_test[e]]), classes)) for e in checkpoints
     ]
     write_csv(predictions_path, pd.concat(tables, ignore_index=True))
-    metrics = {
-        "oof_logloss": losses[best],
-        "oof_accuracy": accuracy(labelled.labels, p_oof[best]),
+    metrics = {  # optimistic: best_epoch was chosen on these same out-of-fold predictions (predict's cv_ are not)
+        "oof_logloss_optimistic": losses[best],
+        "oof_accuracy_optimistic": accuracy(labelled.labels, p_oof[best]),
         "best_epoch": best,
         "n_labelled": len(labelled.ids),
         "folds": len(models),

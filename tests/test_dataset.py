@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dogscats.dataset import checked_answer_key, classes_of, label_index, scan_raw, stratified_folds
+from dogscats.dataset import checked_answer_key, classes_of, image_paths, label_index, scan_raw, stratified_folds
 
 from .conftest import make_kaggle_layout, write_image
 
@@ -28,8 +28,9 @@ def test_scan_reads_labels_and_numeric_test_ids(kaggle_raw):
 def test_names_without_a_label_are_skipped_and_listed(kaggle_raw):
     puppy = write_image(kaggle_raw / "train" / "puppy.jpg", (1, 2, 3))
     frame, skipped = scan_raw(kaggle_raw)
-    assert str(puppy) not in set(frame.source)
-    assert [f for f, _ in skipped] == [str(puppy)]
+    assert "train/puppy.jpg" not in set(frame.source)
+    assert [f for f, _ in skipped] == ["train/puppy.jpg"]  # relative to data.raw, as the manifest's sources
+    assert puppy == kaggle_raw / skipped[0][0]
 
 
 def test_upper_case_names_are_read(kaggle_raw):
@@ -76,6 +77,15 @@ def test_empty_class_stops(kaggle_raw):
         scan_raw(kaggle_raw)
 
 
+def test_the_manifests_paths_are_relative_to_data_raw_so_a_copy_scans_the_same(kaggle_raw, tmp_path):
+    copy = shutil.copytree(kaggle_raw, tmp_path / "elsewhere" / "photos")
+    frame, _ = scan_raw(kaggle_raw)
+    assert frame.equals(scan_raw(copy)[0])  # the same photos in another folder: the same rows
+    assert frame.set_index("id").source[["cat.1", "1"]].tolist() == ["train/cat.1.jpg", "test/1.jpg"]
+    paths = image_paths(frame, copy)
+    assert paths[0] == str(copy / frame.source[0]) and all(os.path.isfile(p) for p in paths)
+
+
 def test_folds_are_stratified_seeded_and_balanced():
     labels = pd.Series(["cat"] * 101 + ["dog"] * 50)
     folds = stratified_folds(labels, 5, seed=1)
@@ -102,7 +112,8 @@ def test_the_symlink_tree_can_be_rebuilt_from_the_manifest(kaggle_raw, tmp_path)
     frame, _ = scan_raw(kaggle_raw)
     frame.to_csv(tmp_path / "split.csv", index=False)
     tree = tmp_path / "prepared"
-    subprocess.run([sys.executable, "-m", "dogscats.dataset", str(tmp_path / "split.csv"), str(tree)], check=True)
+    command = [sys.executable, "-m", "dogscats.dataset", str(tmp_path / "split.csv"), str(tree), str(kaggle_raw)]
+    subprocess.run(command, check=True)
     links = sorted(p for p in tree.rglob("*") if p.is_symlink())
     assert len(links) == len(frame) and all(os.readlink(p)[0] != "/" for p in links)
     assert (tree / "train" / "cat" / "cat.1.jpg").resolve() == (kaggle_raw / "train" / "cat.1.jpg").resolve()
@@ -127,7 +138,8 @@ def test_folder_per_class_layout_takes_the_classes_from_the_folders(tmp_path):
     assert classes_of(train.label) == ["bird", "cat", "dog"] and len(train) == 15
     assert train.set_index("id").loc["bird/img3", "label"] == "bird"
     assert sorted(frame[frame.split == "test"].id) == ["t0", "t1", "t2", "t3"]
-    assert skipped == [(str(raw / "train" / "stray.jpg"), "not in a class folder")]
+    assert skipped == [("train/stray.jpg", "not in a class folder")]
+    assert train.set_index("id").loc["bird/img3", "source"] == "train/bird/img3.jpg"
     folds = stratified_folds(train.label.reset_index(drop=True), 5, seed=0)
     assert [len(set(folds[train.label.to_numpy() == c])) for c in ("bird", "cat", "dog")] == [5, 5, 5]
     assert label_index(pd.Series(["dog", "bird", ""]), classes_of(train.label)).tolist() == [2, 0, -1]

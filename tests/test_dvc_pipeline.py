@@ -123,7 +123,7 @@ def test_two_queued_experiments_complete_and_are_listed(committed):
     shown = {exp["data"]["params"]["params.yaml"]["data"]["evaluate"]["worst_mistakes"]: exp for exp in experiments}
     assert {3, 4} <= set(shown)  # beside any earlier experiment of this project
     for exp in shown.values():
-        assert "oof_logloss" in exp["data"]["metrics"]["metrics/train.json"]["data"]
+        assert "oof_logloss_optimistic" in exp["data"]["metrics"]["metrics/train.json"]["data"]
 
 
 def test_a_bad_param_stops_dvc_repro_at_once_with_one_line_naming_it(committed):
@@ -138,6 +138,24 @@ def test_a_bad_param_stops_dvc_repro_at_once_with_one_line_naming_it(committed):
         "params.yaml: features.resize must be 'squash', 'crop' or 'pad', got 'crops'"
     ]
     assert "Traceback" not in output
+
+
+def test_the_same_photos_in_another_folder_rerun_prepare_alone_with_the_same_outputs(committed, tmp_path):
+    path, _ = committed
+    copy = shutil.copytree(path / "data" / "demo", tmp_path / "elsewhere" / "photos")
+    before, metrics = yaml.safe_load((path / "dvc.lock").read_text())["stages"], _metrics(path)
+    output = _run(path, "dvc", "exp", "run", "-S", f"data.raw={copy}")
+    after = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
+    for command in _readme_way_back():
+        _run(path, *command)
+    assert re.findall(r"Running stage '([^']+)'", output) == ["prepare"], output
+    assert after["prepare"]["params"]["params.yaml"]["data"]["raw"] == str(copy)  # prepare did see the new folder
+    assert after["prepare"]["outs"] == before["prepare"]["outs"]  # the manifest byte for byte, and so
+    assert {name: stage for name, stage in after.items() if name != "prepare"} == {  # every later stage as it was
+        name: stage for name, stage in before.items() if name != "prepare"
+    }
+    assert _metrics(path) == metrics
+    assert "Data and pipelines are up to date" in _run(path, "dvc", "status")
 
 
 def test_a_forced_repro_gives_the_same_lock_and_metrics(committed):

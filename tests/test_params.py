@@ -2,6 +2,7 @@
 and checking needs no TensorFlow."""
 
 import copy
+import re
 import subprocess
 import sys
 from typing import get_args
@@ -13,7 +14,7 @@ from dogscats.backbone_sizes import NATIVE_SIZES
 from dogscats.params import OPTIMIZERS, ParamsError, check_params, load_params
 from stages import prepare
 
-from .conftest import PREPARE_ARGS, REPO, default_params
+from .conftest import PREDICT_ARGS, PREPARE_ARGS, REPO, default_params
 
 SIZES = default_params()["features"]["input_size"]
 
@@ -92,7 +93,9 @@ def test_the_repository_params_are_valid():
         ({"train__seed": -1}, "train.seed must be greater than or equal to 0, got -1"),
         ({"train__hidden": -1}, "train.hidden must be greater than or equal to 0, got -1"),
         ({"finetune__epochs": -1}, "finetune.epochs must be greater than or equal to 0, got -1"),
-        ({"predict__clip": [0.995, 0.005]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < high <= 1'),
+        ({"predict__clip": [0.995, 0.005]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < 1/2 < high'),
+        ({"predict__clip": [0.6, 0.9]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < 1/2 < high <= 1'),
+        ({"predict__clip": [0.1, 0.5]}, 'predict.clip must be "auto" or [low, high] with 0 <= low < 1/2 < high <= 1'),
         ({"predict__clip": [0.005]}, 'predict.clip must be "auto" or [low, high]'),
         ({"submit__labels": ""}, "submit.labels must be a non-empty string, got ''"),
         ({"data__raw": 5}, "data.raw must be a valid string, got 5"),
@@ -121,6 +124,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_the_choices_allowed_are_the_ones_the_code_knows():
+    from dogscats import params
     from dogscats.backbone_sizes import NATIVE_SIZES
     from dogscats.backbones import POOLINGS, registry
     from dogscats.engine import ENGINES
@@ -133,6 +137,11 @@ def test_the_choices_allowed_are_the_ones_the_code_knows():
     assert (choices["pooling"], choices["precision"]) == (POOLINGS, PRECISIONS)
     assert (choices["resize"], choices["decode"]) == (RESIZE_POLICIES, DECODE_POLICIES)
     assert choices["engine"] == ENGINES
+    assert (POOLINGS, PRECISIONS, ENGINES) == (params.POOLINGS, params.PRECISIONS, params.ENGINES)  # one list each
+    assert (RESIZE_POLICIES, DECODE_POLICIES) == (params.RESIZE_POLICIES, params.DECODE_POLICIES)
+    for module in ("backbones", "extract", "engine", "images"):  # each list written once, in params or in images
+        source = (REPO / "dogscats" / f"{module}.py").read_text()
+        assert not re.search(r"^(POOLINGS|PRECISIONS|ENGINES|OPTIMIZERS) = ", source, re.MULTILINE), module
 
 
 def test_a_params_file_that_is_not_a_mapping_is_named():
@@ -185,3 +194,57 @@ def test_each_features_stage_tracks_every_features_param_but_the_other_backbones
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["features"]["do"]
     shared = {f"features.{key}" for key in default_params()["features"] if key != "input_size"}
     assert set(stage["params"]) == shared | {"features.input_size.${item}"}
+
+
+# Where the photos lie, not what they are: the stages that open images (features, finetune, evaluate) read data.raw to
+# find them, but the manifest's md5 column pins each image's content, so they must not track it: moving the photos
+# reruns prepare alone (which tracks data.raw), and every later stage comes from the run-cache.
+LOCATORS = {"data.raw"}
+
+
+def _params_read(module: str) -> set[str]:
+    """The params a stage script reads by key from load_params() (section, or section.key), as dotted names."""
+    source = (REPO / "stages" / f"{module}.py").read_text()
+    names = ["load_params\\(\\)", *re.findall(r"(\w+) = load_params\(\)$", source, re.MULTILINE)]
+    found = re.findall(rf'\b(?:{"|".join(names)})\["(\w+)"\](?:\["(\w+)"\])?', source)
+    return {".".join(part for part in parts if part) for parts in found}
+
+
+def test_each_stage_tracks_the_params_it_reads_but_data_raw_which_only_locates_the_images():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    locating = set()
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        declared = set(stage.get("params", []))
+        read = _params_read(re.search(r"python -m stages\.(\w+)", stage["cmd"])[1])
+        untracked = {
+            key
+            for key in read
+            if not any(f"{key}.".startswith(f"{d}.") or d.startswith(f"{key}.") for d in declared)  # within, or part
+        }
+        assert untracked <= LOCATORS, (name, untracked)
+        locating |= {name} if untracked else set()
+    assert locating == {"features", "finetune", "evaluate"}  # the image readers find the photos through data.raw
+
+
+def test_predict_clip_must_leave_every_class_above_its_low_bound():
+    from dogscats.params import clip_problem
+
+    assert clip_problem([0.4, 0.9], 2) is None and clip_problem("auto", 5) is None
+    assert clip_problem([0.4, 0.9], 3) == (
+        "predict.clip: low 0.4 must be below 1/3 for 3 classes; lower it, or use auto"
+    )
+
+
+def test_predict_stops_with_one_line_when_the_clip_low_bound_is_not_below_one_over_k(in_project, tmp_path):
+    from stages import predict
+
+    in_project(predict={**default_params()["predict"], "clip": [0.4, 0.9]})  # valid for two classes, not for three
+    (tmp_path / "data").mkdir()
+    rows = [f"{c}/{n},,{c},train,{n + 1},,,x" for c in ("bird", "cat", "dog") for n in range(2)] + ["t,,,test,0,,,x"]
+    (tmp_path / "data" / "split.csv").write_text("id,file,label,split,fold,source,problem,md5\n" + "\n".join(rows))
+    with pytest.raises(ParamsError) as stop:
+        predict.main(*PREDICT_ARGS)
+    assert (
+        str(stop.value) == "params.yaml: predict.clip: low 0.4 must be below 1/3 for 3 classes; lower it, or use auto"
+    )

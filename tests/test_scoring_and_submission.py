@@ -8,7 +8,7 @@ import pytest
 
 from dogscats.dataset import CLASSES
 from dogscats.scoring import accuracy, clip, log_loss
-from dogscats.submission import make_submission, score_submission
+from dogscats.submission import make_submission, score_submission, write_submission
 
 
 def test_log_loss_and_accuracy():
@@ -107,3 +107,15 @@ def test_three_class_submission_has_a_column_per_class_and_is_scored_by_class_na
     score = score_submission(sub, key, ["bird", "cat", "dog"])
     assert score["test_accuracy"] == 0.5
     assert score["test_logloss"] == pytest.approx(-(math.log(0.8) + math.log(0.2)) / 2)
+
+
+def test_the_submission_is_scored_as_written_with_six_decimals(tmp_path):
+    path = _predictions(tmp_path, ["1", "2"], [4e-7, 0.7000004])  # 4e-7 is written as 0.0: a dog predicted a cat
+    sub = make_submission(path, ["1", "2"], CLASSES)
+    write_submission(tmp_path / "submission.csv", sub)
+    written = pd.read_csv(tmp_path / "submission.csv", dtype={"id": str})
+    assert written.label.tolist() == [0.0, 0.7]
+    key = pd.DataFrame({"id": ["1", "2"], "label": ["dog", "dog"]})
+    score = score_submission(sub, key, CLASSES)
+    assert score == score_submission(written, key, CLASSES)
+    assert score["test_logloss"] == pytest.approx(-(math.log(1e-15) + math.log(0.7)) / 2)  # not -log(4e-7)

@@ -257,3 +257,16 @@ def test_the_test_writer_matches_the_real_format(lite0_bytes):
     real_ops, our_ops = ({op.name for op, _, _ in pickletools.genops(d[e[2] : e[3]])} for d, e in
                          [(lite0_bytes, ends), (ours, pickle_ends(ours))])  # fmt: skip
     assert our_ops <= real_ops
+
+
+def test_a_build_that_gives_the_state_dict_an_items_attribute_cannot_hide_what_it_holds():
+    """OrderedDict instances take attributes: a BUILD setting `items` to OrderedDict (a callable the reader resolves
+    that needs no argument) makes state.items() return an empty mapping, so a check written with it passes whatever
+    the state dict holds: here a tensor named by a number, which the old reader returned as an empty state dict."""
+    data = legacy_bytes({"w": np.ones((2, 2), np.float32)})
+    state_start, state_end = pickle_ends(data)[2:4]
+    state = data[state_start:state_end]
+    hijack = b"}" + _value("items") + _global("collections", "OrderedDict") + b"sb"  # BUILD {"items": OrderedDict}
+    crafted = state.replace(_value("w"), _value(5), 1)[:-1] + hijack + b"."
+    with pytest.raises(ValueError, match="the state dict is not a mapping of names to tensors"):
+        parse_legacy_state_dict(data[:state_start] + crafted + data[state_end:])
