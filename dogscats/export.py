@@ -104,7 +104,7 @@ def mean(outputs: list):
 
 def renamed(model: keras.Model, name: str) -> keras.Model:
     """The model under another name: the folds' saved models share one, which a Keras graph refuses."""
-    return keras.Model(model.inputs, model.outputs, name=name)
+    return keras.Model(model.input, model.output, name=name)
 
 
 def classifier_graph(
