@@ -1,20 +1,40 @@
+import json
+from pathlib import Path
+
 import h5py
 import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
+import yaml
 from onnx import TensorProto, helper
 
 from dogscats.backbones import get_backbone, load_feature_extractor
+from dogscats.blending import final_p
+from dogscats.cli import main as cli
 from dogscats.determinism import set_seed
 from dogscats.engine import engine_feature_batches
 from dogscats.export import canonical_onnx, check_preprocessing, classifier_graph
 from dogscats.feature_store import write_preprocessing
 from dogscats.finetune import Finetuned, build_top_classifier, clone_top, freeze_below_top_blocks, split_at_top_blocks
 from dogscats.head import build_head
-from dogscats.images import centre_view, crop_side
+from dogscats.images import centre_view, crop_side, load_resized
+from dogscats.scoring import as_matrix
+from stages import export, features, finetune, predict, prepare, train
 from stages.export import check_epochs
+
+from .conftest import PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args, make_kaggle_layout
+
+EXPORT_ARGS = (
+    "data/features",
+    "models/head",
+    "models/finetuned",
+    "metrics/predict.json",
+    "metrics/train.json",
+    "models/classifier",
+)
 
 
 def _two_equal_outputs(computed: str, copied: str, counter: int) -> bytes:
@@ -144,3 +164,76 @@ def test_the_export_refuses_a_predict_epoch_other_than_the_saved_models():
         check_epochs(choices, 20, 2, "predict.json")
     with pytest.raises(ValueError, match="chose head_epoch 20, but the saved heads are at epoch 10"):
         check_epochs(choices, 10, 1, "predict.json")
+
+
+def _by_name(settings: dict, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The exported graph's (p_head, p_finetuned) for image files, each backbone's images fed to its input by name."""
+    session = ort.InferenceSession("models/classifier/classifier.onnx", providers=["CPUExecutionProvider"])
+    feeds = {
+        f"image_{name}": np.stack([load_resized(p, side, settings["resize"], settings["decode"]) for p in paths])
+        for name, side in settings["sizes"].items()
+    }
+    outputs = session.run(None, {name: images.astype(np.float32) for name, images in feeds.items()})
+    return tuple(as_matrix(p[:, 0].astype(np.float64)) for p in outputs)
+
+
+def _pipeline_matches_the_export(raw: Path) -> None:
+    """The exported graph, fed by name, against the pipeline's test probabilities: each branch against its stage's
+    table at predict's epochs, then blended, calibrated and clipped against data/predictions.csv; then classify."""
+    settings = json.loads(Path("models/classifier/settings.json").read_text())
+    paths = sorted((raw / "test").glob("*.jpg"))
+    ids = [p.stem for p in paths]
+    p_head, p_finetuned = _by_name(settings, paths)
+    head = pd.read_csv("data/head_predictions.csv", dtype={"id": str}).query("split == 'test'")
+    head = head[head.epoch == settings["head_epoch"]].set_index("id")
+    np.testing.assert_allclose(p_head[:, 1], head.loc[ids, "p_dog"], atol=1e-5)
+    tuned = pd.read_csv("data/finetune_predictions.csv", dtype={"id": str}).query("split == 'test'")
+    tuned = tuned[tuned.epoch == settings["epoch"]].set_index("id")
+    np.testing.assert_allclose(p_finetuned[:, 1], tuned.loc[ids, "p_dog_tta"], atol=1e-5)  # predict.finetune_tta
+    assert np.abs(p_finetuned - p_head).max() > 1e-3  # the blend mixes two different models
+    expected = pd.read_csv("data/predictions.csv", dtype={"id": str}).set_index("id").loc[ids, ["p_cat", "p_dog"]]
+    s = settings
+    p = final_p(p_head, p_finetuned, s["blend"], s["temperature"], s["clip_low"], s["clip_high"])
+    np.testing.assert_allclose(p, expected, atol=1e-5)
+    assert p[:, 1].std() > 0.01 and (np.abs(p[:, 1] - 0.5) < 0.49).mean() > 0.5  # real weights: the photos differ
+
+    assert cli(["classify", str(raw / "test"), "--out", "classified.csv"]) == 0
+    table = pd.read_csv("classified.csv").set_index(pd.read_csv("classified.csv").path.map(lambda q: Path(q).stem))
+    np.testing.assert_allclose(table.loc[ids, ["p_cat", "p_dog"]], expected, atol=1e-5)
+
+
+@pytest.mark.slow  # the pipeline with two real backbones at small sizes, fine-tuned and exported twice: about 3 min
+def test_the_exported_classifier_is_the_pipelines_prediction_for_two_backbones_five_crops_and_a_blend(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    raw = make_kaggle_layout(tmp_path / "raw", per_class=20, n_test=10)
+    params = default_params()
+    params["data"]["raw"] = str(raw)
+    params["prepare"]["folds"] = 2
+    params["backbones"] = ["efficientnet_lite2", "efficientnet_lite0"]  # not alphabetical
+    params["features"].update(weights="imagenet", crops=5, batch_size=16)
+    params["features"]["input_size"].update(efficientnet_lite2=112, efficientnet_lite0=96)
+    params["train"].update(epochs=10, dropout=0.2)
+    params["finetune"].update(backbone="efficientnet_lite2", epochs=1, head_epochs=5, batch_size=8)
+    params["finetune"].update(learning_rate=0.01)
+    params["predict"].update(blend=0.5, calibrate=True, clip=[0.005, 0.995])
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    prepare.main(*PREPARE_ARGS)
+    for name in params["backbones"]:
+        features.main(name, "data/split.csv", f"data/features/{name}.h5", f"metrics/features/{name}.json")
+    train.main(*TRAIN_ARGS)
+    finetune.main(*finetune_args("efficientnet_lite2"))
+    predict.main(*PREDICT_ARGS)
+    export.main(*EXPORT_ARGS)
+    assert json.loads(Path("models/finetuned/finetuned.json").read_text())["fold_input"] == "trunk"
+    _pipeline_matches_the_export(raw)
+
+    # 0 epochs: the starting heads on the stored (view-averaged) features, in the graph on the head's features
+    params["finetune"]["epochs"] = 0
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    finetune.main(*finetune_args("efficientnet_lite2"))
+    predict.main(*PREDICT_ARGS)
+    export.main(*EXPORT_ARGS)
+    assert json.loads(Path("models/finetuned/finetuned.json").read_text())["fold_input"] == "features"
+    _pipeline_matches_the_export(raw)
