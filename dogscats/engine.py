@@ -100,6 +100,7 @@ class EngineModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.name = name
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
 
     @property
     def input_size(self) -> int:
@@ -108,7 +109,7 @@ class EngineModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The model's output for a batch."""
-        return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
 def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None = None) -> EngineModel:
