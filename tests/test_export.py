@@ -99,10 +99,11 @@ def _head(dim: int, seed: int) -> keras.Model:
     return build_head(dim, 2, 0, 0.5, "adam", 1e-3)  # functional, with a dropout, as the stages' heads
 
 
-@pytest.mark.parametrize("fold_input", ["features", "trunk"])
+@pytest.mark.parametrize("fold_input", ["features", "trunk", "image"])
 def test_the_finetuned_branch_is_the_finetune_stages_prediction(fold_input):
     """0 epochs: the fold heads' mean on the view-averaged features the head branch computes (as on the stored
-    features); else the trunk on the centre view and its mirror, each fold's top on its outputs, averaged."""
+    features); else the trunk on the centre view and its mirror, each fold's top on its outputs, averaged (with every
+    block trained there is no trunk: the folds take the preprocessed views)."""
     size, backbone = 64, get_backbone("small_cnn")
     set_seed(0)
     extractor = load_feature_extractor("small_cnn", None, "avg", size)
@@ -117,13 +118,14 @@ def test_the_finetuned_branch_is_the_finetune_stages_prediction(fold_input):
         (features,) = engine_feature_batches(_Extractor(extractor), backbone.preprocess, [images], tta=True, crops=5)
         expected = np.mean([fold.predict(features, verbose=0) for fold in folds], axis=0)
     else:
-        trunk, top = split_at_top_blocks(extractor, freeze_below_top_blocks(extractor, 1))
-        folds = [
-            build_top_classifier(clone_top(top), _head(dim, seed), tuple(trunk.output.shape[1:])) for seed in (1, 2)
-        ]
+        blocks = freeze_below_top_blocks(extractor, 1 if fold_input == "trunk" else 4)
+        trunk, top = split_at_top_blocks(extractor, blocks)
+        shape = tuple(trunk.output.shape[1:]) if trunk is not None else (size, size, 3)
+        folds = [build_top_classifier(clone_top(top), _head(dim, seed), shape) for seed in (1, 2)]
         tuned = Finetuned(description, trunk, folds)
         centre = backbone.preprocess(centre_view(images, size).astype(np.float32))
-        maps = [trunk.predict(centre, verbose=0), trunk.predict(centre[:, :, ::-1], verbose=0)]
+        run_trunk = (lambda x: trunk.predict(x, verbose=0)) if trunk is not None else np.asarray
+        maps = [run_trunk(centre), run_trunk(centre[:, :, ::-1])]
         expected = np.mean([(f.predict(maps[0], verbose=0) + f.predict(maps[1], verbose=0)) / 2 for f in folds], 0)
     graph = classifier_graph({"small_cnn": size}, config, _head(dim, 0), tuned)
     _, p_finetuned = graph.predict(images.astype(np.float32), verbose=0)
