@@ -184,14 +184,16 @@ def to_onnx(model: keras.Model) -> bytes:
 
 def canonical_onnx(onnx_bytes: bytes) -> bytes:
     """The same ONNX graph, byte-reproducible: tf2onnx names folded constants and deduplicated weights from global
-    counters, differently on each run, so every node, intermediate value and weight is renamed by its first use in
-    node order (graph inputs and outputs keep their names), the weights are sorted by their new names, and the graph
-    and its batch dimension get fixed names."""
+    counters, differently on each run, and lists independent nodes (the views' slices) in any order; so the nodes are
+    put in an order of the graph's own (_in_canonical_order), every node, intermediate value and weight is renamed by
+    its first use in node order (graph inputs and outputs keep their names), the weights are sorted by their new
+    names, and the graph and its batch dimension get fixed names."""
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
     _outputs_by_identity(graph)
+    _in_canonical_order(graph)
     keep = {value.name for value in [*graph.input, *graph.output]}
     weights = {tensor.name: tensor for tensor in graph.initializer}
     names: dict[str, str] = {}
@@ -218,6 +220,26 @@ def canonical_onnx(onnx_bytes: bytes) -> bytes:
     graph.name = "dogscats_classifier"  # tf2onnx names it after the traced function, numbered
     graph.doc_string = model.doc_string = ""
     return model.SerializeToString(deterministic=True)
+
+
+def _in_canonical_order(graph: Any) -> None:
+    """The nodes in the order of a depth-first walk from the graph's outputs, each node after the producers of its
+    inputs (in input order): an order that depends on the graph alone; nodes no output needs keep theirs, last."""
+    nodes = list(graph.node)
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output}
+    order, seen = [], set()
+    stack = [(producer[value.name], False) for value in reversed(graph.output) if value.name in producer]
+    while stack:
+        i, expanded = stack.pop()
+        if expanded:
+            order.append(i)
+        elif i not in seen:
+            seen.add(i)
+            stack.append((i, True))
+            stack += [(producer[x], False) for x in reversed(nodes[i].input) if producer.get(x, i) not in seen]
+    order += [i for i in range(len(nodes)) if i not in seen]
+    graph.ClearField("node")
+    graph.node.extend([nodes[i] for i in order])
 
 
 def _outputs_by_identity(graph: Any) -> None:

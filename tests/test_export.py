@@ -240,3 +240,16 @@ def test_the_exported_classifier_is_the_pipelines_prediction_for_two_backbones_f
     export.main(*EXPORT_ARGS)
     assert json.loads(Path("models/finetuned/finetuned.json").read_text())["fold_input"] == "features"
     _pipeline_matches_the_export(raw)
+
+
+def test_canonical_onnx_is_the_same_whatever_order_tf2onnx_lists_independent_nodes_in():
+    def graph(swapped: bool) -> bytes:
+        nodes = [helper.make_node("Neg", ["x"], ["a"]), helper.make_node("Abs", ["x"], ["b"])]
+        nodes = (nodes[::-1] if swapped else nodes) + [helper.make_node("Concat", ["a", "b"], ["y"], axis=0)]
+        value = helper.make_tensor_value_info
+        made = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, [2])], [value("y", TensorProto.FLOAT, [4])])
+        return helper.make_model(made, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    assert graph(False) != graph(True) and canonical_onnx(graph(False)) == canonical_onnx(graph(True))
+    x = np.array([-1.0, 2.0], np.float32)
+    assert ort.InferenceSession(canonical_onnx(graph(True))).run(None, {"x": x})[0].tolist() == [1, -2, 1, 2]
