@@ -204,7 +204,7 @@ def _pipeline_matches_the_export(raw: Path) -> None:
     np.testing.assert_allclose(table.loc[ids, ["p_cat", "p_dog"]], expected, atol=1e-5)
 
 
-@pytest.mark.slow  # the pipeline with two real backbones at small sizes, fine-tuned and exported twice: about 3 min
+@pytest.mark.slow  # two real backbones at small sizes, fine-tuned and exported twice: about 90 s on 2 cores
 def test_the_exported_classifier_is_the_pipelines_prediction_for_two_backbones_five_crops_and_a_blend(
     tmp_path, monkeypatch
 ):
