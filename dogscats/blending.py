@@ -11,6 +11,7 @@ from dogscats.calibration import blend, final_p, with_temperature
 from dogscats.scoring import clip, log_loss, predicted_class
 
 TEMPERATURE_RANGE = (0.01, 100.0)  # searched by calibrate: true (below 1 sharpens, above 1 softens)
+TEMPERATURE_GRID = 41  # log-spaced temperatures tried before the minimiser refines the best
 CLIP_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # low bounds tried by clip: auto (high = 1 - low)
 
 
@@ -23,20 +24,25 @@ def best_blend_weight(y: np.ndarray, p_head: np.ndarray, p_finetuned: np.ndarray
     return min(candidates, key=loss)
 
 
-def best_temperature(y: np.ndarray, p: np.ndarray) -> float:
-    """The temperature with the lowest log loss (temperature scaling, a one-parameter calibration), found by a bounded
-    scalar minimiser over log T across TEMPERATURE_RANGE: the loss is convex in 1 / T, so it has one minimum, unless
-    every image is classified right. Then the loss only falls as T goes to 0 (no finite best), and T stays 1."""
+def best_temperature(y: np.ndarray, p: np.ndarray, low: float = 0.0, high: float = 1.0) -> float:
+    """The temperature with the lowest log loss of the probabilities clipped to [low, high] (the loss that is scored;
+    temperature scaling, a one-parameter calibration), over log T across TEMPERATURE_RANGE: a grid, then a bounded
+    scalar minimiser between the best point's neighbours (clipping can give the loss more than one minimum). When
+    every image is classified right the loss only falls as T goes to 0 (no finite best), and T stays 1."""
     if np.all(predicted_class(p) == np.asarray(y)):
         return 1.0
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
-    found = minimize_scalar(
-        lambda log_t: log_loss(y, with_temperature(p, np.exp(log_t))),
-        bounds=np.log(TEMPERATURE_RANGE),
-        method="bounded",
-        options={"xatol": 1e-5},
-    )
-    return float(np.exp(found.x))
+
+    def loss(log_t: float) -> float:
+        return log_loss(y, clip(with_temperature(p, np.exp(log_t)), low, high))
+
+    grid = np.linspace(*np.log(TEMPERATURE_RANGE), TEMPERATURE_GRID)
+    losses = [loss(log_t) for log_t in grid]
+    ties = [i for i, value in enumerate(losses) if value <= min(losses) + 1e-12]  # a flat, clipped stretch: nearest 1
+    best = min(ties, key=lambda i: abs(grid[i]))
+    bounds = (grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)])
+    found = minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(found.x if found.fun < losses[best] else grid[best]))
 
 
 def best_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -44,6 +50,16 @@ def best_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     losses = [log_loss(y, clip(p, low, 1 - low)) for low in CLIP_GRID]
     best = max(i for i, loss in enumerate(losses) if loss <= min(losses) + 1e-12)
     return CLIP_GRID[best], 1 - CLIP_GRID[best]
+
+
+def best_temperature_and_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
+    """(temperature, low, high): per symmetric clip bound of the grid its best temperature (on the clipped loss),
+    and of those pairs the one with the lowest loss; the widest margin of ties (the safest)."""
+    pairs = [(best_temperature(y, p, low, 1 - low), low) for low in CLIP_GRID]
+    losses = [log_loss(y, clip(with_temperature(p, t), low, 1 - low)) for t, low in pairs]
+    best = max(i for i, loss in enumerate(losses) if loss <= min(losses) + 1e-12)
+    temperature, low = pairs[best]
+    return temperature, low, 1 - low
 
 
 @dataclass(frozen=True)
@@ -72,9 +88,13 @@ def choose(
     p_head, p_tuned = head_by_epoch[head_epoch], tuned_by_epoch[epoch]
     weight = best_blend_weight(y, p_head, p_tuned) if settings["blend"] == "auto" else float(settings["blend"])
     blended = final_p(p_head, p_tuned, weight, 1.0, 0.0, 1.0)
-    temperature = best_temperature(y, blended) if settings["calibrate"] else 1.0
-    calibrated = final_p(p_head, p_tuned, weight, temperature, 0.0, 1.0)
-    low, high = best_clip(y, calibrated) if settings["clip"] == "auto" else settings["clip"]
+    if settings["clip"] != "auto":  # the temperature with the lowest loss as scored: clipped
+        low, high = settings["clip"]
+        temperature = best_temperature(y, blended, low, high) if settings["calibrate"] else 1.0
+    elif settings["calibrate"]:
+        temperature, low, high = best_temperature_and_clip(y, blended)
+    else:
+        temperature, (low, high) = 1.0, best_clip(y, blended)
     return Choices(head_epoch, epoch, weight, temperature, float(low), float(high))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from dogscats.atomic import atomic_path
 from dogscats.backbones import weights_cache_dir
-from dogscats.images import crop_offsets
+from dogscats.images import view_slices
 from dogscats.params import ENGINES  # its one list, where checking params needs no TensorFlow
 
 OPSET = 17
@@ -69,20 +69,20 @@ def model_key(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
-def to_onnx(model: keras.Model) -> bytes:
-    """The model as ONNX bytes, with a free batch dimension and its input named x."""
+def to_onnx(model: keras.Model, input_names: list[str] | None = None) -> bytes:
+    """The model as ONNX bytes, with a free batch dimension, its inputs named input_names (by default the model's)."""
     import tensorflow as tf
     import tf2onnx
 
-    spec = (tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name="x"),)
-    function = tf.function(lambda x: model(x, training=False), input_signature=spec)
+    names = input_names or [x.name for x in model.inputs]
+    spec = [
+        tf.TensorSpec((None, *x.shape[1:]), tf.float32, name=name) for x, name in zip(model.inputs, names, strict=True)
+    ]
+    function = tf.function(lambda *xs: model(xs[0] if len(xs) == 1 else list(xs), training=False), input_signature=spec)
     try:
         proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=OPSET)
     except Exception as err:  # tf2onnx raises many types for an op it cannot convert
-        raise RuntimeError(
-            f"{model.name}: tf2onnx could not convert it to ONNX ({type(err).__name__}: {err}); "
-            "run with features.engine: tensorflow"
-        ) from err
+        raise RuntimeError(f"{model.name}: tf2onnx could not convert it to ONNX ({type(err).__name__}: {err})") from err
     return proto.SerializeToString()
 
 
@@ -100,6 +100,7 @@ class EngineModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.name = name
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
 
     @property
     def input_size(self) -> int:
@@ -108,7 +109,7 @@ class EngineModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The model's output for a batch."""
-        return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
 def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None = None) -> EngineModel:
@@ -123,7 +124,10 @@ def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None =
             return converted
         except Exception as err:  # ONNX Runtime raises its own types for a damaged file: convert again
             print(f"warning: {cached}: {err}; converting the model again", file=sys.stderr)
-    onnx_bytes = to_onnx(model)
+    try:
+        onnx_bytes = to_onnx(model, ["x"])
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}; run with features.engine: tensorflow") from err
     converted = EngineModel(onnx_bytes, model.name)
     check_conversion(model, converted, probe)
     with atomic_path(cached, suffix=".onnx") as tmp:
@@ -167,13 +171,7 @@ def engine_feature_batches(
 ) -> Iterator[np.ndarray]:
     """Yield float32 features per batch of uint8 images, in order; with crops 5 the images are loaded at crop_side
     and each view's features (crop_offsets) are averaged; tta averages each view's with its mirror image's."""
+    views = view_slices(extractor.input_size, crops, tta)
     for images in batches:
         x = preprocess(np.asarray(images, dtype=np.float32))
-        if crops == 1:
-            features = extractor(x)
-            yield (features + extractor(x[:, :, ::-1])) / 2 if tta else features
-            continue
-        size = extractor.input_size
-        views = [x[:, top : top + size, left : left + size] for top, left in crop_offsets(size, crops)]
-        views += [view[:, :, ::-1] for view in views] if tta else []
-        yield sum(extractor(view) for view in views) / len(views)
+        yield sum(extractor(x[:, rows, columns]) for rows, columns in views) / len(views)

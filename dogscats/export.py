@@ -14,7 +14,12 @@ import numpy as np
 
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.determinism import set_seed
-from dogscats.images import crop_offsets, crop_side
+from dogscats.engine import to_onnx as engine_to_onnx
+from dogscats.feature_store import preprocessing_of
+from dogscats.finetune import Finetuned
+from dogscats.images import crop_side, view_slices
+
+SHARED = ("resize", "decode", "tta", "crops", "weights", "pooling")  # one policy for every backbone's features
 
 
 @keras.saving.register_keras_serializable(package="dogscats")
@@ -35,27 +40,38 @@ class BackbonePreprocess(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="dogscats")
-class Mirror(keras.layers.Layer):
-    """The batch's mirror images (flipped left to right), as the pipeline's TTA does."""
+class StackedViews(keras.layers.Layer):
+    """The views of a batch (dogscats.images.view_slices) one after another in one batch: the network runs once on
+    all, so the graph (and its ONNX conversion) holds one copy of it, not one per view."""
+
+    def __init__(self, size: int, crops: int, tta: bool, centre_only: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.size, self.crops, self.tta, self.centre_only = size, crops, tta, centre_only
+
+    def views(self) -> int:
+        """How many views each image gives."""
+        return len(view_slices(self.size, self.crops, self.tta, self.centre_only))
 
     def call(self, x):
-        """The flipped batch."""
-        return keras.ops.flip(x, axis=2)
-
-
-@keras.saving.register_keras_serializable(package="dogscats")
-class StackViews(keras.layers.Layer):
-    """Batches of views, one after another in one batch: the network runs once on all, so the graph (and its ONNX
-    conversion) holds one copy of it, not one per view."""
-
-    def call(self, views):
         """The views' batches, concatenated along the batch axis."""
-        return keras.ops.concatenate(views, axis=0)
+        views = [
+            x[:, rows, columns] for rows, columns in view_slices(self.size, self.crops, self.tta, self.centre_only)
+        ]
+        return views[0] if len(views) == 1 else keras.ops.concatenate(views, axis=0)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """A view's shape, the batch dimension free."""
+        return (None, self.size, self.size, input_shape[-1])
+
+    def get_config(self) -> dict:
+        """The layer's config: the view side, the crops, tta and centre_only."""
+        config = {"size": self.size, "crops": self.crops, "tta": self.tta, "centre_only": self.centre_only}
+        return {**super().get_config(), **config}
 
 
 @keras.saving.register_keras_serializable(package="dogscats")
 class MeanOverViews(keras.layers.Layer):
-    """The mean over views of outputs stacked view after view (as StackViews stacked their inputs)."""
+    """The mean over views of outputs stacked view after view (as StackedViews stacked their inputs)."""
 
     def __init__(self, views: int, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -74,80 +90,110 @@ class MeanOverViews(keras.layers.Layer):
         return {**super().get_config(), "views": self.views}
 
 
-def averaged_over(model: keras.Model, views: list):
-    """model's output averaged over the views of a batch, the model run once on them all."""
-    return model(views[0]) if len(views) == 1 else MeanOverViews(len(views))(model(StackViews()(views)))
+def averaged_over_views(models: list[keras.Model], x, views: StackedViews) -> list:
+    """Each model's output averaged over the views of a batch, the views stacked once and each model run once on
+    them all."""
+    stacked, count = views(x), views.views()
+    return [model(stacked) if count == 1 else MeanOverViews(count)(model(stacked)) for model in models]
 
 
-def crop(x, size: int, top: int, left: int):
-    """The size x size view of a batch at (top, left)."""
-    side = int(x.shape[1])
-    return keras.layers.Cropping2D(((top, side - size - top), (left, side - size - left)))(x)
+def mean(outputs: list):
+    """The mean of the outputs (the fold models')."""
+    return keras.layers.Average()(outputs) if len(outputs) > 1 else outputs[0]
 
 
-def averaged_over_views(model: keras.Model, x, size: int, tta: bool, crops: int):
-    """model's output averaged over the views the features stage takes (dogscats.images.crop_offsets), each with its
-    mirror image with tta."""
-    views = [x] if crops == 1 else [crop(x, size, top, left) for top, left in crop_offsets(size, crops)]
-    return averaged_over(model, views + [Mirror()(view) for view in views] if tta else views)
+def renamed(model: keras.Model, name: str) -> keras.Model:
+    """The model under another name: the folds' saved models share one, which a Keras graph refuses."""
+    return keras.Model(model.input, model.output, name=name)
 
 
 def classifier_graph(
-    sizes: dict[str, int],
-    features_cfg: dict,
-    head: keras.Model,
-    finetuned: list[keras.Model],
-    finetuned_backbone: str,
-    finetune_tta: bool,
+    sizes: dict[str, int], preprocessing: dict, head: keras.Model, finetuned: Finetuned | None = None
 ) -> keras.Model:
-    """Images (one input per backbone, at crop_side of its size) -> [p_head, p_finetuned]: each backbone's GAP
-    features (averaged over features.crops views, each flip-averaged with features.tta), concatenated in order,
-    through the head; the fine-tuned models' mean on their backbone's centre view (flip-averaged with
-    predict.finetune_tta), or the head's again when there are none."""
-    inputs, features, crops = {}, [], features_cfg["crops"]
+    """Images (one input per backbone, at crop_side of its size) -> [p_head, p_finetuned]: each backbone's features
+    (preprocessing's weights and pooling; averaged over its crops views, each flip-averaged with its tta),
+    concatenated in order, through the head; and the fine-tuned models' mean, as the finetune stage predicts the test
+    photos, or the head's again without them."""
+    inputs, preprocessed, features, crops = {}, {}, {}, preprocessing["crops"]
     for name, size in sizes.items():
         side = crop_side(size, crops)
         inputs[name] = keras.Input((side, side, 3), name=f"image_{name}")
-        x = BackbonePreprocess(name)(inputs[name])
+        preprocessed[name] = BackbonePreprocess(name)(inputs[name])
         set_seed(0)  # as the features stage: with features.weights null, the same random weights
-        extractor = load_feature_extractor(name, features_cfg["weights"], features_cfg["pooling"], size)
-        features.append(averaged_over_views(extractor, x, size, features_cfg["tta"], crops))
-    p_head = head(keras.layers.Concatenate()(features) if len(features) > 1 else features[0])
-    p_finetuned = p_head
-    if finetuned:
-        x = BackbonePreprocess(finetuned_backbone)(inputs[finetuned_backbone])
-        size = sizes[finetuned_backbone]
-        if crops > 1:
-            x = crop(x, size, *crop_offsets(size, crops)[0])  # the centre view, as the finetune stage sees photos
-        # renamed: the folds' saved models share one name, which a Keras graph refuses
-        folds = [keras.Model(m.input, m.output, name=f"finetuned_{i}") for i, m in enumerate(finetuned, start=1)]
-        views = [x, Mirror()(x)] if finetune_tta else [x]
-        outputs = [averaged_over(model, views) for model in folds]
-        p_finetuned = keras.layers.Average()(outputs) if len(outputs) > 1 else outputs[0]
+        extractor = load_feature_extractor(name, preprocessing["weights"], preprocessing["pooling"], size)
+        views = StackedViews(size, crops, preprocessing["tta"])
+        (features[name],) = averaged_over_views([extractor], preprocessed[name], views)
+    p_head = head(keras.layers.Concatenate()(list(features.values())) if len(features) > 1 else features[name])
+    p_finetuned = p_head if finetuned is None else finetuned_branch(finetuned, sizes, crops, preprocessed, features)
     return keras.Model(list(inputs.values()), [p_head, p_finetuned], name="dogscats_classifier")
 
 
-def to_onnx(model: keras.Model, opset: int = 17) -> bytes:
-    """The graph as ONNX bytes, its inputs named as the model's, with a free batch dimension."""
-    import tensorflow as tf
-    import tf2onnx
+def finetuned_branch(finetuned: Finetuned, sizes: dict[str, int], crops: int, preprocessed: dict, features: dict):
+    """The fine-tuned probabilities, the folds' mean: with 0 epochs, the starting heads on the backbone's features
+    the graph computes for the head (as stored); else the trunk once on the preprocessed centre view (and its mirror
+    with the description's tta), each fold's model on its outputs, averaged over the views."""
+    description = finetuned.description
+    name = description["backbone"]
+    folds = [
+        renamed(model, f"finetuned_{fold}") for fold, model in zip(description["folds"], finetuned.folds, strict=True)
+    ]
+    if description["fold_input"] == "features":
+        return mean([fold(features[name]) for fold in folds])
+    views = StackedViews(sizes[name], crops, description["tta"], centre_only=True)
+    trunk = [] if finetuned.trunk is None else [renamed(finetuned.trunk, f"{name}_trunk")]
+    stacked = views(preprocessed[name])
+    maps = trunk[0](stacked) if trunk else stacked
+    count = views.views()
+    return mean([fold(maps) if count == 1 else MeanOverViews(count)(fold(maps)) for fold in folds])
 
-    spec = [tf.TensorSpec((None, *x.shape[1:]), tf.float32, name=x.name) for x in model.inputs]
-    function = tf.function(lambda *xs: model(list(xs), training=False), input_signature=spec)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
-    return canonical_onnx(proto.SerializeToString())
+
+def check_preprocessing(files: list[Path], backbones: list[str]) -> tuple[dict[str, int], dict]:
+    """Each backbone's input size and the preprocessing its feature file records, which every file must share
+    (resize, decode, tta, crops, weights, pooling); a file of another backbone, or one that disagrees, stops the
+    export naming both."""
+    recorded = [preprocessing_of(path) for path in files]
+    for path, name, found in zip(files, backbones, recorded, strict=True):
+        if found["backbone"] != name:
+            raise ValueError(f"{path} holds {found['backbone']} features, not {name}'s; rerun its features stage")
+    for path, found in zip(files[1:], recorded[1:], strict=True):
+        differ = [
+            f"{key} {found[key]!r} (not {recorded[0][key]!r})" for key in SHARED if found[key] != recorded[0][key]
+        ]
+        if differ:
+            raise ValueError(f"{path}: features made with {', '.join(differ)} of {files[0]}; rerun the features stages")
+    sizes = {name: int(found["input_size"]) for name, found in zip(backbones, recorded, strict=True)}
+    return sizes, {key: recorded[0][key] for key in SHARED}
+
+
+def check_finetuned(description: dict, preprocessing: dict, sizes: dict[str, int], finetuned_dir: Path | str) -> None:
+    """The fine-tuned models must be of one of the backbones and made from the features the export reads."""
+    name = description["backbone"]
+    if name not in sizes:
+        raise ValueError(f"{finetuned_dir} holds {name} fine-tuned models, not one of backbones {list(sizes)}")
+    made = description["preprocessing"]
+    now = {**preprocessing, "backbone": name, "input_size": sizes[name]}
+    differ = [f"{key} {made.get(key)!r} (now {now[key]!r})" for key in now if made.get(key) != now[key]]
+    if differ:
+        raise ValueError(f"{finetuned_dir}: fine-tuned on features made with {', '.join(differ)}; rerun finetune")
+
+
+def to_onnx(model: keras.Model) -> bytes:
+    """The graph as ONNX bytes, its inputs named as the model's, with a free batch dimension, byte-reproducible."""
+    return canonical_onnx(engine_to_onnx(model))
 
 
 def canonical_onnx(onnx_bytes: bytes) -> bytes:
     """The same ONNX graph, byte-reproducible: tf2onnx names folded constants and deduplicated weights from global
-    counters, differently on each run, so every node, intermediate value and weight is renamed by its first use in
-    node order (graph inputs and outputs keep their names), the weights are sorted by their new names, and the graph
-    and its batch dimension get fixed names."""
+    counters, differently on each run, and lists independent nodes (the views' slices) in any order; so the nodes are
+    put in an order of the graph's own (_in_canonical_order), every node, intermediate value and weight is renamed by
+    its first use in node order (graph inputs and outputs keep their names), the weights are sorted by their new
+    names, and the graph and its batch dimension get fixed names."""
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
     _outputs_by_identity(graph)
+    _in_canonical_order(graph)
     keep = {value.name for value in [*graph.input, *graph.output]}
     weights = {tensor.name: tensor for tensor in graph.initializer}
     names: dict[str, str] = {}
@@ -174,6 +220,26 @@ def canonical_onnx(onnx_bytes: bytes) -> bytes:
     graph.name = "dogscats_classifier"  # tf2onnx names it after the traced function, numbered
     graph.doc_string = model.doc_string = ""
     return model.SerializeToString(deterministic=True)
+
+
+def _in_canonical_order(graph: Any) -> None:
+    """The nodes in the order of a depth-first walk from the graph's outputs, each node after the producers of its
+    inputs (in input order): an order that depends on the graph alone; nodes no output needs keep theirs, last."""
+    nodes = list(graph.node)
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output}
+    order, seen = [], set()
+    stack = [(producer[value.name], False) for value in reversed(graph.output) if value.name in producer]
+    while stack:
+        i, expanded = stack.pop()
+        if expanded:
+            order.append(i)
+        elif i not in seen:
+            seen.add(i)
+            stack.append((i, True))
+            stack += [(producer[x], False) for x in reversed(nodes[i].input) if producer.get(x, i) not in seen]
+    order += [i for i in range(len(nodes)) if i not in seen]
+    graph.ClearField("node")
+    graph.node.extend([nodes[i] for i in order])
 
 
 def _outputs_by_identity(graph: Any) -> None:

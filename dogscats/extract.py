@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from dogscats.backbones import Backbone, load_feature_extractor
 from dogscats.engine import EngineModel, engine_feature_batches
-from dogscats.images import crop_offsets, crop_side, load_resized
+from dogscats.images import crop_side, load_resized, view_slices
 from dogscats.params import PRECISIONS  # its one list, where checking params needs no TensorFlow
 
 
@@ -164,9 +164,7 @@ def feature_batches(
     @tf.function(reduce_retracing=True)
     def step(images: tf.Tensor) -> tf.Tensor:
         x = backbone.preprocess(tf.cast(images, tf.float32))
-        offsets = crop_offsets(size, crops)
-        views = [x] if crops == 1 else [x[:, top : top + size, left : left + size] for top, left in offsets]
-        views += [tf.reverse(view, axis=[2]) for view in views] if tta else []
+        views = [x[:, rows, columns] for rows, columns in view_slices(size, crops, tta)]
         features = [tf.cast(model(view, training=False), tf.float32) for view in views]
         return features[0] if len(features) == 1 else tf.add_n(features) / len(features)
 

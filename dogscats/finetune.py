@@ -12,19 +12,31 @@ each augmented photo goes through it once per epoch and its outputs train every 
 outputs of the unaugmented photos (and their mirror images), which predict each epoch, are computed once.
 """
 
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from dogscats.atomic import atomic_dir, save_keras_model, write_json
 from dogscats.feature_store import SplitFeatures, backbone_of, read_split
 from dogscats.head import probabilities
 
 # Layer-name prefix of one block: blockN_ (EfficientNet-Lite, VGG16, Xception), blockNx_ (EfficientNetV2),
 # convS_blockN_ (ResNet50).
 BLOCK_PREFIX = re.compile(r"^(block\w+?|conv\d+_block\d+)_")
+# models/finetuned: DESCRIPTION says what the folder holds; TRUNK_MODEL, the frozen trunk shared by the folds (saved
+# once, when the folds take its outputs); fold_<id>.keras, each fold's model at the chosen epoch.
+DESCRIPTION = "finetuned.json"
+TRUNK_MODEL = "trunk.keras"
+# What each fold's model takes: "features", the backbone's stored (view-averaged) features (0 epochs: the starting
+# heads); "trunk", the trunk's outputs for the preprocessed centre view; "image", the preprocessed centre view itself
+# (every block trains, so there is no frozen trunk).
+FOLD_INPUTS = ("features", "trunk", "image")
 
 
 def stored_features(features_path: str, backbone: str) -> SplitFeatures:
@@ -95,11 +107,6 @@ def build_top_classifier(top: keras.Model | None, head: keras.Model, input_shape
     return keras.Model(inputs, head(top(inputs) if top is not None else inputs), name="top_classifier")
 
 
-def finetuned_model(base: keras.Model, head: keras.Model) -> keras.Model:
-    """The whole fine-tuned classifier, preprocessed image -> probabilities, sharing the trained layers."""
-    return keras.Model(base.input, head(base.output), name=f"{base.name}_finetuned")
-
-
 def make_optimizer(name: str, learning_rate: float, momentum: float) -> keras.optimizers.Optimizer:
     """An optimizer by Keras name; momentum applies to SGD and RMSprop."""
     config = {"learning_rate": learning_rate}
@@ -167,13 +174,13 @@ def augmented_trunk_batches(
 
 
 def train_folds_one_epoch(
-    classifiers: list[keras.Model], batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    classifiers: list[keras.Model], fold_ids: list[int], batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
 ) -> dict[str, float]:
-    """One pass over (trunk outputs, labels, folds) batches: classifier f trains on each batch's rows outside fold
-    f + 1, so every trunk output serves all the folds. Returns the epoch's mean loss and accuracy over the folds."""
+    """One pass over (trunk outputs, labels, folds) batches: classifiers[i] trains on each batch's rows outside fold
+    fold_ids[i], so every trunk output serves all the folds. Returns the epoch's mean loss and accuracy over folds."""
     totals, seen = {"loss": 0.0, "accuracy": 0.0}, 0
     for maps, y, folds in batches:
-        for fold, classifier in enumerate(classifiers, start=1):
+        for fold, classifier in zip(fold_ids, classifiers, strict=True):
             rows = folds != fold
             if rows.any():
                 logs = classifier.train_on_batch(maps[rows], y[rows], return_dict=True)  # this batch's figures
@@ -184,13 +191,14 @@ def train_folds_one_epoch(
 
 def fold_probabilities(
     classifiers: list[keras.Model],
+    fold_ids: list[int],
     folds: np.ndarray,
     maps: tuple[np.ndarray, np.ndarray],
     test_maps: tuple[np.ndarray, np.ndarray],
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Out-of-fold class probabilities of the labelled images (classifier f on fold f + 1), plain and averaged with
-    the mirror image's; and the test images' averaged over the classifiers, plain and mirrored."""
+    """Out-of-fold class probabilities of the labelled images (classifiers[i] on fold fold_ids[i]), plain and averaged
+    with the mirror image's; and the test images' averaged over the classifiers, plain and mirrored."""
 
     n_classes = probabilities(keras.ops.convert_to_numpy(classifiers[0](maps[0][:1], training=False))).shape[1]
 
@@ -201,7 +209,7 @@ def fold_probabilities(
 
     oof, oof_mirror = np.zeros((len(folds), n_classes)), np.zeros((len(folds), n_classes))
     test, test_mirror = np.zeros((len(test_maps[0]), n_classes)), np.zeros((len(test_maps[0]), n_classes))
-    for fold, classifier in enumerate(classifiers, start=1):
+    for fold, classifier in zip(fold_ids, classifiers, strict=True):
         rows = folds == fold
         plain, mirrored = proba(classifier, maps[0][rows]), proba(classifier, maps[1][rows])
         oof[rows], oof_mirror[rows] = plain, (plain + mirrored) / 2
@@ -209,3 +217,49 @@ def fold_probabilities(
         test += plain / len(classifiers)
         test_mirror += (plain + mirrored) / 2 / len(classifiers)
     return oof, oof_mirror, test, test_mirror
+
+
+def fold_model_file(fold: int) -> str:
+    """The file name of a fold's model in models/finetuned."""
+    return f"fold_{fold}.keras"
+
+
+@dataclass(frozen=True)
+class Finetuned:
+    """models/finetuned loaded: its description, the shared trunk (None unless the folds take trunk outputs) and each
+    fold's model, in the description's fold order."""
+
+    description: dict
+    trunk: keras.Model | None
+    folds: list[keras.Model]
+
+
+def save_finetuned(out: Path, description: dict, trunk: keras.Model | None, fold_models: list[keras.Model]) -> None:
+    """Replace the folder atomically with the description, the trunk (once; only with fold input "trunk") and each
+    fold's model, fold_models in the order of description["folds"]."""
+    if description["fold_input"] not in FOLD_INPUTS:
+        raise ValueError(f"fold_input must be one of {', '.join(FOLD_INPUTS)}, got {description['fold_input']!r}")
+    if (trunk is not None) != (description["fold_input"] == "trunk"):
+        raise ValueError(f"a trunk is saved exactly when the folds take its outputs, not with {description}")
+    with atomic_dir(out) as tmp:
+        if trunk is not None:
+            save_keras_model(trunk, tmp / TRUNK_MODEL)
+        for fold, model in zip(description["folds"], fold_models, strict=True):
+            save_keras_model(model, tmp / fold_model_file(fold))
+        write_json(tmp / DESCRIPTION, description)
+
+
+def read_description(folder: Path | str) -> dict:
+    """models/finetuned's description; a folder without one (an older layout) stops the run, naming it."""
+    path = Path(folder) / DESCRIPTION
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: models/finetuned is from an older run; rerun dvc repro finetune")
+    return json.loads(path.read_text())
+
+
+def load_finetuned(folder: Path | str) -> Finetuned:
+    """The trunk and fold models the description lists."""
+    description = read_description(folder)
+    trunk = keras.saving.load_model(Path(folder) / TRUNK_MODEL) if description["fold_input"] == "trunk" else None
+    folds = [keras.saving.load_model(Path(folder) / fold_model_file(fold)) for fold in description["folds"]]
+    return Finetuned(description, trunk, folds)

@@ -117,3 +117,15 @@ def decode_problem(path: Path | str) -> str | None:
     if min(im.size) < 1:
         return "empty image"
     return None
+
+
+def view_slices(size: int, crops: int, tta: bool, centre_only: bool = False) -> list[tuple[slice, slice]]:
+    """The views of a batch of images loaded at crop_side(size, crops), as (rows, columns) slices that numpy arrays
+    and TensorFlow tensors both take (batch[:, rows, columns]): the crop_offsets views (the centre alone with
+    centre_only), then with tta their mirror images (the columns reversed)."""
+    offsets = crop_offsets(size, crops)[: 1 if centre_only else None]
+    views = [(slice(top, top + size), slice(left, left + size)) for top, left in offsets]
+    mirrors = [
+        (rows, slice(columns.stop - 1, columns.start - 1 if columns.start else None, -1)) for rows, columns in views
+    ]
+    return views + mirrors if tta else views

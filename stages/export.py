@@ -1,6 +1,10 @@
 """Stage export: the trained models as one self-contained classifier, models/classifier/: classifier.onnx (for the
 engine, what dogscats.Classifier runs), classifier.keras (the same graph in Keras) and settings.json (classes, input
-sizes, decode and resize policies, and predict's blend weight, temperature and clip bounds)."""
+sizes, decode and resize policies, and predict's blend weight, temperature and clip bounds).
+
+The graph is built from what the earlier stages wrote, not from params: the preprocessing from the feature files, the
+fine-tuned models from models/finetuned's description, the choices from predict's metrics. Only the list of backbones
+(the head's feature order) comes from params."""
 
 import json
 import sys
@@ -10,8 +14,9 @@ import keras
 
 from dogscats.atomic import atomic_dir, save_keras_model, write_json
 from dogscats.classifier import KERAS_MODEL, ONNX_MODEL, SETTINGS
-from dogscats.export import check_onnx, classifier_graph, probe_inputs, to_onnx
+from dogscats.export import check_finetuned, check_onnx, check_preprocessing, classifier_graph, probe_inputs, to_onnx
 from dogscats.feature_store import shared_classes
+from dogscats.finetune import load_finetuned, read_description
 from dogscats.head import feature_files
 from dogscats.images import crop_side
 from dogscats.params import load_params
@@ -25,32 +30,41 @@ def mean_of(models: list[keras.Model]) -> keras.Model:
     return keras.Model(inputs, keras.layers.Average()([model(inputs) for model in models]), name="fold_mean")
 
 
+def check_epochs(choices: dict, head_epoch: int, finetuned_epoch: int, predict_metrics: str) -> None:
+    """predict's chosen epochs must be those of the saved models (else a stage is stale, or chose by another rule)."""
+    for key, saved, what in (("head_epoch", head_epoch, "heads"), ("epoch", finetuned_epoch, "fine-tuned folds")):
+        if choices[key] != saved:
+            raise ValueError(
+                f"{predict_metrics} chose {key} {choices[key]}, but the saved {what} are at epoch {saved}; "
+                "rerun the stages (dvc repro)"
+            )
+
+
 def main(features_dir: str, heads_dir: str, finetuned_dir: str, predict_metrics: str, train_metrics: str, out: str):
     """Build the classifier graph from the saved models and predict's choices; write it atomically."""
     keras.utils.clear_session()  # layer names numbered from zero as in a new process: the same bytes in any process
-    params = load_params()
-    features_cfg, choices = params["features"], json.loads(Path(predict_metrics).read_text())
-    best = json.loads(Path(train_metrics).read_text())["best_epoch"]
-    if choices["head_epoch"] != best:
-        raise ValueError(
-            f"{predict_metrics} chose the head at epoch {choices['head_epoch']}, the saved heads are at {best}"
-        )
+    backbones = load_params()["backbones"]
+    files = feature_files(features_dir, backbones)
+    sizes, preprocessing = check_preprocessing(files, backbones)
+    choices = json.loads(Path(predict_metrics).read_text())
+    description = read_description(finetuned_dir)
+    check_epochs(
+        choices, json.loads(Path(train_metrics).read_text())["best_epoch"], description["epoch"], predict_metrics
+    )
     heads = sorted(Path(heads_dir).glob("fold_*.keras"))
     refit = Path(heads_dir) / "all.keras"
     head = keras.saving.load_model(refit) if refit.exists() else mean_of([keras.saving.load_model(p) for p in heads])
-    finetuned = []
+    finetuned = None
     if choices["blend"] > 0:
-        finetuned = [keras.saving.load_model(p) for p in sorted(Path(finetuned_dir).glob("fold_*.keras"))]
-    sizes = {name: features_cfg["input_size"][name] for name in params["backbones"]}
-    graph = classifier_graph(
-        sizes, features_cfg, head, finetuned, params["finetune"]["backbone"], params["predict"]["finetune_tta"]
-    )
-    sides = {name: crop_side(size, features_cfg["crops"]) for name, size in sizes.items()}  # the images' load sides
+        check_finetuned(description, preprocessing, sizes, finetuned_dir)
+        finetuned = load_finetuned(finetuned_dir)
+    graph = classifier_graph(sizes, preprocessing, head, finetuned)
+    sides = {name: crop_side(size, preprocessing["crops"]) for name, size in sizes.items()}  # the images' load sides
     settings = {
-        "classes": shared_classes(feature_files(features_dir, params["backbones"])),
+        "classes": shared_classes(files),
         "sizes": sides,
-        "resize": features_cfg["resize"],
-        "decode": features_cfg["decode"],
+        "resize": preprocessing["resize"],
+        "decode": preprocessing["decode"],
         **{key: choices[key] for key in ("blend", "temperature", "clip_low", "clip_high", "head_epoch", "epoch")},
     }
     with atomic_dir(Path(out)) as tmp:

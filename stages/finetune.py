@@ -1,6 +1,7 @@
 """Stage finetune: fine-tune the top blocks of one backbone on augmented images, from a head trained on its features,
 once per fold: each labelled image is predicted after every epoch by the copy that never saw it (out of fold), and
-predict chooses the epoch."""
+predict chooses the epoch. The images are loaded as the features were (the feature file records how), and the folds'
+models are saved at the epoch predict will choose (its rule, on the columns predict.finetune_tta reads)."""
 
 import sys
 import time
@@ -10,22 +11,23 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dogscats.atomic import atomic_dir, save_keras_model, write_csv, write_json
+from dogscats.atomic import write_csv, write_json
 from dogscats.backbones import get_backbone, load_feature_extractor
+from dogscats.blending import best_epoch as predicts_epoch
 from dogscats.dataset import folds_of, image_paths, label_index, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
 from dogscats.extract import image_batches
-from dogscats.feature_store import classes_of_file, read_split
+from dogscats.feature_store import classes_of_file, preprocessing_of, read_split
 from dogscats.finetune import (
     augmentation,
     augmented_trunk_batches,
     build_top_classifier,
     clone_top,
-    finetuned_model,
     fold_probabilities,
     freeze_below_top_blocks,
     make_optimizer,
+    save_finetuned,
     split_at_top_blocks,
     stored_features,
     train_folds_one_epoch,
@@ -48,7 +50,7 @@ def main(
 ) -> None:
     """Per fold: a starting head on stored features, then fine-tuning; out-of-fold and test probabilities per epoch."""
     params = load_params()
-    cfg, images_cfg = params["finetune"], params["features"]
+    cfg, engine_name, tta = params["finetune"], params["features"]["engine"], params["predict"]["finetune_tta"]
     backbone = get_backbone(cfg["backbone"])
     set_seed(cfg["seed"])
     start = time.perf_counter()
@@ -57,6 +59,7 @@ def main(
 
     # 1. The starting heads: Dropout + Dense on this backbone's stored GAP features, one per fold, without its fold.
     stored = stored_features(features_path, backbone.name)
+    images_cfg = preprocessing_of(features_path)  # the photos are loaded and the backbone built as for the features
     folds = folds_of(manifest, stored.ids, manifest_path)
     fold_ids = sorted(set(folds))
     heads, head_fits, p_head = [], [], np.zeros((len(folds), len(classes)))
@@ -74,7 +77,7 @@ def main(
 
     # 2. The backbone, split below its top blocks: the frozen trunk runs in the engine (or TensorFlow); a copy of the
     # top blocks and a head per fold train in Keras on the trunk's outputs for augmented photos.
-    size = images_cfg["input_size"][backbone.name]
+    size = images_cfg["input_size"]
     base = load_feature_extractor(backbone.name, images_cfg["weights"], images_cfg["pooling"], size)
     blocks = freeze_below_top_blocks(base, cfg["trainable_blocks"] if cfg["epochs"] else 0)
     trunk, top = split_at_top_blocks(base, blocks)
@@ -85,6 +88,7 @@ def main(
     test = manifest[manifest.split == "test"].reset_index(drop=True)
     y = label_index(labelled.label, classes)
     live = open_live(live_dir)  # the curves, one row per epoch from epoch 0 (the starting heads), as they come
+    column = 1 if tta else 0  # predict reads the mirror-averaged columns (_tta) with predict.finetune_tta
     best_epoch, best_weights = 0, [c.get_weights() for c in classifiers]
     trainable = sum(int(np.prod(w.shape)) for w in classifiers[0].trainable_weights)
     if not cfg["epochs"]:
@@ -98,7 +102,7 @@ def main(
         log_epoch(live, 0, starting | oof_figures(y, per_epoch[0]))
         print(f"finetune: 0 epochs, the {len(heads)} starting heads predict from the stored features")
     else:
-        engine = choose_engine(images_cfg["engine"], gpu_visible(), "float32")
+        engine = choose_engine(engine_name, gpu_visible(), "float32")
         probe = backbone.preprocess(probe_images(size).astype(np.float32))
         in_engine = trunk is not None and engine == "onnxruntime"
         run_trunk = trunk_function(trunk, engine_model(trunk, probe) if in_engine else None)
@@ -138,7 +142,7 @@ def main(
         augment = augmentation(**cfg["augment"], seed=cfg["seed"])
         augmented = training_augmentation(augment)
         rng = np.random.default_rng(cfg["seed"])
-        per_epoch = [fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH)]
+        per_epoch = [fold_probabilities(classifiers, fold_ids, folds, maps, test_maps, PREDICT_BATCH)]
         start_loss = log_loss(y, per_epoch[0][1])
         log_epoch(live, 0, starting | oof_figures(y, per_epoch[0]))
         print(f"epoch 0 (starting heads): out-of-fold log loss {start_loss:.4f} (mirrored)", flush=True)
@@ -149,12 +153,12 @@ def main(
             photos = image_batches(sources, [True] * len(order), side, resize, decode, batch_size)
             photos = (centre_view(x, size) for x in photos)
             train = augmented_trunk_batches(run_trunk, augmented, backbone.preprocess, photos, y[order], folds[order])
-            scores = train_folds_one_epoch(classifiers, train)
-            per_epoch.append(fold_probabilities(classifiers, folds, maps, test_maps, PREDICT_BATCH))
+            scores = train_folds_one_epoch(classifiers, fold_ids, train)
+            per_epoch.append(fold_probabilities(classifiers, fold_ids, folds, maps, test_maps, PREDICT_BATCH))
             figures = {"loss": scores["loss"], "accuracy": scores["accuracy"]} | oof_figures(y, per_epoch[-1])
             log_epoch(live, epoch, figures)
             mirrored = figures["oof_logloss_tta"]
-            if mirrored < log_loss(y, per_epoch[best_epoch][1]):
+            if predicts_epoch(y, [p[column] for p in per_epoch]) == epoch:  # predict's rule: the earliest lowest
                 best_epoch, best_weights = epoch, [c.get_weights() for c in classifiers]
             print(
                 f"epoch {epoch}/{cfg['epochs']}: loss {scores['loss']:.4f}, out-of-fold log loss "
@@ -162,16 +166,25 @@ def main(
                 flush=True,
             )
 
-    # 5. Save each fold's whole classifier at the epoch with the lowest out-of-fold log loss (mirrored); write every
-    # epoch's probabilities: predict chooses the epoch, out of fold.
-    with atomic_dir(Path(models_dir)) as tmp:
-        for fold, classifier, fold_top, head, weights in zip(
-            fold_ids, classifiers, tops, heads, best_weights, strict=True
-        ):
-            classifier.set_weights(weights)
-            if top is not None:
-                top.set_weights(fold_top.get_weights())  # the base's own top blocks take this fold's weights
-            save_keras_model(finetuned_model(base, head), tmp / f"fold_{fold}.keras")
+    # 5. Save what the exported classifier needs, at the epoch predict will choose: with 0 epochs the starting heads
+    # (they take the stored features); else the frozen trunk once and each fold's top blocks and head (they take its
+    # outputs; or the preprocessed images, when every block trains). Write every epoch's probabilities.
+    for classifier, weights in zip(classifiers, best_weights, strict=True):
+        classifier.set_weights(weights)
+    fold_input = "features" if not cfg["epochs"] else "trunk" if trunk is not None else "image"
+    description = {
+        "backbone": backbone.name,
+        "input_size": size,
+        "preprocessing": images_cfg,
+        "trainable_blocks": blocks,
+        "epoch": best_epoch,
+        "epochs_run": cfg["epochs"],
+        "tta": tta,
+        "folds": [int(f) for f in fold_ids],
+        "fold_input": fold_input,
+    }
+    fold_models = heads if fold_input == "features" else classifiers
+    save_finetuned(Path(models_dir), description, trunk if fold_input == "trunk" else None, fold_models)
     live.end()
     ids = pd.DataFrame(
         {
@@ -188,11 +201,11 @@ def main(
     write_csv(predictions_path, pd.concat(tables, ignore_index=True))
 
     best = per_epoch[best_epoch]
-    metrics = {
+    metrics = {  # _optimistic: at the epoch chosen on these same out-of-fold probabilities
         "head_oof_logloss": log_loss(y, p_head),
-        "oof_logloss": log_loss(y, best[0]),
-        "oof_logloss_tta": log_loss(y, best[1]),
-        "oof_accuracy": accuracy(y, best[1]),
+        "oof_logloss_optimistic": log_loss(y, best[0]),
+        "oof_logloss_tta_optimistic": log_loss(y, best[1]),
+        "oof_accuracy_optimistic": accuracy(y, best[1]),
         "best_epoch": best_epoch,
         "epochs_run": cfg["epochs"],
         "folds": len(fold_ids),

@@ -125,3 +125,32 @@ def test_a_folds_cross_fitted_probabilities_ignore_its_own_labels():
     others = folds != 1
     on_others = choose(y[others], [p[others] for p in head], [p[others] for p in tuned], SETTINGS)
     assert np.allclose(nested[folds == 1], apply(on_others, [p[~others] for p in head], [p[~others] for p in tuned]))
+
+
+def _clipped_loss(y: np.ndarray, p: np.ndarray, temperature: float, low: float, high: float) -> float:
+    return log_loss(y, np.clip(with_temperature(p, temperature), low, high))
+
+
+def test_the_temperature_is_chosen_on_the_clipped_loss_that_is_scored():
+    """Two near-certain mistakes among confident right answers: unclipped, they pull the temperature far above 1;
+    clipped at [0.05, 0.95] they cost -log(0.05) whatever the temperature, so a sharper one scores better."""
+    y = np.array([1] * 30 + [0] * 30 + [1, 0])
+    p = np.concatenate([np.full(30, 0.8), np.full(30, 0.2), [1e-9, 1 - 1e-9]])
+    low, high = 0.05, 0.95
+    chosen = choose(y, [p], [p], {"blend": 0, "calibrate": True, "clip": [low, high]})
+    grid = np.exp(np.linspace(np.log(0.01), np.log(100), 2001))
+    best_on_grid = min(_clipped_loss(y, p, t, low, high) for t in grid)
+    assert _clipped_loss(y, p, chosen.temperature, low, high) <= best_on_grid + 1e-9
+    assert chosen.temperature < 1 < best_temperature(y, p)  # unclipped, the mistakes soften it
+
+
+def test_clip_auto_chooses_each_bounds_best_temperature_and_the_best_pair():
+    y = np.array([1] * 30 + [0] * 30 + [1, 0])
+    p = np.concatenate([np.full(30, 0.8), np.full(30, 0.2), [1e-9, 1 - 1e-9]])
+    chosen = choose(y, [p], [p], {"blend": 0, "calibrate": True, "clip": "auto"})
+    scored = _clipped_loss(y, p, chosen.temperature, chosen.low, chosen.high)
+    for low in (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05):
+        assert scored <= _clipped_loss(y, p, best_temperature(y, p, low, 1 - low), low, 1 - low) + 1e-12
+    assert scored < _clipped_loss(
+        y, p, best_temperature(y, p), *best_clip(y, with_temperature(p, best_temperature(y, p)))
+    )

@@ -91,7 +91,7 @@ def test_a_conversion_is_checked_cached_and_reused_and_a_weights_change_converts
     probe = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
     first = engine_model(_tiny_model(0), probe, tmp_path)
     [cached] = tmp_path.glob("tiny-8x8x3-*.onnx")
-    monkeypatch.setattr("dogscats.engine.to_onnx", lambda model: pytest.fail("converted again"))
+    monkeypatch.setattr("dogscats.engine.to_onnx", lambda *args: pytest.fail("converted again"))
     again = engine_model(_tiny_model(0), probe, tmp_path)
     assert np.array_equal(again(probe), first(probe))
     monkeypatch.undo()
@@ -104,13 +104,16 @@ def test_a_conversion_is_checked_cached_and_reused_and_a_weights_change_converts
     assert not cached.exists() and len(list(tmp_path.glob("tiny-*.onnx"))) == 2  # unused for a month: removed
 
 
-def test_a_model_tf2onnx_cannot_convert_is_named_with_the_way_out(monkeypatch):
+def test_a_model_tf2onnx_cannot_convert_is_named_with_the_way_out(monkeypatch, tmp_path):
     def fail(*args, **kwargs):
         raise ValueError("unsupported op")
 
     monkeypatch.setattr("tf2onnx.convert.from_function", fail)
-    with pytest.raises(RuntimeError, match="tiny: tf2onnx could not convert it .*features.engine: tensorflow"):
+    with pytest.raises(RuntimeError, match="tiny: tf2onnx could not convert it .*unsupported op"):
         to_onnx(_tiny_model())
+    probe = np.zeros((1, 8, 8, 3), np.float32)
+    with pytest.raises(RuntimeError, match="tiny: tf2onnx could not convert it .*features.engine: tensorflow"):
+        engine_model(_tiny_model(), probe, tmp_path)
 
 
 def test_a_damaged_cache_file_is_converted_again_with_a_warning(tmp_path, capsys):

@@ -11,10 +11,11 @@ from dogscats.finetune import (
     block_names,
     build_top_classifier,
     clone_top,
-    finetuned_model,
     fold_probabilities,
     freeze_below_top_blocks,
+    load_finetuned,
     make_optimizer,
+    save_finetuned,
     split_at_top_blocks,
     train_folds_one_epoch,
     training_augmentation,
@@ -114,14 +115,15 @@ def _classifier(seed: int) -> keras.Model:
 
 def test_each_folds_copy_trains_only_on_the_rows_outside_its_fold():
     x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
-    folds = np.repeat([1, 2], 20)
-    y = (folds == 1).astype(np.float32)  # fold 1 all ones, fold 2 all zeros
+    folds = np.repeat([2, 5], 20)  # fold ids as the manifest gives them, not 1..k
+    y = (folds == 2).astype(np.float32)  # fold 2 all ones, fold 5 all zeros
     classifiers = [_classifier(0), _classifier(0)]
+    batches = [(x[:16], y[:16], folds[:16]), (x[16:], y[16:], folds[16:])]
     for _ in range(20):
-        scores = train_folds_one_epoch(classifiers, [(x[:16], y[:16], folds[:16]), (x[16:], y[16:], folds[16:])])
+        scores = train_folds_one_epoch(classifiers, [2, 5], batches)
     assert set(scores) == {"loss", "accuracy"} and scores["accuracy"] == 1.0
-    assert classifiers[0].predict(x, verbose=0).mean() < 0.2  # fold 1's copy saw fold 2 only: zeros
-    assert classifiers[1].predict(x, verbose=0).mean() > 0.8  # fold 2's copy saw fold 1 only: ones
+    assert classifiers[0].predict(x, verbose=0).mean() < 0.2  # fold 2's copy saw fold 5 only: zeros
+    assert classifiers[1].predict(x, verbose=0).mean() > 0.8  # fold 5's copy saw fold 2 only: ones
 
 
 def test_fold_probabilities_come_from_the_copy_that_left_the_fold_out():
@@ -130,11 +132,13 @@ def test_fold_probabilities_come_from_the_copy_that_left_the_fold_out():
         model = _classifier(0)
         model.layers[0].set_weights([np.zeros((4, 1), np.float32), np.array([bias], np.float32)])
         classifiers.append(model)
-    folds = np.array([1, 2, 1, 2, 2])
+    folds = np.array([5, 2, 5, 2, 2])  # fold ids out of order and not 1..k: classifiers[0] is fold 5's
     maps = np.zeros((5, 4), np.float32)
-    oof, oof_mirror, test, test_mirror = fold_probabilities(classifiers, folds, (maps, maps), (maps[:3], maps[:3]), 8)
+    oof, oof_mirror, test, test_mirror = fold_probabilities(
+        classifiers, [5, 2], folds, (maps, maps), (maps[:3], maps[:3]), 8
+    )
     low, high = 1 / (1 + np.exp(2)), 1 / (1 + np.exp(-2))
-    assert np.allclose(oof[:, 1], np.where(folds == 1, low, high)) and np.allclose(oof_mirror, oof)
+    assert np.allclose(oof[:, 1], np.where(folds == 5, low, high)) and np.allclose(oof_mirror, oof)
     assert np.allclose(test[:, 1], 0.5) and np.allclose(test_mirror, test) and np.allclose(oof.sum(1), 1)
 
 
@@ -146,7 +150,6 @@ def test_the_top_classifier_starts_from_the_head_and_augments_only_in_training(b
     x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
     expected = head(base(x, training=False), training=False).numpy()
     assert np.allclose(classifier(trunk(x), training=False).numpy(), expected, atol=1e-5)
-    assert np.allclose(finetuned_model(base, head)(x).numpy(), expected, atol=1e-5)
     augment = augmentation(True, 10, 0.1, 0.1, 0.2, seed=0)
     assert np.array_equal(augment(x, training=False), x)
     augmented = training_augmentation(augment)
@@ -174,3 +177,24 @@ def test_the_small_cnn_trains_from_scratch_with_a_hidden_layer_head():
     )  # every layer trains
     x = np.random.default_rng(0).uniform(0, 1, (2, 150, 150, 3)).astype(np.float32)
     assert model(x, training=False).shape == (2, 1)
+
+
+def test_models_finetuned_holds_the_trunk_once_each_folds_model_and_its_description(tmp_path):
+    trunk = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="frozen")], name="trunk")
+    folds = [_classifier(seed) for seed in (0, 1)]
+    description = {"backbone": "small_cnn", "epoch": 1, "tta": True, "folds": [2, 5], "fold_input": "trunk"}
+    save_finetuned(tmp_path / "finetuned", description, trunk, folds)
+    assert sorted(p.name for p in (tmp_path / "finetuned").iterdir()) == [
+        "finetuned.json",
+        "fold_2.keras",
+        "fold_5.keras",
+        "trunk.keras",
+    ]
+    loaded = load_finetuned(tmp_path / "finetuned")
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    assert loaded.description == description and np.allclose(loaded.trunk(x), trunk(x))
+    assert [np.allclose(m(x), f(x)) for m, f in zip(loaded.folds, folds, strict=True)] == [True, True]
+    with pytest.raises(ValueError, match="a trunk is saved exactly when the folds take its outputs"):
+        save_finetuned(tmp_path / "heads", {**description, "fold_input": "features"}, trunk, folds)
+    with pytest.raises(FileNotFoundError, match="older run; rerun dvc repro finetune"):
+        load_finetuned(tmp_path)

@@ -91,7 +91,7 @@ def test_each_recipe_runs_through_the_stages_with_random_weights(number, kaggle_
         assert h5.attrs["pooling"] == params["features"]["pooling"]
     tuned = json.loads(Path("metrics/finetune.json").read_text())
     head = json.loads(Path(TRAIN_ARGS[-1]).read_text())
-    assert 0 < head["oof_logloss_optimistic"] < 5 and 0 < tuned["oof_logloss"] < 5
+    assert 0 < head["oof_logloss_optimistic"] < 5 and 0 < tuned["oof_logloss_optimistic"] < 5
     trainable = {  # recipe 2's finetune stage is recipe 3: VGG16's block5 (3 convs, 512 -> 512) and the head
         1: 896 + 18_496 + 73_856 + 147_584 + (6272 * 512 + 512) + 513,  # every layer
         2: 3 * (9 * 512 * 512 + 512) + (8192 * 256 + 256) + 257,

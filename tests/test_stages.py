@@ -204,7 +204,11 @@ def test_features_train_finetune_predict_evaluate_submit(prepared):
     tuned = pd.read_csv("data/finetune_predictions.csv", dtype={"id": str})
     assert list(tuned) == ["id", "split", "fold", "epoch", "p_cat", "p_dog", "p_cat_tta", "p_dog_tta"]
     assert tuned.epoch.value_counts().sort_index().to_dict() == {0: 25, 1: 25, 2: 25}  # before and after each epoch
-    assert sorted(p.name for p in Path("models/finetuned").iterdir()) == [f"fold_{k}.keras" for k in range(1, 6)]
+    saved = sorted(p.name for p in Path("models/finetuned").iterdir())  # the frozen trunk once, each fold's top
+    assert saved == ["finetuned.json", *[f"fold_{k}.keras" for k in range(1, 6)], "trunk.keras"]
+    described = json.loads(Path("models/finetuned/finetuned.json").read_text())
+    assert described["trainable_blocks"] == ["block14", "block15"] and described["fold_input"] == "trunk"
+    assert described["folds"] == [1, 2, 3, 4, 5] and described["tta"] is True
     curve = pd.read_csv("metrics/live/finetune/plots/metrics/oof_logloss.tsv", sep="\t")
     assert curve.step.tolist() == [0, 1, 2]  # the starting heads, then each epoch
     loss = pd.read_csv("metrics/live/finetune/plots/metrics/loss.tsv", sep="\t")
@@ -214,6 +218,7 @@ def test_features_train_finetune_predict_evaluate_submit(prepared):
     scores = json.loads(Path("metrics/predict.json").read_text())
     w, epoch = scores["blend"], scores["epoch"]
     assert 0 <= w <= 1 and epoch in (0, 1, 2) and scores["temperature"] == 1  # calibrate: false
+    assert epoch == described["epoch"]  # the folds were saved at the epoch predict chose
     pred = pd.read_csv("data/predictions.csv", dtype={"id": str}).set_index("id")
     assert pred.p_dog.between(0.005, 0.995).all() and np.allclose(pred.p_cat + pred.p_dog, 1)
     assert pred.loc["2", "p_dog"] == pytest.approx(10 / 19)  # undecodable: the prior, 10 of 19 dogs
@@ -261,7 +266,7 @@ def test_finetune_is_reproducible_and_depends_on_the_seed(prepared):
         _finetune()
         runs.append(json.loads(Path("metrics/finetune.json").read_text()))
         runs[-1]["p"] = pd.read_csv("data/finetune_predictions.csv").p_dog.to_numpy()
-    for key in ("head_oof_logloss", "oof_logloss", "oof_logloss_tta"):
+    for key in ("head_oof_logloss", "oof_logloss_optimistic", "oof_logloss_tta_optimistic"):
         assert runs[0][key] == pytest.approx(runs[1][key], abs=5e-5), key
     assert np.allclose(runs[0]["p"], runs[1]["p"], atol=5e-5)
     assert np.abs(runs[0]["p"] - runs[2]["p"]).max() > 1e-3  # another seed: other shuffles and augmentations
@@ -298,7 +303,11 @@ def test_finetune_with_0_epochs_predicts_from_the_stored_features_without_runnin
     test_rows = table[table.split == "test"]
     manifest = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
     assert test_rows.id.astype(str).tolist() == manifest[manifest.split == "test"].id.tolist()
-    assert sorted(p.name for p in Path("models/finetuned").iterdir())[0] == "fold_1.keras"
+    saved = sorted(p.name for p in Path("models/finetuned").iterdir())  # the starting heads alone, no backbone
+    assert saved == ["finetuned.json", *[f"fold_{k}.keras" for k in range(1, 6)]]
+    assert sum(p.stat().st_size for p in Path("models/finetuned").iterdir()) < 200_000
+    described = json.loads(Path("models/finetuned/finetuned.json").read_text())
+    assert described["fold_input"] == "features" and described["epoch"] == 0 and described["trainable_blocks"] == []
     assert json.loads(Path("metrics/finetune.json").read_text())["best_epoch"] == 0
 
 
@@ -403,5 +412,6 @@ def test_the_from_scratch_recipe_runs_through_the_finetune_stage(prepared):
     _finetune("small_cnn")
     metrics = json.loads(Path("metrics/finetune.json").read_text())
     weights = 896 + 18_496 + 73_856 + 147_584 + (6272 * 16 + 16) + 17  # every conv layer, the hidden and output
-    assert metrics["trainable_weights"] == weights and 0 < metrics["oof_logloss"] < 5
+    assert metrics["trainable_weights"] == weights and 0 < metrics["oof_logloss_optimistic"] < 5
+    assert not Path("models/finetuned/trunk.keras").exists()  # every block trains: the folds take the images
     assert len(pd.read_csv("data/finetune_predictions.csv")) == 25 * (params["finetune"]["epochs"] + 1)
