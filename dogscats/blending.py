@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from dogscats.calibration import blend, final_p, with_temperature
+from dogscats.calibration import TEMPERATURE_RANGE, blend, final_p, with_temperature
 from dogscats.scoring import clip, log_loss, predicted_class
 
-TEMPERATURE_RANGE = (0.01, 100.0)  # searched by calibrate: true (below 1 sharpens, above 1 softens)
 TEMPERATURE_GRID = 41  # log-spaced temperatures tried before the minimiser refines the best
 CLIP_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # low bounds tried by clip: auto (high = 1 - low)
 

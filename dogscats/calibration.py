@@ -6,6 +6,8 @@ import numpy as np
 
 from dogscats.scoring import as_matrix, clip
 
+TEMPERATURE_RANGE = (0.01, 100.0)  # searched by calibrate: true (below 1 sharpens, above 1 softens), and allowed
+
 
 def blend(p_head: np.ndarray, p_finetuned: np.ndarray, weight: float) -> np.ndarray:
     """Weighted mean of the two models' probabilities: weight is the fine-tuned model's share."""

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from dogscats.backbone_sizes import MIN_SIZE
-from dogscats.calibration import final_p
+from dogscats.calibration import TEMPERATURE_RANGE, final_p
 from dogscats.images import DECODE_POLICIES, RESIZE_POLICIES, load_resized
 from dogscats.schema import Section, problems
 from dogscats.scoring import as_probabilities
@@ -29,7 +29,7 @@ from dogscats.scoring import as_probabilities
 SETTINGS = "settings.json"
 ONNX_MODEL = "classifier.onnx"
 KERAS_MODEL = "classifier.keras"
-OUTPUTS = ("p_head", "p_finetuned")  # taken by these names where the graph has them, else its two outputs in order
+OUTPUTS = ("p_head", "p_finetuned")  # the graph's outputs, read by name
 INPUT_PREFIX = "image_"  # the graph's input for a backbone is image_<backbone>
 # Folders are searched for these; .tif and .tiff too, so that they get a row saying TIFF is not read (not skipped).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
@@ -52,7 +52,7 @@ class Settings(Section):
     resize: Literal[RESIZE_POLICIES]
     decode: Literal[DECODE_POLICIES]
     blend: Fraction
-    temperature: Annotated[float, Field(gt=0)]  # finite: Section refuses NaN and infinity
+    temperature: Annotated[float, Field(ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])]  # the range searched
     clip_low: Fraction
     clip_high: Fraction
     head_epoch: Epoch
@@ -111,8 +111,15 @@ class Classifier:
         calibrated and clipped as in predict."""
         s = self.settings
         feeds = {INPUT_PREFIX + name: batch for name, batch in zip(s["sizes"], batches, strict=True)}
-        p_head, p_finetuned = (as_probabilities(p) for p in self.session.run(output_names(self.session), feeds))
-        return final_p(p_head, p_finetuned, s["blend"], s["temperature"], s["clip_low"], s["clip_high"])
+        try:
+            outputs = self.session.run(output_names(self.session), feeds)
+        except Exception as err:  # ONNX Runtime raises its own types for a graph that fails as it runs
+            raise ModelError(f"the model failed to run: {type(err).__name__}: {' '.join(str(err).split())}") from None
+        p_head, p_finetuned = (as_probabilities(p) for p in outputs)
+        p = final_p(p_head, p_finetuned, s["blend"], s["temperature"], s["clip_low"], s["clip_high"])
+        if p.shape != (len(batches[0]), len(self.classes)) or not np.isfinite(p).all():
+            raise ModelError(f"the model gave {p.shape} probabilities, not finite, one per class of {self.classes}")
+        return p
 
     def predict(self, paths: list[Path | str], batch_size: int = 16) -> tuple[np.ndarray, list[str]]:
         """(N, K) probabilities for image files, and per file the reason it could not be read ("" if it could);
@@ -202,12 +209,8 @@ def graph_mismatch(session: Any, settings: dict) -> str:
 
 
 def output_names(session: Any) -> list[str]:
-    """The graph's outputs to read, p_head's then p_finetuned's: by those names where it has them, else its two
-    outputs in order (tf2onnx names them Identity:0, Identity_1:0); [] when it has neither."""
-    names = [x.name for x in session.get_outputs()]
-    if set(OUTPUTS) <= set(names):
-        return list(OUTPUTS)
-    return names if len(names) == 2 else []
+    """The graph's outputs to read, p_head then p_finetuned (the export names them); [] when it lacks them."""
+    return list(OUTPUTS) if set(OUTPUTS) <= {x.name for x in session.get_outputs()} else []
 
 
 def _shape(shape: list) -> str:

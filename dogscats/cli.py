@@ -56,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"dogscats classify: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
+    paths = image_files(args.paths)
     try:
         model = Classifier.load(args.model)
-    except ModelError as err:
+        table, errors = rows(model, paths, len(paths) > PROGRESS_FROM)
+    except ModelError as err:  # a model folder that does not load, or a graph that fails as it runs: nothing written
         print(f"dogscats classify: {err}", file=sys.stderr)
         return 2
-    paths = image_files(args.paths)
-    table, errors = rows(model, paths, len(paths) > PROGRESS_FROM)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     header = ["path", *(f"p_{c}" for c in model.classes), "class"]

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from dogscats.backbones import get_backbone, load_feature_extractor
+from dogscats.classifier import OUTPUTS
 from dogscats.determinism import set_seed
 from dogscats.engine import to_onnx as engine_to_onnx
 from dogscats.feature_store import preprocessing_of
@@ -178,21 +179,23 @@ def check_finetuned(description: dict, preprocessing: dict, sizes: dict[str, int
 
 
 def to_onnx(model: keras.Model) -> bytes:
-    """The graph as ONNX bytes, its inputs named as the model's, with a free batch dimension, byte-reproducible."""
-    return canonical_onnx(engine_to_onnx(model))
+    """The graph as ONNX bytes, its inputs named as the model's, its outputs p_head and p_finetuned, with a free batch
+    dimension, byte-reproducible."""
+    return canonical_onnx(engine_to_onnx(model), OUTPUTS)
 
 
-def canonical_onnx(onnx_bytes: bytes) -> bytes:
+def canonical_onnx(onnx_bytes: bytes, output_names: tuple[str, ...] = ()) -> bytes:
     """The same ONNX graph, byte-reproducible: tf2onnx names folded constants and deduplicated weights from global
     counters, differently on each run, and lists independent nodes (the views' slices) in any order; so the nodes are
     put in an order of the graph's own (_in_canonical_order), every node, intermediate value and weight is renamed by
     its first use in node order (graph inputs and outputs keep their names), the weights are sorted by their new
-    names, and the graph and its batch dimension get fixed names."""
+    names, and the graph and its batch dimension get fixed names; output_names, if given, rename the outputs (tf2onnx
+    calls them Identity:0, ...)."""
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
-    _outputs_by_identity(graph)
+    _outputs_by_identity(graph, output_names)
     _in_canonical_order(graph)
     keep = {value.name for value in [*graph.input, *graph.output]}
     weights = {tensor.name: tensor for tensor in graph.initializer}
@@ -242,10 +245,10 @@ def _in_canonical_order(graph: Any) -> None:
     graph.node.extend([nodes[i] for i in order])
 
 
-def _outputs_by_identity(graph: Any) -> None:
+def _outputs_by_identity(graph: Any, output_names: tuple[str, ...] = ()) -> None:
     """Identity nodes collapsed, then one Identity per graph output, at the end: where two outputs are equal (the
     fine-tuned probabilities are the head's), tf2onnx computes one and copies it to the other, choosing which anew on
-    each run."""
+    each run. The outputs take output_names when given."""
     import onnx
 
     outputs = [value.name for value in graph.output]
@@ -259,9 +262,13 @@ def _outputs_by_identity(graph: Any) -> None:
             continue
         node.output[:] = [internal.get(x, x) for x in node.output]
         nodes.append(node)
-    for name in outputs:
+    final = list(output_names) or outputs
+    if len(final) != len(outputs):
+        raise ValueError(f"the graph has {len(outputs)} outputs, not {len(final)} ({', '.join(final)})")
+    for name, value in zip(outputs, graph.output, strict=True):
         copied = source.get(name, name)
-        nodes.append(onnx.helper.make_node("Identity", [internal.get(copied, copied)], [name]))
+        value.name = final[outputs.index(name)]
+        nodes.append(onnx.helper.make_node("Identity", [internal.get(copied, copied)], [value.name]))
     graph.ClearField("node")
     graph.node.extend(nodes)
 
@@ -277,9 +284,9 @@ def check_onnx(model: keras.Model, onnx_path: Path, inputs: list[np.ndarray], to
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = [x.name for x in session.get_inputs()]
+    feeds = {x.name: batch for x, batch in zip(model.inputs, inputs, strict=True)}  # by name, as the classifier
     expected = [keras.ops.convert_to_numpy(p) for p in model(inputs, training=False)]
-    got = session.run(None, dict(zip(names, inputs, strict=True)))
+    got = session.run(list(OUTPUTS), feeds)
     diff = max(float(np.abs(e - g).max()) for e, g in zip(expected, got, strict=True))
     if diff > tolerance:
         raise RuntimeError(f"{onnx_path}: the ONNX copy differs from the Keras graph by {diff:.2e}")

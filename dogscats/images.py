@@ -32,8 +32,8 @@ def load_rgb(path: Path | str, draft_size: int | None = None) -> Image.Image:
         opened = Image.open(path, formats=FORMATS)
     except UnidentifiedImageError:
         known = format_of(path)
-        if known:
-            raise ImageFormatError(f"{known} is not an allowed image format ({FORMAT_NAMES})") from None
+        if known and known not in (*FORMATS, "MPO"):  # an allowed format that failed to open keeps Pillow's reason
+            raise ImageFormatError(f"looks like {known}, not an allowed image format ({FORMAT_NAMES})") from None
         raise
     with opened as im:
         if draft_size:

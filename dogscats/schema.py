@@ -6,8 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-NON_EMPTY = {"string_too_short": "a non-empty string", "too_short": "a non-empty list"}  # every min_length here is 1
-
 
 class Section(BaseModel):
     """A checked mapping: no unknown keys, no type conversions (30 is not "30", 1 is not true), no NaN or infinity."""
@@ -35,7 +33,11 @@ def describe(error: dict, whole: str) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown key {key}"
     message = error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
-    allowed = NON_EMPTY.get(error["type"], message)
+    allowed = message
+    if error["type"] in ("string_too_short", "too_short"):  # pydantic says "should have at least 1 item after ..."
+        least = error["ctx"]["min_length"]
+        kind = "string" if error["type"] == "string_too_short" else type(error["input"]).__name__
+        allowed = f"a non-empty {kind}" if least == 1 else f"a {kind} of at least {least} items"
     if error["type"] == "literal_error":
         allowed = allowed.replace("None", "null")  # as YAML and JSON spell it
     return f"{key} must be {allowed}, got {error['input']!r}"

@@ -250,8 +250,9 @@ def test_each_backbone_gets_its_own_input_whatever_order_the_settings_list_them(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"temperature": 0}, "temperature must be greater than 0, got 0"),
-        ({"temperature": -1.0}, "temperature must be greater than 0, got -1.0"),
+        ({"temperature": 0}, "temperature must be greater than or equal to 0.01, got 0"),
+        ({"temperature": -1.0}, "temperature must be greater than or equal to 0.01, got -1.0"),
+        ({"temperature": 5e-324}, "temperature must be greater than or equal to 0.01, got 5e-324"),  # NaN rows
         ({"temperature": float("nan")}, "temperature must be a finite number"),
         ({"clip_low": 0.6, "clip_high": 0.9}, "clip_high must be above 1/K = 0.5 (2 classes), clip_low below"),
         ({"clip_low": 0.0, "clip_high": 0.5}, "clip_high must be above 1/K = 0.5 (2 classes), clip_low below"),
@@ -259,7 +260,7 @@ def test_each_backbone_gets_its_own_input_whatever_order_the_settings_list_them(
         ({"clip_low": -0.1}, "clip_low must be greater than or equal to 0, got -0.1"),
         ({"blend": 1.5}, "blend must be less than or equal to 1, got 1.5"),
         ({"classes": ["cat", "cat"]}, "classes must be distinct class names"),
-        ({"classes": ["cat"]}, "classes must be a non-empty list"),
+        ({"classes": ["cat"]}, "classes must be a list of at least 2 items"),
         ({"resize": "stretch"}, "resize must be 'squash', 'crop' or 'pad', got 'stretch'"),
         ({"epoch": -1}, "epoch must be greater than or equal to 0, got -1"),
         ({"sizes": {"efficientnet_lite2": 40, "efficientnet_lite0": 16}}, "sizes.efficientnet_lite0 must be"),
@@ -293,13 +294,14 @@ def test_settings_that_do_not_fit_the_graph_are_refused_naming_both(tmp_path, si
     assert "\n" not in line
 
 
-def test_the_two_outputs_are_read_by_name_or_else_in_order(tmp_path, photos):
-    as_tf2onnx_names_them = {"Identity:0": WEIGHTS["p_head"], "Identity_1:0": WEIGHTS["p_finetuned"]}
-    in_order = write_model(tmp_path / "in_order", weights=as_tf2onnx_names_them)
-    np.testing.assert_allclose(Classifier.load(in_order).predict(photos)[0][:, 1], expected_p(photos), atol=1e-6)
+def test_the_two_outputs_are_read_by_name_and_a_graph_without_them_is_refused(tmp_path, photos):
     reversed_order = {"p_finetuned": WEIGHTS["p_finetuned"], "p_head": WEIGHTS["p_head"]}
     by_name = write_model(tmp_path / "by_name", weights=reversed_order)
     np.testing.assert_allclose(Classifier.load(by_name).predict(photos)[0][:, 1], expected_p(photos), atol=1e-6)
+    as_tf2onnx_names_them = {"Identity:0": WEIGHTS["p_head"], "Identity_1:0": WEIGHTS["p_finetuned"]}
+    folder = write_model(tmp_path / "unnamed", weights=as_tf2onnx_names_them)
+    with pytest.raises(ModelError, match=r"the graph's outputs are Identity:0, Identity_1:0, not two \(p_head, p_fin"):
+        Classifier.load(folder)
     folder = write_model(tmp_path / "one", weights={"p": WEIGHTS["p_head"]})
     with pytest.raises(ModelError, match=r"the graph's outputs are p, not two \(p_head, p_finetuned\)"):
         Classifier.load(folder)
@@ -351,6 +353,18 @@ def test_a_broken_model_folder_exits_2_with_one_line(tmp_path, capsys, photos, b
     assert err.startswith(f"dogscats classify: {folder}") and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_graph_that_fails_as_it_runs_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, photos):
+    folder = write_model(tmp_path / "model")
+    model = onnx.load(folder / "classifier.onnx")
+    (column,) = [t for t in model.graph.initializer if t.name == "column"]
+    column.CopyFrom(helper.make_tensor("column", TensorProto.INT64, [2], [-1, 2]))  # 3 sums cannot make pairs
+    onnx.save_model(model, folder / "classifier.onnx")
+    out = tmp_path / "c.csv"
+    status, _, err = _classify(capsys, *map(str, photos), "--model", str(folder), "--out", str(out))
+    assert status == 2 and not out.exists()
+    assert err.startswith("dogscats classify: the model failed to run") and err.count("\n") == 1
+
+
 def test_classify_exits_0_when_every_file_is_read_and_1_when_one_is_not(tmp_path, capsys, photos):
     folder = write_model(tmp_path / "model")
     status, table, err = _classify(capsys, str(photos[0].parent), "--model", str(folder))
@@ -389,7 +403,7 @@ def test_folders_skip_hidden_files_and_give_tiff_a_row_saying_it_is_not_read(tmp
     status, table, _ = _classify(capsys, str(root), "--model", str(folder))
     assert status == 1 and len(table) == 4
     row = table.set_index("path").loc[str(root / "scan.TIF")]
-    assert row.error == "ImageFormatError: TIFF is not an allowed image format (JPEG, PNG, GIF, WebP, BMP)"
+    assert row.error == "ImageFormatError: looks like TIFF, not an allowed image format (JPEG, PNG, GIF, WebP, BMP)"
 
 
 EPS = "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n"
@@ -411,7 +425,7 @@ def test_an_eps_named_jpg_is_a_bad_image_and_ghostscript_never_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", code, str(evil), str(folder)], capture_output=True, text=True, env=env, cwd=REPO
     )
-    reason = "ImageFormatError: EPS is not an allowed image format (JPEG, PNG, GIF, WebP, BMP)"
+    reason = "ImageFormatError: looks like EPS, not an allowed image format (JPEG, PNG, GIF, WebP, BMP)"
     assert not called.exists(), "Ghostscript was run"
     assert result.returncode == 1, result.stderr
     problem, header, row = result.stdout.splitlines()

@@ -37,7 +37,9 @@ EXPORT_ARGS = (
 )
 
 
-def _two_equal_outputs(computed: str, copied: str, counter: int) -> bytes:
+def _two_equal_outputs(
+    computed: str, copied: str, counter: int, outputs: tuple[str, str] = ("p_head", "p_finetuned")
+) -> bytes:
     """A graph whose two outputs are equal, as tf2onnx writes it: one computed, the other its copy, with a folded
     constant named from a global counter."""
     scale = helper.make_tensor(f"const_fold_opt__{counter}", TensorProto.FLOAT, [1], [2.0])
@@ -51,7 +53,7 @@ def _two_equal_outputs(computed: str, copied: str, counter: int) -> bytes:
         nodes,
         f"tf2onnx_{counter}",
         [value("x", TensorProto.FLOAT, ["unk__1"])],
-        [value("p_head", TensorProto.FLOAT, ["unk__1"]), value("p_finetuned", TensorProto.FLOAT, ["unk__1"])],
+        [value(name, TensorProto.FLOAT, ["unk__1"]) for name in outputs],
         [scale],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
@@ -65,6 +67,19 @@ def test_canonical_onnx_is_the_same_whichever_equal_output_tf2onnx_computed():
     x = np.array([-1.0, 0.0, 3.0], np.float32)
     p_head, p_finetuned = ort.InferenceSession(first).run(None, {"x": x})
     assert np.allclose(p_head, 1 / (1 + np.exp(-2 * x))) and np.array_equal(p_head, p_finetuned)
+
+
+TF2ONNX_NAMES = ("Identity:0", "Identity_1:0")
+
+
+def test_canonical_onnx_gives_the_outputs_the_names_the_classifier_reads():
+    named = canonical_onnx(_two_equal_outputs(*TF2ONNX_NAMES, 3, TF2ONNX_NAMES), ("p_head", "p_finetuned"))
+    session = ort.InferenceSession(named)
+    assert [x.name for x in session.get_outputs()] == ["p_head", "p_finetuned"]
+    x = np.array([-1.0, 0.0, 3.0], np.float32)
+    assert np.allclose(session.run(["p_head"], {"x": x})[0], 1 / (1 + np.exp(-2 * x)))
+    with pytest.raises(ValueError, match="the graph has 2 outputs, not 1"):
+        canonical_onnx(_two_equal_outputs(*TF2ONNX_NAMES, 3, TF2ONNX_NAMES), ("p",))
 
 
 class _Extractor:

@@ -197,8 +197,18 @@ def test_formats_outside_the_allow_list_are_problems_naming_them(tmp_path, fmt, 
         Image.new("RGB", (30, 20), COLOUR).save(path, format=fmt)
     problem = decode_problem(path)
     if name:  # known by its first bytes: named
-        assert problem == f"ImageFormatError: {name} is not an allowed image format (JPEG, PNG, GIF, WebP, BMP)"
+        assert (
+            problem == f"ImageFormatError: looks like {name}, not an allowed image format (JPEG, PNG, GIF, WebP, BMP)"
+        )
     else:  # TGA has no signature of its own (its first bytes may look like another format's): refused all the same
         assert problem.startswith(("UnidentifiedImageError: cannot identify image file", "ImageFormatError: "))
     with pytest.raises(UnidentifiedImageError):
         load_resized(path, 16)
+
+
+@pytest.mark.parametrize("start", [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"])
+def test_a_broken_file_of_an_allowed_format_keeps_pillows_reason_not_a_format_refusal(tmp_path, start):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(start + bytes(200))
+    problem = decode_problem(path)
+    assert problem and "not an allowed image format" not in problem
