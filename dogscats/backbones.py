@@ -14,7 +14,7 @@ import numpy as np
 
 from dogscats import efficientnet_lite
 from dogscats.backbone_sizes import NATIVE_SIZES
-from dogscats.params import POOLINGS  # the one list, where checking params needs no TensorFlow
+from dogscats.params import POOLINGS, WEIGHTS  # the one list, where checking params needs no TensorFlow
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 SMALL_CNN_FILTERS = (32, 64, 128, 128)
@@ -127,8 +127,8 @@ def small_cnn(input_size: int) -> keras.Model:
 
 def feature_map_model(name: str, weights: str | None, input_size: int) -> keras.Model:
     """The backbone up to its last convolutional feature map, for (input_size, input_size, 3) images."""
-    if weights not in ("imagenet", None):
-        raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     if name == "small_cnn":
         return small_cnn(input_size)  # no pretrained weights exist: always random
     if name in efficientnet_lite.LITE_VARIANTS:

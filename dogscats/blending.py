@@ -8,7 +8,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from dogscats.calibration import TEMPERATURE_RANGE, blend, final_p, with_temperature
-from dogscats.scoring import clip, log_loss, predicted_class
+from dogscats.scoring import as_matrix, clip, log_loss, predicted_class
 
 TEMPERATURE_GRID = 41  # log-spaced temperatures tried before the minimiser refines the best
 CLIP_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # low bounds tried by clip: auto (high = 1 - low)
@@ -27,7 +27,8 @@ def best_temperature(y: np.ndarray, p: np.ndarray, low: float = 0.0, high: float
     """The temperature with the lowest log loss of the probabilities clipped to [low, high] (the loss that is scored;
     temperature scaling, a one-parameter calibration), over log T across TEMPERATURE_RANGE: a grid, then a bounded
     scalar minimiser between the best point's neighbours (clipping can give the loss more than one minimum). When
-    every image is classified right the loss only falls as T goes to 0 (no finite best), and T stays 1."""
+    every image is classified right the loss only falls as T goes to 0 (unclipped, no finite best; clipped, until every
+    probability reaches its bound): nothing out of fold tells how far to sharpen, so T stays 1, deliberately."""
     if np.all(predicted_class(p) == np.asarray(y)):
         return 1.0
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
@@ -44,17 +45,23 @@ def best_temperature(y: np.ndarray, p: np.ndarray, low: float = 0.0, high: float
     return float(np.exp(found.x if found.fun < losses[best] else grid[best]))
 
 
+def clip_grid(p: np.ndarray) -> list[float]:
+    """The grid's low bounds that leave every one of the K classes above its floor (low < 1/K)."""
+    return [low for low in CLIP_GRID if low < 1 / as_matrix(p).shape[1]]
+
+
 def best_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """Symmetric clip bounds from the grid with the lowest log loss; the widest margin of ties (the safest)."""
-    losses = [log_loss(y, clip(p, low, 1 - low)) for low in CLIP_GRID]
+    grid = clip_grid(p)
+    losses = [log_loss(y, clip(p, low, 1 - low)) for low in grid]
     best = max(i for i, loss in enumerate(losses) if loss <= min(losses) + 1e-12)
-    return CLIP_GRID[best], 1 - CLIP_GRID[best]
+    return grid[best], 1 - grid[best]
 
 
 def best_temperature_and_clip(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
     """(temperature, low, high): per symmetric clip bound of the grid its best temperature (on the clipped loss),
     and of those pairs the one with the lowest loss; the widest margin of ties (the safest)."""
-    pairs = [(best_temperature(y, p, low, 1 - low), low) for low in CLIP_GRID]
+    pairs = [(best_temperature(y, p, low, 1 - low), low) for low in clip_grid(p)]
     losses = [log_loss(y, clip(with_temperature(p, t), low, 1 - low)) for t, low in pairs]
     best = max(i for i, loss in enumerate(losses) if loss <= min(losses) + 1e-12)
     temperature, low = pairs[best]

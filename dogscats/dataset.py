@@ -24,7 +24,8 @@ from dogscats.atomic import atomic_dir
 CLASSES = ("cat", "dog")  # the Kaggle layout's classes
 TRAIN_NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 TEST_NAME = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
-IMAGE_NAME = re.compile(r"^(.+)\.(jpe?g|png|gif|webp|bmp)$", re.IGNORECASE)  # the folder-per-class layout's images
+# The folder-per-class layout's images; hidden files (a dot first, such as macOS's ._ copies) are not.
+IMAGE_NAME = re.compile(r"^([^.].*)\.(jpe?g|png|gif|webp|bmp)$", re.IGNORECASE)
 MANIFEST_COLUMNS = ["id", "file", "label", "split", "fold", "source", "problem", "md5"]
 
 

@@ -156,6 +156,11 @@ def check_preprocessing(files: list[Path], backbones: list[str]) -> tuple[dict[s
     for path, name, found in zip(files, backbones, recorded, strict=True):
         if found["backbone"] != name:
             raise ValueError(f"{path} holds {found['backbone']} features, not {name}'s; rerun its features stage")
+        if found["precision"] != "float32":  # the exported graph runs in float32: it would not give these features
+            raise ValueError(
+                f"{path}: features made in {found['precision']}; the exported classifier runs float32 and cannot"
+                " reproduce them: export from features.precision: float32"
+            )
     for path, found in zip(files[1:], recorded[1:], strict=True):
         differ = [
             f"{key} {found[key]!r} (not {recorded[0][key]!r})" for key in SHARED if found[key] != recorded[0][key]

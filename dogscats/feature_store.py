@@ -11,7 +11,7 @@ import numpy as np
 
 SPLITS = ("train", "test")  # train: every labelled image (the folds are in the manifest)
 # The attributes that say how an image becomes a feature vector: what the exported classifier must do again.
-PREPROCESSING = ("backbone", "input_size", "weights", "pooling", "resize", "decode", "tta", "crops")
+PREPROCESSING = ("backbone", "input_size", "weights", "pooling", "resize", "decode", "tta", "crops", "precision")
 
 
 @dataclass
@@ -65,7 +65,7 @@ def backbone_of(path: Path | str) -> str:
 def write_preprocessing(h5: h5py.File, backbone: str, input_size: int, features_cfg: dict) -> None:
     """Record how the images became features (PREPROCESSING) in a feature file's attributes."""
     h5.attrs.update(backbone=backbone, input_size=input_size, weights=str(features_cfg["weights"]))
-    h5.attrs.update({key: features_cfg[key] for key in ("pooling", "resize", "decode", "tta", "crops")})
+    h5.attrs.update({key: features_cfg[key] for key in ("pooling", "resize", "decode", "tta", "crops", "precision")})
 
 
 def preprocessing_of(path: Path | str) -> dict:

@@ -20,6 +20,7 @@ AUTO = "auto"
 ENGINES = ("auto", "tensorflow", "onnxruntime")  # features.engine: dogscats.engine
 PRECISIONS = ("float32", "bfloat16", "float16")  # features.precision: dogscats.extract
 POOLINGS = ("avg", "max", "flatten")  # features.pooling: dogscats.backbones
+WEIGHTS = ("imagenet", None)  # features.weights (None: random, for tests): dogscats.backbones
 OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl", "lion", "nadam", "rmsprop", "sgd")
 
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # NumPy's range
@@ -51,7 +52,7 @@ class Prepare(Section):
 
 
 class Features(Section):
-    weights: Literal["imagenet", None]
+    weights: Literal[WEIGHTS]
     batch_size: AtLeastOne
     resize: Literal[RESIZE_POLICIES]
     decode: Literal[DECODE_POLICIES]

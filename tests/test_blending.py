@@ -1,13 +1,15 @@
-"""Blend weight, temperature and clip bounds chosen on validation."""
+"""Blend weight, temperature and clip bounds chosen on out-of-fold probabilities."""
 
 import numpy as np
 import pytest
 
 from dogscats.blending import (
+    CLIP_GRID,
     apply,
     best_blend_weight,
     best_clip,
     best_temperature,
+    best_temperature_and_clip,
     blend,
     choose,
     cross_fitted,
@@ -74,7 +76,7 @@ def test_the_temperature_is_found_over_its_whole_range(right, wrong):
     assert best_temperature(y, p) == pytest.approx(2 / np.log(right / wrong), rel=1e-3)
 
 
-def test_a_validation_set_without_mistakes_keeps_the_temperature_at_one():
+def test_out_of_fold_probabilities_without_mistakes_keep_the_temperature_at_one():
     y = np.array([1, 1, 0, 0])
     assert best_temperature(y, np.array([0.9, 0.6, 0.2, 0.45])) == 1.0  # sharper is always better: no finite best
 
@@ -154,3 +156,14 @@ def test_clip_auto_chooses_each_bounds_best_temperature_and_the_best_pair():
     assert scored < _clipped_loss(
         y, p, best_temperature(y, p), *best_clip(y, with_temperature(p, best_temperature(y, p)))
     )
+
+
+def test_clip_auto_keeps_every_class_above_its_floor_with_many_classes():
+    rng = np.random.default_rng(0)
+    k = 25  # 1/K = 0.04: the grid's 0.05 would clip every class above chance
+    p = rng.dirichlet(np.full(k, 0.05), 200)
+    y = rng.integers(0, k, 200)  # labels unrelated to p: the widest clip wins where it is allowed
+    low, high = best_clip(y, p)
+    assert low < 1 / k and low == max(g for g in CLIP_GRID if g < 1 / k)
+    temperature, low, high = best_temperature_and_clip(y, p)
+    assert low < 1 / k < high

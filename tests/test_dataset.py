@@ -133,6 +133,8 @@ def make_folder_layout(root, classes=("bird", "cat", "dog"), per_class=5, n_test
 def test_folder_per_class_layout_takes_the_classes_from_the_folders(tmp_path):
     raw = make_folder_layout(tmp_path)
     write_image(raw / "train" / "stray.jpg", (1, 2, 3))
+    (raw / "train" / "cat" / "._img0.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # hidden: not read
+    (raw / "test" / "._t0.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
     frame, skipped = scan_raw(raw)
     train = frame[frame.split == "train"]
     assert classes_of(train.label) == ["bird", "cat", "dog"] and len(train) == 15

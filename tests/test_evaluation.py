@@ -44,7 +44,7 @@ def test_worst_mistakes_page_embeds_thumbnails(tmp_path):
     assert "cat.1&lt;b&gt;: a cat, p(cat) = 0.0300" in page
 
 
-def test_a_single_class_in_validation_has_no_roc_and_no_error():
+def test_a_single_class_among_the_scored_images_has_no_roc_and_no_error():
     y, p = np.array([1, 1, 1]), np.array([0.9, 0.4, 0.8])
     assert auc(y, p) is None and roc_points(y, p).empty and list(roc_points(y, p)) == ["fpr", "tpr", "threshold"]
 

@@ -149,6 +149,7 @@ def test_the_finetuned_branch_is_the_finetune_stages_prediction(fold_input):
 
 def _feature_file(path, backbone: str, **preprocessing) -> str:
     settings = {"weights": "imagenet", "pooling": "avg", "resize": "crop", "decode": "reduced", "tta": True, "crops": 1}
+    settings["precision"] = "float32"
     with h5py.File(path, "w") as h5:
         write_preprocessing(h5, backbone, 96, {**settings, **preprocessing})
     return path
@@ -172,6 +173,9 @@ def test_the_export_reads_the_preprocessing_from_the_feature_files_and_refuses_f
         check_preprocessing([lite2, other], ["efficientnet_lite2", "efficientnet_lite0"])
     with pytest.raises(ValueError, match="a.h5 holds efficientnet_lite2 features, not efficientnet_lite0's"):
         check_preprocessing([lite2], ["efficientnet_lite0"])
+    half = _feature_file(tmp_path / "d.h5", "efficientnet_lite0", precision="bfloat16")
+    with pytest.raises(ValueError, match="d.h5: features made in bfloat16; the exported classifier runs float32"):
+        check_preprocessing([lite2, half], ["efficientnet_lite2", "efficientnet_lite0"])
 
 
 def test_the_export_refuses_a_predict_epoch_other_than_the_saved_models():

@@ -18,6 +18,7 @@ def test_feature_files_with_other_classes_stop_naming_the_file(tmp_path):
 @pytest.mark.parametrize("weights", ["imagenet", None])
 def test_a_feature_file_gives_back_the_preprocessing_it_was_made_with(tmp_path, weights):
     cfg = {"weights": weights, "pooling": "avg", "resize": "crop", "decode": "reduced", "tta": True, "crops": 5}
+    cfg["precision"] = "float32"
     with h5py.File(tmp_path / "f.h5", "w") as h5:
         write_preprocessing(h5, "efficientnet_lite2", 320, cfg)
     got = preprocessing_of(tmp_path / "f.h5")
@@ -28,5 +29,5 @@ def test_a_feature_file_gives_back_the_preprocessing_it_was_made_with(tmp_path, 
 def test_an_older_feature_file_without_its_preprocessing_is_named(tmp_path):
     with h5py.File(tmp_path / "old.h5", "w") as h5:
         h5.attrs.update(backbone="efficientnet_lite0", input_size=224, pooling="avg", tta=True, crops=1)
-    with pytest.raises(ValueError, match="old.h5: no weights, resize, decode attributes .* rerun its stage"):
+    with pytest.raises(ValueError, match="old.h5: no weights, resize, decode, precision attributes .* rerun its stage"):
         preprocessing_of(tmp_path / "old.h5")
