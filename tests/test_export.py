@@ -22,10 +22,10 @@ from dogscats.finetune import Finetuned, build_top_classifier, clone_top, freeze
 from dogscats.head import build_head
 from dogscats.images import centre_view, crop_side, load_resized
 from dogscats.scoring import as_matrix
-from stages import export, features, finetune, predict, prepare, train
+from stages import demo, export, features, finetune, predict, prepare, train
 from stages.export import check_epochs
 
-from .conftest import PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args, make_kaggle_layout
+from .conftest import PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args
 
 EXPORT_ARGS = (
     "data/features",
@@ -223,14 +223,14 @@ def _pipeline_matches_the_export(raw: Path) -> None:
     np.testing.assert_allclose(table.loc[ids, ["p_cat", "p_dog"]], expected, atol=1e-5)
 
 
-@pytest.mark.slow  # two real backbones at small sizes, fine-tuned and exported twice: about 90 s on 2 cores
+@pytest.mark.slow  # the demo with two real backbones at small sizes, fine-tuned and exported twice: about 80 s
 def test_the_exported_classifier_is_the_pipelines_prediction_for_two_backbones_five_crops_and_a_blend(
     tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    raw = make_kaggle_layout(tmp_path / "raw", per_class=20, n_test=10)
     params = default_params()
-    params["data"]["raw"] = str(raw)
+    params["data"]["raw"], params["submit"]["labels"] = "data/demo", None
+    params["demo"].update(train_per_class=20, test_count=10)
     params["prepare"]["folds"] = 2
     params["backbones"] = ["efficientnet_lite2", "efficientnet_lite0"]  # not alphabetical
     params["features"].update(weights="imagenet", crops=5, batch_size=16)
@@ -240,6 +240,8 @@ def test_the_exported_classifier_is_the_pipelines_prediction_for_two_backbones_f
     params["finetune"].update(learning_rate=0.001)
     params["predict"].update(blend=0.5, calibrate=True, clip=[0.005, 0.995])
     Path("params.yaml").write_text(yaml.safe_dump(params))
+    demo.main("data/demo")  # the demo pipeline, small
+    raw = Path("data/demo")
     prepare.main(*PREPARE_ARGS)
     for name in params["backbones"]:
         features.main(name, "data/split.csv", f"data/features/{name}.h5", f"metrics/features/{name}.json")
