@@ -54,6 +54,14 @@ PREDICT_ARGS = (
     "data/oof_predictions.csv",
     "metrics/predict.json",
 )
+EXPORT_ARGS = (
+    "data/features",
+    "models/head",
+    "models/finetuned",
+    "metrics/predict.json",
+    "metrics/train.json",
+    "models/classifier",
+)
 EVALUATE_ARGS = (
     "data/split.csv",
     "data/oof_predictions.csv",

@@ -26,6 +26,7 @@ from dogscats.images import load_resized
 from dogscats.scoring import as_matrix, predicted_class
 
 from .conftest import (
+    EXPORT_ARGS,
     PREDICT_ARGS,
     PREPARE_ARGS,
     REPO,
@@ -37,14 +38,6 @@ from .conftest import (
 )
 
 BACKBONE = "efficientnet_lite0"
-EXPORT_ARGS = (
-    "data/features",
-    "models/head",
-    "models/finetuned",
-    "metrics/predict.json",
-    "metrics/train.json",
-    "models/classifier",
-)
 
 
 def run_pipeline() -> None:

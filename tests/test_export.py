@@ -25,16 +25,7 @@ from dogscats.scoring import as_matrix
 from stages import demo, export, features, finetune, predict, prepare, train
 from stages.export import check_epochs
 
-from .conftest import PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args
-
-EXPORT_ARGS = (
-    "data/features",
-    "models/head",
-    "models/finetuned",
-    "metrics/predict.json",
-    "metrics/train.json",
-    "models/classifier",
-)
+from .conftest import EXPORT_ARGS, PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args
 
 
 def _two_equal_outputs(
