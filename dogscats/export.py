@@ -94,7 +94,11 @@ class MeanOverViews(keras.layers.Layer):
 def averaged_over_views(models: list[keras.Model], x, views: StackedViews) -> list:
     """Each model's output averaged over the views of a batch, the views stacked once and each model run once on
     them all."""
-    stacked, count = views(x), views.views()
+    return view_means(models, views(x), views.views())
+
+
+def view_means(models: list[keras.Model], stacked, count: int) -> list:
+    """Each model's output on `count` views stacked view after view, averaged over the views."""
     return [model(stacked) if count == 1 else MeanOverViews(count)(model(stacked)) for model in models]
 
 
@@ -141,11 +145,10 @@ def finetuned_branch(finetuned: Finetuned, sizes: dict[str, int], crops: int, pr
     if description["fold_input"] == "features":
         return mean([fold(features[name]) for fold in folds])
     views = StackedViews(sizes[name], crops, description["tta"], centre_only=True)
-    trunk = [] if finetuned.trunk is None else [renamed(finetuned.trunk, f"{name}_trunk")]
-    stacked = views(preprocessed[name])
-    maps = trunk[0](stacked) if trunk else stacked
-    count = views.views()
-    return mean([fold(maps) if count == 1 else MeanOverViews(count)(fold(maps)) for fold in folds])
+    maps = views(preprocessed[name])
+    if finetuned.trunk is not None:
+        maps = renamed(finetuned.trunk, f"{name}_trunk")(maps)  # once, for every fold
+    return mean(view_means(folds, maps, views.views()))
 
 
 def check_preprocessing(files: list[Path], backbones: list[str]) -> tuple[dict[str, int], dict]:

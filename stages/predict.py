@@ -37,8 +37,9 @@ def main(
     cfg = load_params()["predict"]
     manifest = read_manifest(manifest_path)
     classes = classes_of(manifest.label)
-    if clip_problem(cfg["clip"], len(classes)):  # the params check knows no K: 1/2 is its bound
-        raise ParamsError(f"params.yaml: {clip_problem(cfg['clip'], len(classes))}")
+    problem = clip_problem(cfg["clip"], len(classes))  # the params check knows no K: 1/2 is its bound
+    if problem:
+        raise ParamsError(f"params.yaml: {problem}")
     head = read_prediction_table(head_predictions_path)
     tuned = read_prediction_table(finetune_predictions_path)
     suffix = "_tta" if cfg["finetune_tta"] else ""
