@@ -1,7 +1,8 @@
 """Stage train: concatenate the backbones' features and train the ensemble head (dropout + sigmoid, or softmax for
 more than two classes), once per fold of the manifest: each labelled image's probabilities come from the head that
 did not see it (out of fold), and each test image's from one head refit on all labelled images (train.refit) or the
-mean of the k heads; both at about ten epochs, for predict to choose the epoch count out of fold."""
+mean of the k heads; both at about ten epochs, for predict to choose the epoch count out of fold. All the heads train
+side by side in one pass over the data (dogscats/heads.py) and are saved one by one, as heads trained alone."""
 
 import sys
 from pathlib import Path
@@ -13,19 +14,14 @@ from dogscats.atomic import write_csv, write_json
 from dogscats.dataset import folds_of, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.feature_store import shared_classes
-from dogscats.head import (
-    EpochPredictions,
-    checkpoint_epochs,
-    feature_files,
-    fit_head,
-    load_concatenated,
-    save_heads,
-    subset,
-)
-from dogscats.live import LiveCurves, open_live
+from dogscats.head import checkpoint_epochs, feature_files, load_concatenated, save_heads
+from dogscats.heads import fit_heads, out_of_fold, single_head
+from dogscats.live import log_epoch, open_live
 from dogscats.params import load_params
 from dogscats.predictions import probability_table
 from dogscats.scoring import accuracy, log_loss
+
+HEAD_KEYS = ("hidden", "dropout", "optimizer", "learning_rate")  # train's params that make a head
 
 
 def main(
@@ -36,7 +32,8 @@ def main(
     live_dir: str,
     metrics_path: str,
 ) -> None:
-    """Train one head per fold, save them, and write the out-of-fold and test class probabilities."""
+    """Train the fold heads (and the refit head) in one pass, save them, and write the out-of-fold and test class
+    probabilities."""
     params = load_params()
     cfg = params["train"]
     files = feature_files(features_dir, params["backbones"])
@@ -44,47 +41,31 @@ def main(
     set_seed(cfg["seed"])
     labelled, test = load_concatenated(files, "train"), load_concatenated(files, "test")
     folds = folds_of(read_manifest(manifest_path), labelled.ids, manifest_path)
-    fit_args = (
-        len(classes), cfg["hidden"], cfg["dropout"], cfg["optimizer"], cfg["learning_rate"], cfg["epochs"],
-        cfg["batch_size"],
-    )  # fmt: skip
 
-    # Each fold's head predicts its fold and the test images at about ten epochs: predict chooses the epoch count,
-    # out of fold. The saved heads are those at the epoch with the lowest out-of-fold log loss.
+    # All the heads train in one pass (dogscats/heads.py): each fold's head on the rows outside its fold, and with
+    # train.refit one head on every labelled image, to predict the test images rather than the fold heads' mean (out
+    # of fold one level down the refit scores better: bench/refit.py, docs/honest.md). Each head's predictions are
+    # kept at about ten epochs, for predict to choose the epoch count out of fold; the saved heads are those at the
+    # epoch with the lowest out-of-fold log loss. DVCLive gets each head's curves after every epoch: its training
+    # loss and its held-out fold's log loss.
     checkpoints = checkpoint_epochs(cfg["epochs"])
-    fold_ids = sorted(set(folds))
-    p_oof = {e: np.zeros((len(labelled.ids), len(classes))) for e in checkpoints}
-    p_test = {e: np.zeros((len(test.ids), len(classes))) for e in checkpoints}
-    # Each head's curves go to DVCLive after every epoch: its training loss and its held-out fold's log loss.
+    fold_ids = sorted(set(folds.tolist()))
     live = open_live(live_dir)
-    curves = {"loss": "loss", "val_loss": "oof_logloss"}
-    models, weights = [], []
-    for fold in fold_ids:
-        held_out, fit_rows = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
-        recorder = EpochPredictions([labelled.features[held_out], test.features], checkpoints)
-        callbacks = [recorder, LiveCurves(live, curves, f"fold_{fold}")]
-        model, _ = fit_head(subset(labelled, fit_rows), subset(labelled, held_out), *fit_args, callbacks)
-        for epoch, (oof, on_test) in recorder.predictions.items():
-            p_oof[epoch][held_out] = oof
-            p_test[epoch] += on_test / len(fold_ids)
-        models.append(model)
-        weights.append(recorder.weights)
+    kept = fit_heads(
+        labelled.features, labelled.labels, folds, test.features, cfg["refit"], len(classes), cfg["hidden"],
+        cfg["dropout"], cfg["optimizer"], cfg["learning_rate"], cfg["epochs"], cfg["batch_size"], cfg["seed"],
+        checkpoints, lambda epoch, figures: log_epoch(live, epoch, figures),
+    )  # fmt: skip
+    p_oof = {e: out_of_fold(kept[e].labelled, folds, fold_ids) for e in checkpoints}
+    p_test = {e: kept[e].test[-1] if cfg["refit"] else kept[e].test[: len(fold_ids)].mean(axis=0) for e in checkpoints}
     losses = {e: log_loss(labelled.labels, p) for e, p in p_oof.items()}
     best = min(checkpoints, key=lambda e: (losses[e], e))
     print("train: out-of-fold log loss by epoch: " + ", ".join(f"{e}: {loss:.4f}" for e, loss in losses.items()))
-
-    # With train.refit, the test images are predicted by one head trained on all labelled images, at each checkpoint
-    # (predict applies the epoch count the folds chose), rather than by the mean of the fold heads: out of fold one
-    # level down, the refit scores better (bench/refit.py, docs/honest.md).
-    refit = None
-    if cfg["refit"]:
-        recorder = EpochPredictions([test.features], checkpoints)
-        refit, _ = fit_head(labelled, None, *fit_args, [recorder, LiveCurves(live, {"loss": "loss"}, "refit")])
-        p_test = {epoch: on_test for epoch, (on_test,) in recorder.predictions.items()}
-        refit.set_weights(recorder.weights[best])
-    for model, fold_weights in zip(models, weights, strict=True):
-        model.set_weights(fold_weights[best])
-    save_heads(models, Path(models_dir), refit)
+    heads = [
+        single_head(w, labelled.features.shape[1], len(classes), *(cfg[k] for k in HEAD_KEYS))
+        for w in kept[best].weights
+    ]
+    save_heads(heads[: len(fold_ids)], Path(models_dir), heads[-1] if cfg["refit"] else None)
     live.end()
     ids = pd.DataFrame(
         {
@@ -103,7 +84,7 @@ def main(
         "oof_accuracy_optimistic": accuracy(labelled.labels, p_oof[best]),
         "best_epoch": best,
         "n_labelled": len(labelled.ids),
-        "folds": len(models),
+        "folds": len(fold_ids),
     }
     write_json(metrics_path, metrics)
     print(f"train: {metrics}")
