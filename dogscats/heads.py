@@ -29,11 +29,11 @@ def training_rows(folds: np.ndarray, fold_ids: list[int], refit: bool) -> np.nda
     return np.stack(rows, axis=1)
 
 
-def pass_batch_size(batch_size: int, rows: np.ndarray) -> int:
-    """The batch of the shared pass over all N rows such that a fold head meets about batch_size of its own rows per
-    step, as when trained alone (and so takes as many steps an epoch); the refit head alone: batch_size."""
-    folds = rows[:, :-1] if rows.shape[1] > 1 and rows[:, -1].all() else rows
-    share = folds.mean() if folds.size else 1.0
+def pass_batch_size(batch_size: int, fold_rows: np.ndarray) -> int:
+    """The batch of the shared pass over all N rows such that a fold head (fold_rows: (N, k), its training rows)
+    meets about batch_size of its own rows a step, as when trained alone (and so takes as many steps an epoch); with
+    no fold heads (the refit head alone), batch_size."""
+    share = fold_rows.mean() if fold_rows.size else 1.0
     return max(1, round(batch_size / share)) if share > 0 else batch_size
 
 
@@ -45,21 +45,15 @@ def build_heads(input_dim: int, names: list[str], n_classes: int, hidden: int, d
     for name in names:
         x = keras.layers.Dense(hidden, activation="relu", name=f"{name}_hidden")(inputs) if hidden else inputs
         x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
-        p = output_layer(n_classes)
-        p.name = f"{name}_p"
-        outputs.append(p(x))
+        outputs.append(output_layer(n_classes, f"{name}_p")(x))
     return keras.Model(inputs, keras.ops.stack(outputs, axis=1), name="heads")
 
 
 def head_weights(model: keras.Model, name: str) -> list[np.ndarray]:
     """One head's weights out of the model of all, in build_head's order (hidden kernel and bias, then the output's)."""
     layers = [f"{name}_hidden", f"{name}_p"]
-    return [
-        w
-        for layer in layers
-        if layer in {lay.name for lay in model.layers}
-        for w in model.get_layer(layer).get_weights()
-    ]
+    present = {layer.name for layer in model.layers}
+    return [w for layer in layers if layer in present for w in model.get_layer(layer).get_weights()]
 
 
 def single_head(
@@ -200,7 +194,16 @@ def fit_heads(
             kept[epoch] = Checkpoint(weights, labelled, predict_heads(model, test_features))
 
     train_heads(
-        model, features, labels, rows, n_classes, opt, epochs, pass_batch_size(batch_size, rows), seed, after_epoch
+        model,
+        features,
+        labels,
+        rows,
+        n_classes,
+        opt,
+        epochs,
+        pass_batch_size(batch_size, rows[:, : len(fold_ids)]),
+        seed,
+        after_epoch,
     )
     return kept
 
