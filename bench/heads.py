@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--manifest", default="data/split.csv")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--folds", type=int, default=5, help="synthetic rows' folds")
+    parser.add_argument("--seeds", type=int, nargs="*", help="training seeds (default: train.seed); the data's is 0")
     parser.add_argument("--only", choices=["one-pass", "one-by-one"])
     args = parser.parse_args()
     params = load_params()
@@ -95,19 +96,20 @@ def main() -> None:
         sets = [(labelled, folds_of(read_manifest(args.manifest), labelled.ids, args.manifest))]
         sets = [(*sets[0], load_concatenated(files, "test").features, len(shared_classes(files)))]
     else:
-        sets = [(*synthetic(n, 1280, args.folds, cfg["seed"]), 2) for n in args.rows]
+        sets = [(*synthetic(n, 1280, args.folds, 0), 2) for n in args.rows]
     print(f"train params: {cfg}")
     print("| labelled rows | heads trained | seconds | out-of-fold log loss, best checkpoint | at the last epoch |")
     print("|---|---|---|---|---|")
     ways = {"one by one": one_by_one, "one pass": one_pass}
     for labelled, folds, test, n_classes in sets:
-        for name, train in ways.items():
-            if args.only and args.only != name.replace(" ", "-"):
-                continue
-            set_seed(cfg["seed"])
-            start = time.perf_counter()
-            p_oof = train(labelled, folds, test, cfg, n_classes)
-            report(name, len(folds), time.perf_counter() - start, labelled.labels, p_oof)
+        for seed in args.seeds or [cfg["seed"]]:
+            for name, train in ways.items():
+                if args.only and args.only != name.replace(" ", "-"):
+                    continue
+                set_seed(seed)
+                start = time.perf_counter()
+                p_oof = train(labelled, folds, test, cfg | {"seed": seed}, n_classes)
+                report(f"{name}, seed {seed}", len(folds), time.perf_counter() - start, labelled.labels, p_oof)
 
 
 if __name__ == "__main__":
