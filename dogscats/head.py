@@ -26,11 +26,11 @@ def load_concatenated(feature_files: list[Path], split: str) -> feature_store.Sp
     return feature_store.SplitFeatures(parts[0].ids, features, parts[0].labels, parts[0].usable)
 
 
-def output_layer(n_classes: int, name: str = "p") -> keras.layers.Dense:
+def output_layer(n_classes: int) -> keras.layers.Dense:
     """Dense(1, sigmoid) for two classes (p of the second), Dense(K, softmax) for more."""
     if n_classes == 2:
-        return keras.layers.Dense(1, activation="sigmoid", name=name)
-    return keras.layers.Dense(n_classes, activation="softmax", name=name)
+        return keras.layers.Dense(1, activation="sigmoid", name="p")
+    return keras.layers.Dense(n_classes, activation="softmax", name="p")
 
 
 def loss_for(n_classes: int) -> str:

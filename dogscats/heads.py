@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dogscats.head import build_head, output_layer
+from dogscats.head import build_head
 from dogscats.scoring import as_probabilities, log_loss
 
 REFIT = "refit"
@@ -39,13 +39,15 @@ def pass_batch_size(batch_size: int, fold_rows: np.ndarray) -> int:
 
 def build_heads(input_dim: int, names: list[str], n_classes: int, hidden: int, dropout: float) -> keras.Model:
     """One model, the heads side by side on the same features: each build_head's layers (its own weights and
-    dropout) named <head>_hidden, <head>_dropout, <head>_p; output (batch, heads, units)."""
+    dropout) named <head>_hidden, <head>_dropout, <head>_p, the last without its sigmoid or softmax: output (batch,
+    heads, units) logits, from which the loss is computed as Keras computes a head's own (from the logits its sigmoid
+    or softmax keeps), so a confidently wrong row still has a gradient."""
     inputs = keras.Input((input_dim,), name="features")
     outputs = []
     for name in names:
         x = keras.layers.Dense(hidden, activation="relu", name=f"{name}_hidden")(inputs) if hidden else inputs
         x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
-        outputs.append(output_layer(n_classes, f"{name}_p")(x))
+        outputs.append(keras.layers.Dense(1 if n_classes == 2 else n_classes, name=f"{name}_p")(x))
     return keras.Model(inputs, keras.ops.stack(outputs, axis=1), name="heads")
 
 
@@ -73,13 +75,18 @@ def single_head(
     return model
 
 
-def per_row_loss(n_classes: int, labels: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
-    """(batch, heads) log loss of each row under each head, Keras's (the same clipping as a head trained alone)."""
+def per_row_loss(n_classes: int, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """(batch, heads) log loss of each row under each head, from the heads' logits."""
     if n_classes == 2:
-        target = tf.broadcast_to(tf.cast(labels, outputs.dtype)[:, None, None], tf.shape(outputs))
-        return keras.losses.binary_crossentropy(target, outputs)
-    target = tf.broadcast_to(labels[:, None], tf.shape(outputs)[:2])
-    return keras.losses.sparse_categorical_crossentropy(target, outputs)
+        target = tf.broadcast_to(tf.cast(labels, logits.dtype)[:, None, None], tf.shape(logits))
+        return keras.losses.binary_crossentropy(target, logits, from_logits=True)
+    target = tf.broadcast_to(labels[:, None], tf.shape(logits)[:2])
+    return keras.losses.sparse_categorical_crossentropy(target, logits, from_logits=True)
+
+
+def activate(logits: tf.Tensor) -> tf.Tensor:
+    """The heads' outputs as their own models give them: the sigmoid of one logit, or the softmax of K."""
+    return keras.ops.sigmoid(logits) if logits.shape[-1] == 1 else keras.ops.softmax(logits, axis=-1)
 
 
 @dataclass
@@ -97,7 +104,7 @@ def predict_heads(model: keras.Model, features: np.ndarray, chunk: int = 4096) -
         n_out = model.output.shape[-1]
         return np.zeros((model.output.shape[1], 0, 2 if n_out == 1 else n_out))
     parts = [
-        keras.ops.convert_to_numpy(model(features[i : i + chunk], training=False))
+        keras.ops.convert_to_numpy(activate(model(features[i : i + chunk], training=False)))
         for i in range(0, len(features), chunk)
     ]
     out = np.concatenate(parts)  # (N, heads, units)

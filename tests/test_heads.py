@@ -106,3 +106,13 @@ def test_the_model_of_all_heads_outputs_each_head_side_by_side():
     model = build_heads(6, ["fold_1", "fold_2"], 3, 0, 0.5)
     assert model.output.shape == (None, 2, 3)
     assert predict_heads(model, np.zeros((0, 6), "float32")).shape == (2, 0, 3)
+
+
+def test_a_confidently_wrong_row_still_teaches_its_head_as_keras_does_from_the_logits():
+    x, y = np.ones((4, 2), "float32"), np.ones(4, int)
+    set_seed(0)
+    model = build_heads(2, ["refit"], 2, 0, 0.0)
+    kernel, _ = model.get_layer("refit_p").get_weights()
+    model.get_layer("refit_p").set_weights([np.zeros_like(kernel), np.array([-40.0], "float32")])  # p(dog) ~ 4e-18
+    train_heads(model, x, y, np.ones((4, 1), bool), 2, keras.optimizers.SGD(1.0), epochs=1, batch_size=4, seed=0)
+    assert model.get_layer("refit_p").get_weights()[1][0] == pytest.approx(-39.0)  # the gradient: p - 1 = -1
