@@ -86,12 +86,17 @@ def best_epoch(y: np.ndarray, p_by_epoch: list[np.ndarray]) -> int:
 
 
 def choose(
-    y: np.ndarray, head_by_epoch: list[np.ndarray], tuned_by_epoch: list[np.ndarray], settings: dict[str, Any]
+    y: np.ndarray, head_by_epoch: list[np.ndarray], tuned_by_epoch: list[np.ndarray] | None, settings: dict[str, Any]
 ) -> Choices:
     """Fix or choose on (y, probabilities), in order, each model's epoch, the blend weight, temperature and clip
-    bounds; settings holds predict's blend (a weight or auto), calibrate (bool) and clip ([low, high] or auto)."""
-    head_epoch, epoch = best_epoch(y, head_by_epoch), best_epoch(y, tuned_by_epoch)
-    p_head, p_tuned = head_by_epoch[head_epoch], tuned_by_epoch[epoch]
+    bounds; settings holds predict's blend (a weight or auto), calibrate (bool) and clip ([low, high] or auto).
+    tuned_by_epoch None: there is no fine-tuned model (finetune skipped it), and the blend must be 0."""
+    if tuned_by_epoch is None and settings["blend"] != 0:
+        raise ValueError(f"predict.blend {settings['blend']} needs the fine-tuned model, which finetune did not train")
+    head_epoch = best_epoch(y, head_by_epoch)
+    epoch = 0 if tuned_by_epoch is None else best_epoch(y, tuned_by_epoch)
+    p_head = head_by_epoch[head_epoch]
+    p_tuned = p_head if tuned_by_epoch is None else tuned_by_epoch[epoch]
     weight = best_blend_weight(y, p_head, p_tuned) if settings["blend"] == "auto" else float(settings["blend"])
     blended = final_p(p_head, p_tuned, weight, 1.0, 0.0, 1.0)
     if settings["clip"] != "auto":  # the temperature with the lowest loss as scored: clipped
@@ -104,9 +109,10 @@ def choose(
     return Choices(head_epoch, epoch, weight, temperature, float(low), float(high))
 
 
-def apply(choices: Choices, head_by_epoch: list[np.ndarray], tuned_by_epoch: list[np.ndarray]) -> np.ndarray:
+def apply(choices: Choices, head_by_epoch: list[np.ndarray], tuned_by_epoch: list[np.ndarray] | None) -> np.ndarray:
     """The final probabilities under the choices."""
-    p_head, p_tuned = head_by_epoch[choices.head_epoch], tuned_by_epoch[choices.epoch]
+    p_head = head_by_epoch[choices.head_epoch]
+    p_tuned = p_head if tuned_by_epoch is None else tuned_by_epoch[choices.epoch]
     return final_p(p_head, p_tuned, choices.blend, choices.temperature, choices.low, choices.high)
 
 
@@ -114,14 +120,19 @@ def cross_fitted(
     y: np.ndarray,
     folds: np.ndarray,
     head_by_epoch: list[np.ndarray],
-    tuned_by_epoch: list[np.ndarray],
+    tuned_by_epoch: list[np.ndarray] | None,
     settings: dict[str, Any],
 ) -> np.ndarray:
     """Each labelled image's final probabilities under choices made on the other folds' images only (nested): the
     log loss of these is an honest estimate for new images."""
-    out = np.zeros_like(np.asarray(tuned_by_epoch[0], dtype=np.float64))
+    out = np.zeros_like(np.asarray(head_by_epoch[0], dtype=np.float64))
     for fold in np.unique(folds):
         fit, held = folds != fold, folds == fold
-        choices = choose(y[fit], [p[fit] for p in head_by_epoch], [p[fit] for p in tuned_by_epoch], settings)
-        out[held] = apply(choices, [p[held] for p in head_by_epoch], [p[held] for p in tuned_by_epoch])
+        choices = choose(y[fit], rows_of(head_by_epoch, fit), rows_of(tuned_by_epoch, fit), settings)
+        out[held] = apply(choices, rows_of(head_by_epoch, held), rows_of(tuned_by_epoch, held))
     return out
+
+
+def rows_of(by_epoch: list[np.ndarray] | None, rows: np.ndarray) -> list[np.ndarray] | None:
+    """Each epoch's probabilities of the rows (None stays None: no fine-tuned model)."""
+    return None if by_epoch is None else [p[rows] for p in by_epoch]

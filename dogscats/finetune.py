@@ -36,7 +36,7 @@ TRUNK_MODEL = "trunk.keras"
 # What each fold's model takes: "features", the backbone's stored (view-averaged) features (0 epochs: the starting
 # heads); "trunk", the trunk's outputs for the preprocessed centre view; "image", the preprocessed centre view itself
 # (every block trains, so there is no frozen trunk).
-FOLD_INPUTS = ("features", "trunk", "image")
+FOLD_INPUTS = ("features", "trunk", "image", "none")  # none: not fine-tuned, as nothing would read it
 
 
 def stored_features(features_path: str, backbone: str) -> SplitFeatures:
@@ -241,6 +241,8 @@ def save_finetuned(out: Path, description: dict, trunk: keras.Model | None, fold
         raise ValueError(f"fold_input must be one of {', '.join(FOLD_INPUTS)}, got {description['fold_input']!r}")
     if (trunk is not None) != (description["fold_input"] == "trunk"):
         raise ValueError(f"a trunk is saved exactly when the folds take its outputs, not with {description}")
+    if (description["fold_input"] == "none") != (not description["folds"]):
+        raise ValueError(f"fold models are saved exactly when there is a fine-tuned model, not with {description}")
     with atomic_dir(out) as tmp:
         if trunk is not None:
             save_keras_model(trunk, tmp / TRUNK_MODEL)

@@ -3,6 +3,7 @@ once per fold: each labelled image is predicted after every epoch by the copy th
 predict chooses the epoch. The images are loaded as the features were (the feature file records how), and the folds'
 models are saved at the epoch predict will choose (its rule, on the columns predict.finetune_tta reads)."""
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from dogscats.head import fit_head, loss_for, predict_proba, subset
 from dogscats.images import centre_view, crop_side
 from dogscats.live import log_epoch, open_live
 from dogscats.params import load_params
-from dogscats.predictions import probability_table
+from dogscats.predictions import prob_columns, probability_table
 from dogscats.scoring import accuracy, log_loss
 
 PREDICT_BATCH = 256  # trunk outputs per prediction step: fewer, larger steps than the training batch
@@ -51,6 +52,9 @@ def main(
     """Per fold: a starting head on stored features, then fine-tuning; out-of-fold and test probabilities per epoch."""
     params = load_params()
     cfg, engine_name, tta = params["finetune"], params["features"]["engine"], params["predict"]["finetune_tta"]
+    if not cfg["epochs"] and params["predict"]["blend"] == 0:
+        write_unused(manifest_path, features_path, models_dir, predictions_path, live_dir, metrics_path, cfg)
+        return
     backbone = get_backbone(cfg["backbone"])
     set_seed(cfg["seed"])
     start = time.perf_counter()
@@ -213,6 +217,30 @@ def main(
     }
     write_json(metrics_path, metrics)
     print(f"finetune: {metrics}; {(time.perf_counter() - start) / 60:.1f} minutes")
+
+
+def write_unused(
+    manifest_path: str,
+    features_path: str,
+    models_dir: str,
+    predictions_path: str,
+    live_dir: str,
+    metrics_path: str,
+    cfg: dict,
+) -> None:
+    """With no epochs to fine-tune and predict.blend 0 nothing reads a fine-tuned model: write the stage's outputs
+    empty (a description without models, the prediction table's header alone) instead of training starting heads."""
+    classes = classes_of_file(features_path)
+    manifest = read_manifest(manifest_path)
+    folds = manifest[manifest.split == "train"].fold.nunique()
+    description = {"backbone": cfg["backbone"], "epoch": 0, "epochs_run": 0, "folds": [], "fold_input": "none"}
+    save_finetuned(Path(models_dir), description, None, [])
+    columns = ["id", "split", "fold", "epoch", *prob_columns(classes), *prob_columns(classes, "_tta")]
+    write_csv(predictions_path, pd.DataFrame(columns=columns))
+    shutil.rmtree(live_dir, ignore_errors=True)
+    Path(live_dir).mkdir(parents=True)  # no curves: no epoch was run
+    write_json(metrics_path, {"fine_tuned": 0, "best_epoch": 0, "epochs_run": 0, "folds": int(folds)})
+    print("finetune: skipped (finetune.epochs 0 and predict.blend 0: predict and export use the head alone)")
 
 
 def oof_figures(y: np.ndarray, probabilities: tuple[np.ndarray, ...]) -> dict[str, float]:

@@ -57,8 +57,10 @@ def main(
     folds = folds_of(manifest, ids, manifest_path)
     head_by_epoch = [probabilities_of(head[head.epoch == e], "train", ids) for e in head_epochs]
     test_head_by_epoch = [probabilities_of(head[head.epoch == e], "test", test_ids) for e in head_epochs]
-    by_epoch = [probabilities_of(tuned[tuned.epoch == e], "train", ids, suffix) for e in epochs]
-    test_by_epoch = [probabilities_of(tuned[tuned.epoch == e], "test", test_ids, suffix) for e in epochs]
+    by_epoch = [probabilities_of(tuned[tuned.epoch == e], "train", ids, suffix) for e in epochs] or None
+    test_by_epoch = [probabilities_of(tuned[tuned.epoch == e], "test", test_ids, suffix) for e in epochs] or None
+    if by_epoch is None and cfg["blend"] != 0:  # finetune skipped (0 epochs, blend 0): rerun it for this blend
+        raise ParamsError(f"predict.blend {cfg['blend']}: {finetune_predictions_path} is empty; rerun dvc repro")
 
     # The choices for the test images, made on every labelled image; the same choices made without each fold.
     choices = choose(y, head_by_epoch, by_epoch, cfg)
@@ -71,7 +73,8 @@ def main(
 
     oof = pd.DataFrame({"id": ids, "label": y, "fold": folds}).join(probability_table(p_cv, classes))
     oof = oof.join(probability_table(head_by_epoch[choices.head_epoch], classes, "_head"))
-    oof = oof.join(probability_table(by_epoch[choices.epoch], classes, "_finetuned"))
+    if by_epoch is not None:
+        oof = oof.join(probability_table(by_epoch[choices.epoch], classes, "_finetuned"))
     write_csv(oof_predictions_path, oof)
     write_csv(predictions_path, pd.DataFrame({"id": test_ids}).join(probability_table(p_test, classes)))
     metrics = {
@@ -81,9 +84,10 @@ def main(
         **{
             f"cv_logloss_{name}": log_loss(y, cross_fitted(y, folds, head_by_epoch, by_epoch, {**cfg, **settings}))
             for name, settings in INGREDIENTS.items()
+            if by_epoch is not None or settings["blend"] == 0  # without a fine-tuned model: the head's alone
         },  # fmt: skip
         "head_epoch": head_epochs[choices.head_epoch],
-        "epoch": epochs[choices.epoch],
+        "epoch": epochs[choices.epoch] if by_epoch is not None else 0,
         "blend": choices.blend,
         "temperature": choices.temperature,
         "clip_low": choices.low,

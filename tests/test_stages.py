@@ -16,9 +16,18 @@ from PIL import Image
 
 from dogscats.params import ParamsError
 from dogscats.scoring import log_loss
-from stages import evaluate, features, finetune, predict, prepare, submit, train
+from stages import evaluate, export, features, finetune, predict, prepare, submit, train
 
-from .conftest import EVALUATE_ARGS, PREDICT_ARGS, PREPARE_ARGS, SUBMIT_ARGS, TRAIN_ARGS, finetune_args, write_image
+from .conftest import (
+    EVALUATE_ARGS,
+    EXPORT_ARGS,
+    PREDICT_ARGS,
+    PREPARE_ARGS,
+    SUBMIT_ARGS,
+    TRAIN_ARGS,
+    finetune_args,
+    write_image,
+)
 
 BACKBONE = "efficientnet_lite0"
 TRAIN_JSON = "metrics/train.json"
@@ -309,6 +318,34 @@ def test_finetune_with_0_epochs_predicts_from_the_stored_features_without_runnin
     described = json.loads(Path("models/finetuned/finetuned.json").read_text())
     assert described["fold_input"] == "features" and described["epoch"] == 0 and described["trainable_blocks"] == []
     assert json.loads(Path("metrics/finetune.json").read_text())["best_epoch"] == 0
+
+
+def test_finetune_with_0_epochs_and_blend_0_trains_nothing_and_predict_and_export_use_the_head(prepared, monkeypatch):
+    features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
+    train.main(*TRAIN_ARGS)
+    _set_param("finetune", "epochs", 0)
+    _set_param("predict", "blend", 0)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("finetune trained or ran a network that nothing reads")
+
+    for name in ("fit_head", "load_feature_extractor", "stored_features"):
+        monkeypatch.setattr(finetune, name, no_work)
+    _finetune()
+    assert sorted(p.name for p in Path("models/finetuned").iterdir()) == ["finetuned.json"]
+    assert json.loads(Path("models/finetuned/finetuned.json").read_text())["fold_input"] == "none"
+    assert pd.read_csv("data/finetune_predictions.csv").empty
+    assert json.loads(Path("metrics/finetune.json").read_text())["fine_tuned"] == 0
+    predict.main(*PREDICT_ARGS)
+    scores = json.loads(Path("metrics/predict.json").read_text())
+    assert scores["blend"] == 0 and scores["epoch"] == 0
+    assert "cv_logloss_head" in scores and "cv_logloss_finetuned" not in scores
+    assert scores["cv_logloss"] > 0
+    export.main(*EXPORT_ARGS)
+    assert json.loads(Path("models/classifier/settings.json").read_text())["blend"] == 0
+    _set_param("predict", "blend", "auto")  # without a rerun of finetune, predict says what to do
+    with pytest.raises(ParamsError, match="finetune_predictions.csv is empty; rerun dvc repro"):
+        predict.main(*PREDICT_ARGS)
 
 
 def test_train_follows_the_manifests_folds(prepared):
