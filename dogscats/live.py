@@ -5,7 +5,6 @@ stays the only thing `dvc exp show` compares."""
 
 from collections.abc import Mapping
 
-import keras
 from dvclive import Live
 from scmrepo.exceptions import SCMError
 
@@ -34,18 +33,3 @@ def log_epoch(live: Live, step: int, figures: Mapping[str, float], prefix: str =
     for name, value in figures.items():
         live.log_metric(f"{prefix}/{name}" if prefix else name, float(value))
     live.next_step()  # writes the summary and tells the VS Code extension a step has ended
-
-
-class LiveCurves(keras.callbacks.Callback):
-    """Logs the named entries of Keras's epoch logs (logs key -> curve name) after each epoch, at step = epochs
-    completed, under a prefix (the fold)."""
-
-    def __init__(self, live: Live, names: Mapping[str, str], prefix: str = "") -> None:
-        super().__init__()
-        self.live, self.names, self.prefix = live, dict(names), prefix
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Log this epoch's figures."""
-        logs = logs or {}
-        figures = {name: logs[key] for key, name in self.names.items() if key in logs}
-        log_epoch(self.live, epoch + 1, figures, self.prefix)
