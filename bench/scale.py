@@ -1,103 +1,146 @@
-"""Benchmark the pipeline's bookkeeping at the real competition's size: 25,000 training and 12,500 test images.
+"""Benchmark the default pipeline at the whole competition's size, on real photos: per-stage time and peak memory.
 
-    python bench/scale.py [--train 25000 --test 12500 --side 64 --keep DIR]
+    python bench/scale.py --data ../shared/data/catsdogs [--train 20000 --test 5000 --work DIR]
 
-Generates small JPEGs in the Kaggle layout outside a fresh copy of the project (as ../shared is outside the repo),
-then times `dvc repro prepare`, a no-op `dvc status prepare`, and `dvc status` of the whole pipeline (every stage's
-dependencies hashed or looked up, with the features stages not run: they would take hours on a CPU). It reports the
-DVC cache's size and file count beside the raw images' size, and how many files in the cache are images.
+1. Builds a photo set in the Kaggle layout (train/cat.N.jpg, train/dog.N.jpg, test/N.jpg) from the labelled and test
+   photos under --data, each copy re-encoded at its own scale (50-100% of the side) and JPEG quality (60-95), so no
+   two files are alike (checked by md5). A built set is reused when --work already holds it. The copies of one
+   photo are near duplicates across folds, so the quality figures are optimistic: this bench measures time and memory.
+2. Copies the project (stages, package, dvc.yaml, params.yaml) beside it, points data.raw at the set, and runs every
+   stage with `dvc repro --single-item` in dvc.yaml's order, each one's wall time and peak resident memory (the
+   largest process of the stage's tree: dvc, the stage and its workers; os.wait4) printed as it ends.
+3. Then the bookkeeping at this size: `dvc status` and a no-op `dvc repro`, timed, with their peak memory.
+Prints the CPU's model and flags first, and a table of every figure last.
 """
 
 import argparse
+import hashlib
+import json
+import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+SCALES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
+QUALITIES = (95, 90, 85, 80, 75, 70, 65, 60)
 
 
-def write_images(raw: Path, n_train: int, n_test: int, side: int) -> None:
-    """n_train/2 cats and dogs and n_test test images, each a distinct seeded noise JPEG of side x side."""
-    rng = np.random.default_rng(0)
-    names = [f"train/{c}.{i}.jpg" for c in ("cat", "dog") for i in range(n_train // 2)]
-    names += [f"test/{i}.jpg" for i in range(1, n_test + 1)]
+def cpu() -> str:
+    """The CPU's model, core count and the instruction-set flags that matter for inference."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(f for f in wanted if f in flags) or 'none of note'}"
+
+
+def copy_plan(sources: list[Path], count: int) -> list[tuple[Path, float, int]]:
+    """count (source, scale, quality) triples, the sources in turn, each source's k-th copy at its own pair."""
+    pairs = [(scale, quality) for scale in SCALES for quality in QUALITIES]
+    return [(sources[i % len(sources)], *pairs[(i // len(sources)) % len(pairs)]) for i in range(count)]
+
+
+def reencode(job: tuple[Path, float, int, Path]) -> str:
+    """Write the source at the scale and quality to the target; its md5."""
+    source, scale, quality, target = job
+    with Image.open(source) as image:
+        image = image.convert("RGB")
+        side = (max(32, round(image.width * scale)), max(32, round(image.height * scale)))
+        image.resize(side, Image.Resampling.BILINEAR).save(target, quality=quality)
+    return hashlib.md5(target.read_bytes()).hexdigest()
+
+
+def build(data: Path, raw: Path, n_train: int, n_test: int) -> None:
+    """The photo set in the Kaggle layout, its labelled copies keeping their source's class; every file distinct."""
+    cats, dogs = sorted((data / "train").glob("cat.*.jpg")), sorted((data / "train").glob("dog.*.jpg"))
+    tests = sorted((data / "test").glob("*.jpg"))
+    if not (cats and dogs and tests):
+        sys.exit(f"{data}: needs train/cat.*.jpg, train/dog.*.jpg and test/*.jpg")
+    jobs = []
+    for label, sources in (("cat", cats), ("dog", dogs)):
+        plan = copy_plan(sources, n_train // 2)
+        jobs += [(*job, raw / "train" / f"{label}.{n}.jpg") for n, job in enumerate(plan, start=1)]
+    jobs += [(*job, raw / "test" / f"{n}.jpg") for n, job in enumerate(copy_plan(tests, n_test), start=1)]
     for sub in ("train", "test"):
-        (raw / sub).mkdir(parents=True)
-    for name in names:
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(raw / name, quality=75)
-
-
-def du(path: Path) -> tuple[int, int]:
-    """Bytes and number of regular files under a path (symlinks not followed)."""
-    files = [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
-    return sum(p.stat().st_size for p in files), len(files)
-
-
-def timed(cwd: Path, *cmd: str) -> tuple[float, str]:
-    """Seconds a command took, and its output; stops the benchmark if it fails."""
+        (raw / sub).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout}{result.stderr}")
-    return time.perf_counter() - start, result.stdout + result.stderr
+    with ProcessPoolExecutor() as pool:
+        digests = list(pool.map(reencode, jobs, chunksize=64))
+    if len(set(digests)) != len(digests):
+        sys.exit(f"{raw}: {len(digests) - len(set(digests))} files are byte-identical to another")
+    print(f"built {len(jobs)} distinct photos under {raw} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def run(cwd: Path, *cmd: str) -> tuple[float, float, str]:
+    """Wall seconds, peak resident MiB of the command's largest process, and its output; stops on failure."""
+    start = time.perf_counter()
+    process = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{output[-5000:]}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024, output
+
+
+def project_at(work: Path, raw: Path) -> Path:
+    """A fresh copy of this project with data.raw pointing at the photo set."""
+    project = work / "project"
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir(parents=True)
+    for name in ("stages", "dogscats"):
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, project)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["raw"] = str(raw)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(project, "git", "init", "-q")
+    run(project, "dvc", "init", "-q", "--force")
+    return project
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=25_000)
-    parser.add_argument("--test", type=int, default=12_500)
-    parser.add_argument("--side", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder, removed)")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "catsdogs")
+    parser.add_argument("--train", type=int, default=20_000, help="labelled photos, half of each class")
+    parser.add_argument("--test", type=int, default=5_000, help="photos to predict")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/dogscats-scale"), help="the set and the project")
     args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="dogscats-scale-"))
-    raw, project = work / "raw", work / "project"
-    try:
-        start = time.perf_counter()
-        write_images(raw, args.train, args.test, args.side)
-        raw_bytes, raw_files = du(raw)
-        print(f"generated {raw_files} images, {raw_bytes / 2**20:.1f} MiB, in {time.perf_counter() - start:.0f} s")
+    print(f"machine: {cpu()}", flush=True)
+    raw = (args.work / f"raw-{args.train}-{args.test}").absolute()
+    if not (raw / "test").is_dir() or len(list((raw / "train").iterdir())) != args.train // 2 * 2:
+        shutil.rmtree(raw, ignore_errors=True)
+        build(args.data, raw, args.train, args.test)
+    project = project_at(args.work.absolute(), raw)
 
-        project.mkdir()
-        for name in ("stages", "dogscats"):
-            shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-            shutil.copy(REPO / name, project)
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        params["data"]["raw"] = str(raw)
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        timed(project, "git", "init", "-q")
-        timed(project, "dvc", "init", "-q", "--force")
+    rows = []
+    stages = run(project, "dvc", "stage", "list", "--name-only")[2].split()
+    for stage in stages:
+        seconds, mib, output = run(project, "dvc", "repro", "--single-item", stage)
+        rows.append((f"dvc repro {stage}", seconds, mib))
+        print(f"{stage}: {seconds:.0f} s, peak {mib:.0f} MiB", flush=True)
+    total = sum(seconds for _, seconds, _ in rows)
+    for command in (("dvc", "status"), ("dvc", "repro")):
+        seconds, mib, output = run(project, *command)
+        if "changed" in output or "Running stage" in output:
+            sys.exit(f"{' '.join(command)} after the run is not a no-op:\n{output}")
+        rows.append((f"{' '.join(command)} (no-op)", seconds, mib))
 
-        seconds, output = timed(project, "dvc", "repro", "prepare")
-        print(f"dvc repro prepare: {seconds:.1f} s")
-        print("  " + next(line for line in output.splitlines() if line.startswith("prepare: {")))
-        for run in (1, 2, 3):
-            seconds, output = timed(project, "dvc", "status", "prepare")
-            assert "up to date" in output, output
-            print(f"dvc status prepare (no-op, up to date), run {run}: {seconds:.1f} s")
-        for run in (1, 2):
-            seconds, _ = timed(project, "dvc", "status")
-            print(f"dvc status, whole pipeline (features and later stages not run), run {run}: {seconds:.1f} s")
-
-        cache_bytes, cache_files = du(project / ".dvc" / "cache")
-        images_in_cache = sum(
-            1 for p in (project / ".dvc" / "cache").rglob("*") if p.is_file() and p.read_bytes()[:2] == b"\xff\xd8"
-        )
-        tree_bytes, tree_files = du(project / "data" / "prepared")
-        links = sum(1 for p in (project / "data" / "prepared").rglob("*") if p.is_symlink())
-        print(f"raw images: {raw_bytes / 2**20:.1f} MiB in {raw_files} files")
-        print(f"DVC cache: {cache_bytes / 2**20:.2f} MiB in {cache_files} files, {images_in_cache} of them images")
-        print(f"data/prepared: {links} symlinks, {tree_files} regular files ({tree_bytes} bytes)")
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    metrics = {name: json.loads((project / "metrics" / f"{name}.json").read_text()) for name in ("predict", "train")}
+    print(f"\nmachine: {cpu()}\nphotos: {args.train} labelled, {args.test} to predict ({raw})")
+    print(f"{'step':42} {'seconds':>8} {'peak MiB':>9}")
+    for name, seconds, mib in rows:
+        print(f"{name:42} {seconds:8.1f} {mib:9.0f}")
+    print(f"{'the whole pipeline':42} {total:8.1f} {max(mib for _, _, mib in rows):9.0f}")
+    print(f"cv_logloss {metrics['predict']['cv_logloss']:.5f} (optimistic: near duplicates cross the folds)")
 
 
 if __name__ == "__main__":
