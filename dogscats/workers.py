@@ -30,6 +30,7 @@ from dogscats.images import load_resized, view_slices
 from dogscats.preprocessing import PREPROCESSING
 
 AUTO = "auto"
+WORKER_MEMORY = 1.5 * 2**30  # bytes a worker may take: Lite2 at 320, batch 32, TTA peaks at 1.0 GiB (docs/engine.md)
 LAYOUT = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")  # features.workers: WxT, e.g. 2x1
 
 
@@ -176,14 +177,31 @@ def parse_layout(setting: str) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
-def auto_layout(cores: int) -> tuple[int, int]:
-    """The W x T that `auto` chooses: one single-threaded worker per core (docs/engine.md has the measurements)."""
-    return max(1, cores), 1
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux's MemAvailable), or None where it is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
-def worker_layout(setting: str, cores: int | None = None) -> tuple[int, int]:
-    """(W, T) for features.workers or --workers: WxT as given, or auto's choice for the cores."""
-    return parse_layout(setting) or auto_layout(cores or usable_cores())
+def auto_layout(cores: int, memory: int | None = None) -> tuple[int, int]:
+    """The W x T that `auto` chooses: one single-threaded worker per core, as many as `memory` (bytes) holds at
+    WORKER_MEMORY each, the cores shared among them (docs/engine.md has the measurements behind the rule)."""
+    cores = max(1, cores)
+    workers = cores if memory is None else max(1, min(cores, int(memory // WORKER_MEMORY)))
+    return workers, cores // workers
+
+
+def worker_layout(setting: str, cores: int | None = None, memory: int | None = None) -> tuple[int, int]:
+    """(W, T) for features.workers or --workers: WxT as given, or auto's choice for the cores and the memory available
+    (by default this machine's)."""
+    layout = parse_layout(setting)
+    if layout:
+        return layout
+    return auto_layout(cores or usable_cores(), memory if memory is not None else available_memory())
 
 
 def ordered_map(
