@@ -131,24 +131,31 @@ def image_batches(
     files: list[str], usable: list[bool], size: int, resize: str, decode: str, batch_size: int, ahead: int = 2
 ) -> Iterator[np.ndarray]:
     """Batches of uint8 (B, size, size, 3) images in file order, decoded `ahead` batches in advance by one thread per
-    core at the lowest priority; an unusable image is a black square.
+    core at the lowest priority (ahead_batches); an unusable image is a black square."""
+    jobs = ((path, ok, size, resize, decode) for path, ok in zip(files, usable, strict=True))
+    for images in ahead_batches(load_or_blank, jobs, batch_size, ahead):
+        yield np.stack(images)
+
+
+def ahead_batches(function: Callable[..., Any], items: Iterable[tuple], batch_size: int, ahead: int = 2) -> Iterator:
+    """Lists of function(*item), batch_size items each, in order, computed `ahead` batches in advance by one thread
+    per core at the lowest priority.
 
     On CPUs the network and the decoders share the cores. At normal priority a decoder thread preempts one of the
     engine's threads and the whole operator waits for it; at the lowest priority the decoders run in the moments the
     engine leaves a core idle, and at full speed only when the engine waits for a batch (docs/engine.md)."""
-
     pending: deque[Future] = deque()
-    todo = iter(zip(files, usable, strict=True))
+    todo = iter(items)
     with ThreadPoolExecutor(os.cpu_count() or 1, "decode", initializer=lowest_priority) as pool:
         try:
             while True:
-                for path, ok in todo:
-                    pending.append(pool.submit(load_or_blank, path, ok, size, resize, decode))
+                for item in todo:
+                    pending.append(pool.submit(function, *item))
                     if len(pending) >= ahead * batch_size:
                         break
                 if not pending:
                     return
-                yield np.stack([pending.popleft().result() for _ in range(min(batch_size, len(pending)))])
+                yield [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
         finally:
             for future in pending:
                 future.cancel()  # a consumer that stops early does not wait for the photos it will not use
