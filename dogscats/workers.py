@@ -31,6 +31,7 @@ from dogscats.preprocessing import PREPROCESSING
 
 AUTO = "auto"
 WORKER_MEMORY = 1.5 * 2**30  # bytes a worker may take: Lite2 at 320, batch 32, TTA peaks at 1.0 GiB (docs/engine.md)
+VIEWS = ("all", "centre", "mirrored centre")  # Extraction.view
 LAYOUT = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")  # features.workers: WxT, e.g. 2x1
 
 
@@ -75,6 +76,7 @@ class Extraction:
     crops: int  # 1 or 5 views per photo (images.crop_offsets)
     threads: int  # the session's intra-op threads (and the decoding threads of a worker)
     preprocessing: str  # the backbone's input scaling, a name of preprocessing.PREPROCESSING
+    view: str = "all"  # VIEWS: every view averaged (features), or the centre view alone, plain or mirrored (trunks)
 
 
 def open_session(extraction: Extraction) -> EngineModel:
@@ -88,7 +90,7 @@ def extract_photos(extraction: Extraction, session: EngineModel, paths: list[str
     file), as the features stage's in-process path computes them for that batch."""
     images = decode_photos(paths, usable, extraction.side, extraction.resize, extraction.decode, extraction.threads)
     preprocess = PREPROCESSING[extraction.preprocessing]
-    return batch_features(session, preprocess, images, extraction.tta, extraction.crops)
+    return batch_features(session, preprocess, images, extraction.tta, extraction.crops, extraction.view)
 
 
 def batch_features(
@@ -97,10 +99,14 @@ def batch_features(
     images: np.ndarray,
     tta: bool = False,
     crops: int = 1,
+    view: str = "all",
 ) -> np.ndarray:
     """float32 features of a batch of uint8 images loaded at crop_side: each view's (crop_offsets) averaged, with tta
-    each averaged with its mirror image's."""
-    views = view_slices(extractor.input_size, crops, tta)
+    each averaged with its mirror image's; or with view "centre" or "mirrored centre", that view's outputs alone."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    views = view_slices(extractor.input_size, crops, tta or view == "mirrored centre", centre_only=view != "all")
+    views = views[-1:] if view == "mirrored centre" else views[:1] if view == "centre" else views
     x = preprocess(np.asarray(images, dtype=np.float32))
     return sum(extractor(x[:, rows, columns]) for rows, columns in views) / len(views)
 

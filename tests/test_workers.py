@@ -131,15 +131,22 @@ def _setup(config):
 def test_results_come_in_order_however_long_each_takes_and_an_early_stop_closes_the_pool():
     results = ordered_map(_setup, _sleep_then, "config", ((i,) for i in range(12)), workers=3)
     assert list(results) == list(range(12))
-    seen = []
-    results = ordered_map(_setup, _sleep_then, "config", ((i,) for i in range(10_000)), workers=2, ahead=4)
+    seen, pulled = [], []
+
+    def items():
+        for i in range(10_000):
+            pulled.append(i)
+            yield (i,)
+
+    results = ordered_map(_setup, _sleep_then, "config", items(), workers=2, ahead=4)
     start = time.perf_counter()
     for item in results:
         seen.append(item)
         if item == 2:
+            assert len(pulled) <= 3 + 4  # bounded look-ahead: memory does not grow with the items
             break
     results.close()  # the pool shuts down: queued items are dropped, not computed
-    assert seen == [0, 1, 2] and time.perf_counter() - start < 30
+    assert seen == [0, 1, 2] and len(pulled) <= 3 + 4 and time.perf_counter() - start < 30
 
 
 def test_a_worker_imports_neither_tensorflow_nor_keras():
@@ -207,3 +214,20 @@ def test_workers_do_not_run_the_parents_main_module(tmp_path):
                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     assert out.stdout.strip() == "[(0, False, False), (1, False, False), (2, False, False)]"
     assert len(list(tmp_path.glob("ran-*"))) == 1  # the parent alone
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_centre_view_extraction_is_the_finetune_stages_trunk_pass(extraction, photos, mirror):
+    from dataclasses import replace
+
+    from dogscats.images import centre_view
+
+    usable = [True] * len(photos)
+    centre = replace(extraction, tta=False, view="mirrored centre" if mirror else "centre")
+    got = np.concatenate(pooled(centre, photos, usable, batch=4, workers=2))
+    images = np.stack([load_or_blank(p, True, centre.side, centre.resize, centre.decode) for p in photos])
+    x = preprocess("lite", centre_view(images, SIZE).astype(np.float32))[:, :, :: -1 if mirror else 1]
+    session = EngineModel(Path(extraction.model).read_bytes(), "tiny")
+    assert got.tobytes() == session(x).tobytes()  # as stages/finetune.py's maps_of computed it in one process
+    with pytest.raises(ValueError, match="unknown view"):
+        batch_features(session, lambda v: v, images, view="left")
