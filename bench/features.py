@@ -9,7 +9,8 @@ B: images/s of the engine's bare model on real photos already decoded in memory 
 C: images/s of the classic approach: each batch loaded image by image with PIL, then Keras model.predict, no overlap;
 W x T: images/s of the same path (features.engine onnxruntime) for each layout of W worker processes of T threads
    that fits the machine (W * T <= its cores; W and T powers of two, and auto's choice), and 1x0, today's one session
-   with ONNX Runtime's default threads; auto's choice is marked; with the CPU's model and flags;
+   with ONNX Runtime's default threads, and its CPU time per image; auto's choice is marked; with the CPU's model
+   and flags;
 then the peak resident memory of A at two dataset sizes (generated small JPEGs), the speed and largest feature
 deviation of each reduced precision against float32 (TensorFlow; measured even where the hardware only emulates it),
 and last `A/B=.. A/C=.. A/Atf=..`. A, Atf, B and C run in one process, in interleaved rounds, each round on the next
@@ -97,12 +98,20 @@ def measure_layouts(backbone_name: str, files: list[str], params: dict, rounds: 
         Path(path).read_bytes()
     stage_path((1, 0), files[: 2 * params["batch_size"]])  # warm up the session's buffers
     speeds: dict[str, list[float]] = {f"{w}x{t}": [] for w, t in all_layouts}
+    cpu: dict[str, list[float]] = {f"{w}x{t}": [] for w, t in all_layouts}
     for r in range(rounds):
         for layout in all_layouts[r % len(all_layouts) :] + all_layouts[: r % len(all_layouts)]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), cpu_seconds()
             count = stage_path(layout, files)  # worker start-up included, as in the stage
             speeds[f"{layout[0]}x{layout[1]}"].append(count / (time.perf_counter() - start))
-    return {"images_per_second": speeds}
+            cpu[f"{layout[0]}x{layout[1]}"].append((cpu_seconds() - cpu_start) * 1000 / count)
+    return {"images_per_second": speeds, "cpu_ms_per_image": cpu}
+
+
+def cpu_seconds() -> float:
+    """CPU time (user and system) of this process and of its children that have ended (the workers, once closed)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def measure(modes: str, backbone_name: str, files: list[str], params: dict, rounds: int) -> dict:
@@ -217,8 +226,9 @@ def run_child(mode: str, args: argparse.Namespace, files_list: Path, rounds: int
     return json.loads(out.strip().splitlines()[-1])
 
 
-def print_layouts(speeds: dict[str, list[float]]) -> None:
-    """Each layout's median images/s, auto's choice marked, and how it compares with the best and with today's."""
+def print_layouts(speeds: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    """Each layout's median images/s and CPU time per image (what it costs when other work shares the cores), auto's
+    choice marked, and how it compares with the best and with today's."""
     from dogscats.workers import auto_layout, usable_cores
 
     print(cpu_description(), flush=True)
@@ -229,7 +239,8 @@ def print_layouts(speeds: dict[str, list[float]]) -> None:
     for layout, value in median.items():
         rounds = ", ".join(f"{v:.2f}" for v in speeds[layout])
         mark = " <- auto" if layout == auto else " (today: one session, default threads)" if layout == "1x0" else ""
-        print(f"W x T {layout}: {value:.2f} images/s (rounds: {rounds}){mark}", flush=True)
+        cost = float(np.median(cpu[layout]))
+        print(f"W x T {layout}: {value:.2f} images/s (rounds: {rounds}), {cost:.0f} CPU ms/image{mark}", flush=True)
     print(f"auto {auto}: {median[auto] / median[best]:.3f} of the best ({best}), {median[auto] / median['1x0']:.3f} "
           f"of today's 1x0", flush=True)  # fmt: skip
 
@@ -294,7 +305,8 @@ def main() -> None:
     print(f"{args.backbone}: {len(files)} images from {args.data}, params {params}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         files_list = write_list(Path(tmp) / "files.txt", files)
-        print_layouts(run_child("w", args, files_list, args.layout_rounds)["images_per_second"])
+        measured = run_child("w", args, files_list, args.layout_rounds)
+        print_layouts(measured["images_per_second"], measured["cpu_ms_per_image"])
         if args.layouts_only:
             return
         result = run_child("atbc", args, files_list, args.rounds)
