@@ -33,6 +33,7 @@ AUTO = "auto"
 WORKER_MEMORY = 1.5 * 2**30  # bytes a worker may take: Lite2 at 320, batch 32, TTA peaks at 1.0 GiB (docs/engine.md)
 VIEWS = ("all", "centre", "mirrored centre")  # Extraction.view
 LAYOUT = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")  # features.workers: WxT, e.g. 2x1
+LAYOUT_HELP = '"auto" or WxT (W worker processes of T threads each, e.g. 2x1)'
 
 
 class EngineModel:
@@ -186,7 +187,7 @@ def parse_layout(setting: str) -> tuple[int, int] | None:
         return None
     match = LAYOUT.fullmatch(str(setting))
     if not match:
-        raise ValueError(f'"auto" or WxT (W worker processes of T threads each, e.g. 2x1), got {setting!r}')
+        raise ValueError(f"{LAYOUT_HELP}, got {setting!r}")
     return int(match[1]), int(match[2])
 
 
