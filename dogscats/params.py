@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, field_validator
 from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES
 from dogscats.images import DECODE_POLICIES, RESIZE_POLICIES
 from dogscats.schema import Section, describe
+from dogscats.workers import LAYOUT_HELP, parse_layout
 
 PARAMS_FILE = Path("params.yaml")
 AUTO = "auto"
@@ -62,6 +63,16 @@ class Features(Section):
     pooling: Literal[POOLINGS]
     input_size: dict[str, int]
     engine: Literal[ENGINES]
+    workers: Any
+
+    @field_validator("workers", mode="plain")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        try:
+            parse_layout(value)
+        except ValueError:
+            raise ValueError(LAYOUT_HELP) from None
+        return value
 
     @field_validator("crops", mode="before")
     @classmethod

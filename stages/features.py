@@ -14,6 +14,7 @@ from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_imag
 from dogscats.extract import build_extractor, choose_strategy, split_features
 from dogscats.feature_store import SPLITS, write_preprocessing, write_split
 from dogscats.params import load_params
+from dogscats.workers import worker_layout
 
 
 def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: str) -> None:
@@ -30,7 +31,8 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     dim = int(model.output.shape[-1])
     engine = choose_engine(params["engine"], gpu_visible(), params["precision"])
     probe = backbone.preprocess(probe_images(size).astype("float32"))
-    extractor = engine_model(model, probe) if engine == "onnxruntime" else None
+    workers = worker_layout(params["workers"])  # W processes of T threads (one in this process: W 1)
+    extractor = engine_model(model, probe, threads=workers[1]) if engine == "onnxruntime" else None
     start = time.perf_counter()
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs["classes"] = classes
@@ -40,14 +42,18 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
         for split in SPLITS:
             rows = manifest[manifest.split == split]
             usable = (rows.problem == "").tolist()
-            batches = split_features(image_paths(rows, raw), usable, backbone, model, extractor, strategy, params)
+            files = image_paths(rows, raw)
+            batches = split_features(files, usable, backbone, model, extractor, strategy, params, workers)
             labels = label_index(rows.label, classes)
             write_split(h5, split, rows.id.tolist(), labels, usable, _counted(batches, progress), dim)
         progress.close()
     seconds = time.perf_counter() - start
     speed = len(manifest) / seconds
+    layout = f", {workers[0]}x{workers[1]} workers" if extractor is not None else ""
     write_json(metrics_path, {"images": len(manifest), "usable": int((manifest.problem == "").sum()), "dim": dim})
-    print(f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s ({engine})")
+    print(
+        f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s ({engine}{layout})"
+    )
 
 
 def _counted(batches, progress: tqdm):

@@ -18,7 +18,7 @@ from dogscats.blending import best_epoch as predicts_epoch
 from dogscats.dataset import folds_of, image_paths, label_index, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
-from dogscats.extract import image_batches
+from dogscats.extract import engine_batches, image_batches
 from dogscats.feature_store import classes_of_file, preprocessing_of, read_split
 from dogscats.finetune import (
     augmentation,
@@ -41,7 +41,9 @@ from dogscats.images import centre_view, crop_side
 from dogscats.live import log_epoch, open_live
 from dogscats.params import load_params
 from dogscats.predictions import prob_columns, probability_table
+from dogscats.preprocessing import BACKBONE_PREPROCESSING
 from dogscats.scoring import accuracy, log_loss
+from dogscats.workers import Extraction, worker_layout
 
 PREDICT_BATCH = 256  # trunk outputs per prediction step: fewer, larger steps than the training batch
 
@@ -109,7 +111,9 @@ def main(
         engine = choose_engine(engine_name, gpu_visible(), "float32")
         probe = backbone.preprocess(probe_images(size).astype(np.float32))
         in_engine = trunk is not None and engine == "onnxruntime"
-        run_trunk = trunk_function(trunk, engine_model(trunk, probe) if in_engine else None)
+        workers, threads = worker_layout(params["features"]["workers"])
+        engine_trunk = engine_model(trunk, probe, threads=workers * threads) if in_engine else None  # every core
+        run_trunk = trunk_function(trunk, engine_trunk)
         for classifier in classifiers:
             classifier.compile(
                 optimizer=make_optimizer(cfg["optimizer"], cfg["learning_rate"], cfg["momentum"]),
@@ -126,10 +130,18 @@ def main(
         side = crop_side(size, images_cfg["crops"])
 
         def maps_of(rows: pd.DataFrame, mirror: bool) -> np.ndarray:
-            usable = (rows.problem == "").tolist()
-            images = image_batches(image_paths(rows, params["data"]["raw"]), usable, side, resize, decode, batch_size)
-            images = (centre_view(x, size) for x in images)
+            usable, files = (rows.problem == "").tolist(), image_paths(rows, params["data"]["raw"])
             name = f"finetune: trunk outputs, {'mirrored ' if mirror else ''}{rows.split.iloc[0] if len(rows) else ''}"
+            if engine_trunk is not None and workers > 1:  # the trunk's passes in worker processes (features.workers)
+                view = "mirrored centre" if mirror else "centre"
+                preprocessing = BACKBONE_PREPROCESSING[backbone.name]
+                extraction = Extraction(str(engine_trunk.path), side, resize, decode, False, images_cfg["crops"],
+                                        threads, preprocessing, view)  # fmt: skip
+                maps = engine_batches(extraction, files, usable, batch_size, workers)
+                maps = tqdm(maps, desc=name, total=-(-len(rows) // batch_size), unit="batch")
+                return trunk_outputs(np.asarray, maps, len(rows))
+            images = image_batches(files, usable, side, resize, decode, batch_size)
+            images = (centre_view(x, size) for x in images)
             images = tqdm(images, desc=name, total=-(-len(rows) // batch_size), unit="batch")
             batches = (backbone.preprocess(x.astype(np.float32))[:, :, :: -1 if mirror else 1] for x in images)
             return trunk_outputs(run_trunk, batches, len(rows))

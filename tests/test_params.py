@@ -79,6 +79,12 @@ def test_the_repository_params_are_valid():
             "features.input_size: unknown backbone 'efficientnet_lite9'; known: ",
         ),
         ({"features__batch_size": 0}, "features.batch_size must be greater than or equal to 1, got 0"),
+        (
+            {"features__workers": "2*1"},
+            "features.workers must be \"auto\" or WxT (W worker processes of T threads each, e.g. 2x1), got '2*1'",
+        ),
+        ({"features__workers": 2}, 'features.workers must be "auto" or WxT'),
+        ({"features__workers": "0x1"}, 'features.workers must be "auto" or WxT'),
         ({"train__optimizer": "adamm"}, "train.optimizer must be 'adadelta', 'adafactor', "),
         ({"finetune__optimizer": "SGD"}, "finetune.optimizer must be 'adadelta', 'adafactor', "),
         ({"train__dropout": 1.5}, "train.dropout must be less than 1, got 1.5"),
