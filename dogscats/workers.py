@@ -30,6 +30,7 @@ from dogscats.images import load_resized, view_slices
 from dogscats.preprocessing import PREPROCESSING
 
 AUTO = "auto"
+WORKERS_FROM_CORES = 8  # auto's workers start here: one session's threads scale well on fewer (docs/engine.md)
 WORKER_MEMORY = 1.5 * 2**30  # bytes a worker may take: Lite2 at 320, batch 32, TTA peaks at 1.0 GiB (docs/engine.md)
 VIEWS = ("all", "centre", "mirrored centre")  # Extraction.view
 LAYOUT = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")  # features.workers: WxT, e.g. 2x1
@@ -202,9 +203,13 @@ def available_memory() -> int | None:
 
 
 def auto_layout(cores: int, memory: int | None = None) -> tuple[int, int]:
-    """The W x T that `auto` chooses: one single-threaded worker per core, as many as `memory` (bytes) holds at
-    WORKER_MEMORY each, the cores shared among them (docs/engine.md has the measurements behind the rule)."""
+    """The W x T that `auto` chooses: below WORKERS_FROM_CORES cores one session of every core in the stage's own
+    process (on 2 cores it beat 2 workers: one session's threads scale well on few cores); from there one
+    single-threaded worker per core, as many as `memory` (bytes) holds at WORKER_MEMORY each, the cores shared among
+    them (docs/engine.md has the measurements behind the rule)."""
     cores = max(1, cores)
+    if cores < WORKERS_FROM_CORES:
+        return 1, cores
     workers = cores if memory is None else max(1, min(cores, int(memory // WORKER_MEMORY)))
     return workers, cores // workers
 
