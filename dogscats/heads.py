@@ -37,6 +37,33 @@ def pass_batch_size(batch_size: int, fold_rows: np.ndarray) -> int:
     return max(1, round(batch_size / share)) if share > 0 else batch_size
 
 
+class ByteDropout(keras.layers.Layer):
+    """Dropout whose masks come from random bytes, four to a Philox draw: at training time each unit is kept when its
+    byte is at least round(rate * 256) and scaled by 256 / (256 - that), so the rate is rounded to 1/256 (0.5 is
+    exact). The masks were 85% of a one-pass step with Keras's Dropout (one float draw a unit): a quarter of the
+    draws makes the pass 1.5x faster (docs/results.md). Inference: the identity, as Dropout's."""
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate, self.cut = rate, round(rate * 256)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """x with a fresh mask at training time; x itself otherwise."""
+        if not training or self.cut == 0:
+            return x
+        units = x.shape[-1]
+        shape = tf.concat([tf.shape(x)[:-1], [-(-units // 4)]], axis=0)
+        seed = tf.cast(self.seed_generator.next(), tf.int32)
+        draws = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32)
+        byte = tf.bitcast(draws, tf.uint8)  # (..., units / 4, 4)
+        byte = tf.reshape(byte, tf.concat([tf.shape(x)[:-1], [-1]], axis=0))[..., :units]
+        keep = tf.cast(byte >= self.cut, x.dtype)
+        return x * keep * (256 / (256 - self.cut))
+
+
 def build_heads(input_dim: int, names: list[str], n_classes: int, hidden: int, dropout: float) -> keras.Model:
     """One model, the heads side by side on the same features: each build_head's layers (its own weights and
     dropout) named <head>_hidden, <head>_dropout, <head>_p, the last without its sigmoid or softmax: output (batch,
@@ -46,7 +73,7 @@ def build_heads(input_dim: int, names: list[str], n_classes: int, hidden: int, d
     outputs = []
     for name in names:
         x = keras.layers.Dense(hidden, activation="relu", name=f"{name}_hidden")(inputs) if hidden else inputs
-        x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+        x = ByteDropout(dropout, name=f"{name}_dropout")(x)
         outputs.append(keras.layers.Dense(1 if n_classes == 2 else n_classes, name=f"{name}_p")(x))
     return keras.Model(inputs, keras.ops.stack(outputs, axis=1), name="heads")
 

@@ -3,10 +3,12 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from dogscats.determinism import set_seed
 from dogscats.head import build_head, predict_proba
 from dogscats.heads import (
+    ByteDropout,
     build_heads,
     fit_heads,
     head_weights,
@@ -116,3 +118,26 @@ def test_a_confidently_wrong_row_still_teaches_its_head_as_keras_does_from_the_l
     model.get_layer("refit_p").set_weights([np.zeros_like(kernel), np.array([-40.0], "float32")])  # p(dog) ~ 4e-18
     train_heads(model, x, y, np.ones((4, 1), bool), 2, keras.optimizers.SGD(1.0), epochs=1, batch_size=4, seed=0)
     assert model.get_layer("refit_p").get_weights()[1][0] == pytest.approx(-39.0)  # the gradient: p - 1 = -1
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.2])
+def test_byte_dropout_keeps_the_rates_share_scaled_and_is_the_identity_at_inference(rate):
+    keras.utils.set_random_seed(0)
+    layer = ByteDropout(rate)
+    x = tf.ones((400, 1283))  # units not a multiple of 4
+    out = layer(x, training=True).numpy()
+    kept = out > 0
+    cut = round(rate * 256)
+    assert set(np.unique(out)) == {0.0, np.float32(256 / (256 - cut))}
+    assert abs(kept.mean() - (1 - cut / 256)) < 0.01  # 513,200 draws: the share within 1%
+    assert abs(out.mean() - 1) < 0.02  # the expectation kept
+    assert not np.array_equal(kept, layer(x, training=True).numpy() > 0)  # a fresh mask each call
+    assert np.array_equal(layer(x, training=False).numpy(), x.numpy())
+
+
+def test_byte_dropout_masks_repeat_with_the_seed():
+    masks = []
+    for seed in (0, 0, 1):
+        keras.utils.set_random_seed(seed)
+        masks.append(ByteDropout(0.5)(tf.ones((8, 40)), training=True).numpy())
+    assert np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[0], masks[2])
