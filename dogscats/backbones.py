@@ -15,6 +15,8 @@ import numpy as np
 from dogscats import efficientnet_lite
 from dogscats.backbone_sizes import NATIVE_SIZES
 from dogscats.params import POOLINGS, WEIGHTS  # the one list, where checking params needs no TensorFlow
+from dogscats.preprocessing import lite as lite_preprocess
+from dogscats.preprocessing import unit as unit_preprocess
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 SMALL_CNN_FILTERS = (32, 64, 128, 128)
@@ -35,16 +37,6 @@ class Backbone:
 class _KerasApp:
     constructor: Callable[..., keras.Model]
     preprocess: Preprocess
-
-
-def unit_preprocess(x: np.ndarray) -> np.ndarray:
-    """Pixels scaled to [0, 1], for networks trained from scratch."""
-    return x / 255.0
-
-
-def lite_preprocess(x: np.ndarray) -> np.ndarray:
-    """EfficientNet-Lite's input scaling: (x - 127) / 128."""
-    return (x - 127.0) / 128.0
 
 
 def _keras_apps() -> dict[str, _KerasApp]:

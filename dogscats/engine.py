@@ -19,8 +19,8 @@ import numpy as np
 
 from dogscats.atomic import atomic_path
 from dogscats.backbones import weights_cache_dir
-from dogscats.images import view_slices
 from dogscats.params import ENGINES  # its one list, where checking params needs no TensorFlow
+from dogscats.workers import EngineModel, batch_features  # the session runs without TensorFlow, in workers too
 
 OPSET = 17
 UNUSED_DAYS = 30  # a cached conversion unused this long is deleted when another is written
@@ -86,40 +86,15 @@ def to_onnx(model: keras.Model, input_names: list[str] | None = None) -> bytes:
     return proto.SerializeToString()
 
 
-class EngineModel:
-    """A converted model in an ONNX Runtime session: float32 batches in, float32 outputs out."""
-
-    def __init__(self, onnx_bytes: bytes, name: str) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.inter_op_num_threads = 1  # one operator at a time; intra-op threads are the physical cores
-        options.use_deterministic_compute = True
-        # Threads sleep between operators instead of spinning, leaving those moments to the image decoders
-        # (extract.image_batches): measured faster end to end on 2 cores, the bare model 3% slower (docs/engine.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.name = name
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    @property
-    def input_size(self) -> int:
-        """The side of the square images the model takes."""
-        return int(self.session.get_inputs()[0].shape[1])
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """The model's output for a batch."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-
-def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None = None) -> EngineModel:
-    """The model in the engine: loaded from the cache, or converted, checked on the probe batch and cached."""
+def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None = None, threads: int = 0) -> EngineModel:
+    """The model in the engine with `threads` intra-op threads (0: ONNX Runtime's default): loaded from the cache, or
+    converted, checked on the probe batch and cached; its path is the cached file (what worker processes load)."""
     cache_dir = cache_dir or weights_cache_dir() / "onnx"
     shape = "x".join(str(d) for d in model.input.shape[1:])
     cached = cache_dir / f"{model.name}-{shape}-{model_key(model)}.onnx"
     if cached.exists():
         try:
-            converted = EngineModel(cached.read_bytes(), model.name)
+            converted = EngineModel(cached.read_bytes(), model.name, threads, cached)
             os.utime(cached)  # last used now: kept by remove_unused
             return converted
         except Exception as err:  # ONNX Runtime raises its own types for a damaged file: convert again
@@ -128,10 +103,11 @@ def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None =
         onnx_bytes = to_onnx(model, ["x"])
     except RuntimeError as err:
         raise RuntimeError(f"{err}; run with features.engine: tensorflow") from err
-    converted = EngineModel(onnx_bytes, model.name)
+    converted = EngineModel(onnx_bytes, model.name, threads)
     check_conversion(model, converted, probe)
     with atomic_path(cached, suffix=".onnx") as tmp:
         tmp.write_bytes(onnx_bytes)
+    converted.path = cached
     remove_unused(cache_dir)
     return converted
 
@@ -169,9 +145,7 @@ def engine_feature_batches(
     tta: bool = False,
     crops: int = 1,
 ) -> Iterator[np.ndarray]:
-    """Yield float32 features per batch of uint8 images, in order; with crops 5 the images are loaded at crop_side
-    and each view's features (crop_offsets) are averaged; tta averages each view's with its mirror image's."""
-    views = view_slices(extractor.input_size, crops, tta)
+    """Yield float32 features per batch of uint8 images, in order (workers.batch_features: with crops 5 the images
+    are loaded at crop_side and each view's features are averaged; tta averages each with its mirror image's)."""
     for images in batches:
-        x = preprocess(np.asarray(images, dtype=np.float32))
-        yield sum(extractor(x[:, rows, columns]) for rows, columns in views) / len(views)
+        yield batch_features(extractor, preprocess, images, tta, crops)

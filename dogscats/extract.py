@@ -3,11 +3,7 @@ waits for input; features come out batch by batch, in file order, never all in m
 tf.data; the CPU engine through low-priority decoder threads that fill the cores' idle moments (see image_batches)."""
 
 import os
-import sys
-import threading
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import keras
@@ -16,8 +12,10 @@ import tensorflow as tf
 
 from dogscats.backbones import Backbone, load_feature_extractor
 from dogscats.engine import EngineModel, engine_feature_batches
-from dogscats.images import crop_side, load_resized, view_slices
+from dogscats.images import crop_side, view_slices
 from dogscats.params import PRECISIONS  # its one list, where checking params needs no TensorFlow
+from dogscats.preprocessing import BACKBONE_PREPROCESSING, PREPROCESSING
+from dogscats.workers import Extraction, extract_photos, image_batches, load_or_blank, open_session, ordered_map
 
 
 def image_dataset(
@@ -40,50 +38,6 @@ def decoded(dataset: tf.data.Dataset, size: int, resize: str, decode: str) -> tf
         return (image, *rest) if rest else image
 
     return dataset.map(load_tf, num_parallel_calls=decode_threads(), deterministic=True)
-
-
-def image_batches(
-    files: list[str], usable: list[bool], size: int, resize: str, decode: str, batch_size: int, ahead: int = 2
-) -> Iterator[np.ndarray]:
-    """Batches of uint8 (B, size, size, 3) images in file order, decoded `ahead` batches in advance by one thread per
-    core at the lowest priority; an unusable image is a black square.
-
-    On CPUs the network and the decoders share the cores. At normal priority a decoder thread preempts one of the
-    engine's threads and the whole operator waits for it; at the lowest priority the decoders run in the moments the
-    engine leaves a core idle, and at full speed only when the engine waits for a batch (docs/engine.md)."""
-
-    pending: deque[Future] = deque()
-    todo = iter(zip(files, usable, strict=True))
-    with ThreadPoolExecutor(os.cpu_count() or 1, "decode", initializer=lowest_priority) as pool:
-        try:
-            while True:
-                for path, ok in todo:
-                    pending.append(pool.submit(load_or_blank, path, ok, size, resize, decode))
-                    if len(pending) >= ahead * batch_size:
-                        break
-                if not pending:
-                    return
-                yield np.stack([pending.popleft().result() for _ in range(min(batch_size, len(pending)))])
-        finally:
-            for future in pending:
-                future.cancel()  # a consumer that stops early does not wait for the photos it will not use
-
-
-def load_or_blank(path: str, usable: bool, size: int, resize: str, decode: str) -> np.ndarray:
-    """One image as uint8 (size, size, 3), or a black square when it is unusable; a decoding error names the file."""
-    if not usable:
-        return np.zeros((size, size, 3), np.uint8)
-    try:
-        return load_resized(path, size, resize, decode)  # PIL releases the GIL while decoding
-    except Exception as err:
-        err.add_note(f"while decoding {path}")
-        raise
-
-
-def lowest_priority() -> None:
-    """Give the calling thread the lowest CPU priority (nice 19; Linux sets it per thread; elsewhere nothing)."""
-    if sys.platform.startswith("linux"):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def decode_threads() -> int:
@@ -181,13 +135,34 @@ def split_features(
     extractor: EngineModel | None,
     strategy: tf.distribute.Strategy,
     params: dict,
+    workers: tuple[int, int] = (1, 0),
 ) -> Iterator[np.ndarray]:
     """The features stage's path: features per batch of the files, in order, through the engine's extractor when
-    there is one (photos from image_batches), else through the Keras model in TensorFlow (photos from tf.data)."""
+    there is one, else through the Keras model in TensorFlow (photos from tf.data). The engine runs in this process
+    with workers (1, T) (photos from image_batches), else in W worker processes of T threads each (engine_batches)."""
     crops, batch_size = params["crops"], params["batch_size"]
     side = crop_side(int(model.input.shape[1]), crops)  # the images are loaded larger for the corner crops
     if extractor is not None:
+        preprocessing = BACKBONE_PREPROCESSING[backbone.name]
+        count, threads = workers
+        if count > 1:
+            extraction = Extraction(
+                str(extractor.path), side, params["resize"], params["decode"], params["tta"], crops, threads,
+                preprocessing,
+            )  # fmt: skip
+            return engine_batches(extraction, files, usable, batch_size, count)
         images = image_batches(files, usable, side, params["resize"], params["decode"], batch_size)
-        return engine_feature_batches(extractor, backbone.preprocess, images, params["tta"], crops)
+        return engine_feature_batches(extractor, PREPROCESSING[preprocessing], images, params["tta"], crops)
     dataset = image_dataset(files, usable, side, params["resize"], params["decode"], batch_size)
     return feature_batches(model, backbone, dataset, strategy, params["tta"], crops)
+
+
+def engine_batches(
+    extraction: Extraction, files: list[str], usable: list[bool], batch_size: int, workers: int
+) -> Iterator[np.ndarray]:
+    """Features per batch of the files, in order, each batch decoded and extracted by one of `workers` processes."""
+    chunks = (
+        (files[start : start + batch_size], usable[start : start + batch_size])
+        for start in range(0, len(files), batch_size)
+    )
+    return ordered_map(open_session, extract_photos, extraction, chunks, workers)

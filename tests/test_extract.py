@@ -19,9 +19,9 @@ from dogscats.extract import (
     feature_batches,
     image_batches,
     image_dataset,
-    lowest_priority,
 )
 from dogscats.images import load_resized
+from dogscats.workers import lowest_priority
 
 from .conftest import REPO, write_image
 
