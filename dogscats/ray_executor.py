@@ -119,13 +119,14 @@ def ray_feature_batches(
             import onnxruntime
 
             gpus_per_actor = gpus_per_actor_for(resources, onnxruntime.get_available_providers())
-        actors = actors or actor_count(resources, cpus, gpus_per_actor)
+        blocks = math.ceil(len(paths) / batch_size)  # one a batch
+        actors = min(actors or actor_count(resources, cpus, gpus_per_actor), blocks)  # no actor without a batch
         model = ray.put(Path(extraction.model).read_bytes())
         rows = [
             {"index": i, "path": str(p), "usable": bool(u)} for i, (p, u) in enumerate(zip(paths, usable, strict=True))
         ]
         with _data_context(ray):
-            dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size))
+            dataset = ray.data.from_items(rows, override_num_blocks=blocks)
             dataset = dataset.map_batches(
                 _ExtractorActor,
                 fn_constructor_args=(extraction, model, gpus_per_actor > 0),

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import onnx
 import pytest
@@ -24,7 +25,7 @@ from dogscats.ray_executor import (
 )
 from dogscats.workers import Extraction, extract_photos, open_session
 
-from .conftest import REPO, write_image
+from .conftest import PREPARE_ARGS, REPO, write_image
 
 SIDE, DIM = 16, 8
 
@@ -160,3 +161,22 @@ def test_without_ray_the_message_names_the_pip_command(monkeypatch):
 
 def test_the_pip_command_installs_the_pinned_ray():
     assert RAY_REQUIREMENT in (REPO / "requirements.txt").read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_the_features_stage_on_ray_writes_the_local_executors_file(kaggle_raw, in_project, small_ray):
+    from stages import features, prepare  # TensorFlow: only here
+
+    lite0 = {"backbones": ["efficientnet_lite0"], "finetune": {"backbone": "efficientnet_lite0"}}
+    in_project(data={"raw": str(kaggle_raw)}, **lite0)
+    prepare.main(*PREPARE_ARGS)
+    features.main("efficientnet_lite0", "data/split.csv", "local.h5", "local.json")
+    in_project(data={"raw": str(kaggle_raw)}, features={"executor": "ray"}, **lite0)
+    features.main("efficientnet_lite0", "data/split.csv", "ray.h5", "ray.json")
+    with h5py.File("local.h5") as local, h5py.File("ray.h5") as on_ray:
+        assert {k: str(v) for k, v in local.attrs.items()} == {k: str(v) for k, v in on_ray.attrs.items()}
+        for split in ("train", "test"):
+            for key in ("ids", "labels", "usable"):
+                assert local[split][key][:].tolist() == on_ray[split][key][:].tolist()
+            np.testing.assert_allclose(on_ray[split]["features"][:], local[split]["features"][:], rtol=0, atol=1e-6)
+    assert Path("local.json").read_text() == Path("ray.json").read_text()
