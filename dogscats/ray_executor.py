@@ -43,8 +43,10 @@ def ray_cluster(**init_args: Any) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    # The package travels with the job, so a node runs this very code: it needs the same packages, not a checkout.
+    package = {"py_modules": [str(Path(__file__).parent)]}
     # ERROR: Ray's start-up warnings (token authentication and the like) would drown the stage's few lines.
-    context = ray.init(include_dashboard=False, logging_level=logging.ERROR, **init_args)
+    context = ray.init(include_dashboard=False, logging_level=logging.ERROR, runtime_env=package, **init_args)
     try:
         yield ray
     finally:
