@@ -139,7 +139,7 @@ def per_actor(raw: Path, backbone_name: str, count: int, batch_size: int, pools:
             arrivals = [time.perf_counter() for _ in ray_feature_batches(extraction, files, [True] * count, batch_size,
                                                                          actors)]  # fmt: skip
             quarter = len(arrivals) // 4  # from there on, the pool runs at its pace (the first batches come bunched)
-            steady = (len(arrivals) - 1 - quarter) * batch_size / (arrivals[-2] - arrivals[quarter])
+            steady = (len(arrivals) - 2 - quarter) * batch_size / (arrivals[-2] - arrivals[quarter])
             print(f"{actors} actor(s): first batch after {arrivals[0] - start:.1f} s, then {steady:.1f} photos/s "
                   f"({steady / actors:.1f} per actor); load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
 
