@@ -142,6 +142,34 @@ def per_actor(raw: Path, backbone_name: str, count: int, batch_size: int, pools:
             steady = (len(arrivals) - 2 - quarter) * batch_size / (arrivals[-2] - arrivals[quarter])
             print(f"{actors} actor(s): first batch after {arrivals[0] - start:.1f} s, then {steady:.1f} photos/s "
                   f"({steady / actors:.1f} per actor); load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+        pipeline_bound(ray, 25_000, batch_size, 2, int(model.output.shape[-1]))
+
+
+class _NoWork:
+    """An actor that returns zero features at once: what Ray Data's pipeline alone costs."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def __call__(self, batch: dict) -> dict:
+        return {"index": batch["index"], "features": np.zeros((len(batch["index"]), self.dim), np.float32)}
+
+
+def pipeline_bound(ray, rows: int, batch_size: int, actors: int, dim: int) -> None:
+    """Rows/s through the same pipeline (one block a batch, preserve_order, iter_batches) with actors that do no
+    work: the bound the driver and Ray Data's scheduling put on any cluster, on this machine."""
+    from dogscats.ray_executor import _data_context, _in_order
+
+    start = time.perf_counter()
+    with _data_context(ray):
+        items = [{"index": i, "path": f"photo{i}.jpg", "usable": True} for i in range(rows)]
+        dataset = ray.data.from_items(items, override_num_blocks=-(-rows // batch_size))
+        dataset = dataset.map_batches(_NoWork, fn_constructor_args=(dim,), batch_size=batch_size, batch_format="numpy",
+                                      compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1)  # fmt: skip
+        done = sum(len(b) for b in _in_order(dataset.iter_batches(batch_size=None, batch_format="numpy"), rows))
+    seconds = time.perf_counter() - start
+    print(f"no-work pipeline: {done} rows of {dim} features in {seconds:.1f} s, {done / seconds:.0f} rows/s "
+          f"({actors} actors; load average {os.getloadavg()[0]:.2f})")  # fmt: skip
 
 
 def _env() -> dict:
