@@ -7,6 +7,9 @@ A: images/s of the features stage's code path with its engine (features.engine, 
 Atf: the same path with features.engine=tensorflow (decoding through tf.data);
 B: images/s of the engine's bare model on real photos already decoded in memory (the compute bound);
 C: images/s of the classic approach: each batch loaded image by image with PIL, then Keras model.predict, no overlap;
+W x T: images/s of the same path (features.engine onnxruntime) for each layout of W worker processes of T threads
+   that fits the machine (W * T <= its cores; W and T powers of two, and auto's choice), and 1x0, today's one session
+   with ONNX Runtime's default threads; auto's choice is marked; with the CPU's model and flags;
 then the peak resident memory of A at two dataset sizes (generated small JPEGs), the speed and largest feature
 deviation of each reduced precision against float32 (TensorFlow; measured even where the hardware only emulates it),
 and last `A/B=.. A/C=.. A/Atf=..`. A, Atf, B and C run in one process, in interleaved rounds, each round on the next
@@ -37,6 +40,69 @@ def image_files(data: Path) -> list[str]:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its matrix flags (from /proc/cpuinfo), and the cores this process may use."""
+    from dogscats.workers import usable_cores
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+    return f"CPU {model}, {usable_cores()} cores usable, flags: {' '.join(f for f in wanted if f in flags) or 'none'}"
+
+
+def layouts(cores: int) -> list[tuple[int, int]]:
+    """Today's single session (1x0: ONNX Runtime's default threads), every W x T of powers of two with W * T <= cores,
+    and auto's choice."""
+    from dogscats.workers import auto_layout
+
+    powers = [2**i for i in range(cores.bit_length()) if 2**i <= cores]
+    fitting = [(w, t) for w in powers for t in powers if w * t <= cores]
+    return [(1, 0), *dict.fromkeys([*fitting, auto_layout(cores)])]
+
+
+def measure_layouts(backbone_name: str, files: list[str], params: dict, rounds: int) -> dict:
+    """images/s of the features stage's path through the engine (HDF5 writes included) for each layout, every photo
+    through every layout in each of `rounds` rounds, the layouts' order rotated each round."""
+    import h5py
+
+    from dogscats.backbones import get_backbone
+    from dogscats.engine import engine_model, probe_images
+    from dogscats.extract import build_extractor, choose_strategy, split_features
+    from dogscats.feature_store import write_split
+    from dogscats.workers import usable_cores
+
+    backbone = get_backbone(backbone_name)
+    strategy = choose_strategy()
+    size = params["input_size"][backbone.name]
+    model = build_extractor(backbone.name, "imagenet", "float32", strategy, params["pooling"], size)
+    dim = int(model.output.shape[-1])
+    probe = backbone.preprocess(probe_images(size).astype(np.float32))
+    all_layouts = layouts(usable_cores())
+    sessions = {t: engine_model(model, probe, threads=t) for t in sorted({t for _, t in all_layouts})}
+
+    def stage_path(layout: tuple[int, int], paths: list[str]) -> int:
+        batches = split_features(paths, [True] * len(paths), backbone, model, sessions[layout[1]], strategy, params,
+                                 layout)  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp, h5py.File(Path(tmp) / "f.h5", "w") as h5:
+            write_split(h5, "all", paths, np.zeros(len(paths)), [True] * len(paths), batches, dim)
+        return len(paths)
+
+    for path in files:  # read once, so that every layout finds the files in the page cache
+        Path(path).read_bytes()
+    stage_path((1, 0), files[: 2 * params["batch_size"]])  # warm up the session's buffers
+    speeds: dict[str, list[float]] = {f"{w}x{t}": [] for w, t in all_layouts}
+    for r in range(rounds):
+        for layout in all_layouts[r % len(all_layouts) :] + all_layouts[: r % len(all_layouts)]:
+            start = time.perf_counter()
+            count = stage_path(layout, files)  # worker start-up included, as in the stage
+            speeds[f"{layout[0]}x{layout[1]}"].append(count / (time.perf_counter() - start))
+    return {"images_per_second": speeds}
 
 
 def measure(modes: str, backbone_name: str, files: list[str], params: dict, rounds: int) -> dict:
@@ -151,6 +217,23 @@ def run_child(mode: str, args: argparse.Namespace, files_list: Path, rounds: int
     return json.loads(out.strip().splitlines()[-1])
 
 
+def print_layouts(speeds: dict[str, list[float]]) -> None:
+    """Each layout's median images/s, auto's choice marked, and how it compares with the best and with today's."""
+    from dogscats.workers import auto_layout, usable_cores
+
+    print(cpu_description(), flush=True)
+    w, t = auto_layout(usable_cores())
+    auto = f"{w}x{t}"
+    median = {layout: float(np.median(values)) for layout, values in speeds.items()}
+    best = max(median, key=median.get)
+    for layout, value in median.items():
+        rounds = ", ".join(f"{v:.2f}" for v in speeds[layout])
+        mark = " <- auto" if layout == auto else " (today: one session, default threads)" if layout == "1x0" else ""
+        print(f"W x T {layout}: {value:.2f} images/s (rounds: {rounds}){mark}", flush=True)
+    print(f"auto {auto}: {median[auto] / median[best]:.3f} of the best ({best}), {median[auto] / median['1x0']:.3f} "
+          f"of today's 1x0", flush=True)  # fmt: skip
+
+
 def make_small_jpegs(folder: Path, count: int) -> list[str]:
     """Generate `count` small distinct JPEGs (memory must not depend on how many images there are)."""
     from PIL import Image
@@ -181,6 +264,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="bfloat16", help="reduced precisions to compare ('' to skip)")
     parser.add_argument("--precision-images", type=int, default=96, help="images for the precision comparison")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, each on a share of the photos")
+    parser.add_argument("--layouts-only", action="store_true", help="measure the W x T layouts alone")
+    parser.add_argument("--layout-rounds", type=int, default=2, help="rounds of the layouts, every photo in each")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tta", choices=["True", "False"], help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
@@ -191,6 +276,10 @@ def main() -> None:
     params = load_params()["features"]
     if args.tta:
         params["tta"] = args.tta == "True"
+    if args.child == "w":
+        files = args.files.read_text().splitlines()
+        print(json.dumps(measure_layouts(args.backbone, files, params, args.rounds)))
+        return
     if args.child == "p":
         files = args.files.read_text().splitlines()
         print(json.dumps(compare_precisions(args.backbone, files, params, args.precisions.split(","))))
@@ -205,6 +294,9 @@ def main() -> None:
     print(f"{args.backbone}: {len(files)} images from {args.data}, params {params}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         files_list = write_list(Path(tmp) / "files.txt", files)
+        print_layouts(run_child("w", args, files_list, args.layout_rounds)["images_per_second"])
+        if args.layouts_only:
+            return
         result = run_child("atbc", args, files_list, args.rounds)
         speeds = result["images_per_second"]
         median = {mode: float(np.median(values)) for mode, values in speeds.items()}

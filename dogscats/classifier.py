@@ -25,6 +25,7 @@ from dogscats.calibration import TEMPERATURE_RANGE, final_p
 from dogscats.images import DECODE_POLICIES, RESIZE_POLICIES, load_resized
 from dogscats.schema import Section, problems
 from dogscats.scoring import as_probabilities
+from dogscats.workers import ahead_batches, ordered_map
 
 SETTINGS = "settings.json"
 ONNX_MODEL = "classifier.onnx"
@@ -81,6 +82,7 @@ class Classifier:
 
     session: object
     settings: dict
+    folder: Path | None = None  # where it was loaded from: worker processes load it again
 
     @property
     def classes(self) -> list[str]:
@@ -88,23 +90,31 @@ class Classifier:
         return self.settings["classes"]
 
     @classmethod
-    def load(cls, folder: Path | str) -> "Classifier":
-        """Load models/classifier (or any folder the export stage wrote); ModelError when it is not one."""
+    def load(cls, folder: Path | str, threads: int = 0) -> "Classifier":
+        """Load models/classifier (or any folder the export stage wrote), its session with `threads` intra-op threads
+        (0: ONNX Runtime's default); ModelError when it is not one."""
         folder = Path(folder)
         for name in (SETTINGS, ONNX_MODEL):
             if not (folder / name).is_file():
                 raise ModelError(f"{folder / name} not found: export a classifier with dvc repro export")
         settings = read_settings(folder / SETTINGS)
-        session = onnx_session(folder / ONNX_MODEL)
+        session = onnx_session(folder / ONNX_MODEL, threads)
         mismatch = graph_mismatch(session, settings)
         if mismatch:
             raise ModelError(f"{folder / ONNX_MODEL} does not fit {folder / SETTINGS}: {mismatch}")
-        return cls(session, settings)
+        return cls(session, settings, folder)
 
     def images(self, path: Path | str) -> list[np.ndarray]:
         """One image decoded and fitted for each backbone, float32 in [0, 255]; PIL's error when it cannot be read."""
         s = self.settings
         return [load_resized(path, size, s["resize"], s["decode"]).astype(np.float32) for size in s["sizes"].values()]
+
+    def images_or_error(self, path: Path | str) -> tuple[list[np.ndarray] | None, str]:
+        """The photo's images (images), or None and why it cannot be read, on one line."""
+        try:
+            return self.images(path), ""
+        except Exception as err:  # PIL raises many types (OSError, UnidentifiedImageError, ...)
+            return None, f"{type(err).__name__}: {err}".replace("\n", " ")
 
     def probabilities(self, batches: list[np.ndarray]) -> np.ndarray:
         """(N, K) probabilities of image batches (one per backbone, in the order of settings' sizes): blended,
@@ -121,34 +131,61 @@ class Classifier:
             raise ModelError(f"the model gave {p.shape} probabilities, not finite, one per class of {self.classes}")
         return p
 
-    def predict(self, paths: list[Path | str], batch_size: int = 16) -> tuple[np.ndarray, list[str]]:
+    def predict(
+        self, paths: list[Path | str], batch_size: int = 16, workers: tuple[int, int] = (1, 0)
+    ) -> tuple[np.ndarray, list[str]]:
         """(N, K) probabilities for image files, and per file the reason it could not be read ("" if it could);
-        the rows of unreadable files are NaN."""
+        the rows of unreadable files are NaN. workers: (W, T), as in batches."""
         p = np.full((len(paths), len(self.classes)), np.nan)
         errors = [""] * len(paths)
-        for rows, batch_errors, probabilities in self.batches(paths, batch_size):
+        for rows, batch_errors, probabilities in self.batches(paths, batch_size, workers):
             for i, error in zip(rows, batch_errors, strict=True):
                 errors[i] = error
             ok = [i for i, error in zip(rows, batch_errors, strict=True) if not error]
             p[ok] = probabilities
         return p, errors
 
-    def batches(self, paths: list[Path | str], batch_size: int) -> Iterator[tuple[range, list[str], np.ndarray]]:
-        """Per batch of files: their positions, their errors, and the probabilities of those that could be read."""
-        for start in range(0, len(paths), batch_size):
-            rows = range(start, min(start + batch_size, len(paths)))
-            decoded, errors = [], []
-            for i in rows:
-                try:
-                    decoded.append(self.images(paths[i]))
-                    errors.append("")
-                except Exception as err:  # PIL raises many types (OSError, UnidentifiedImageError, ...)
-                    errors.append(f"{type(err).__name__}: {err}".replace("\n", " "))
-            if decoded:
-                stacked = [np.stack(images) for images in zip(*decoded, strict=True)]
-                yield rows, errors, self.probabilities(stacked)
-            else:
-                yield rows, errors, np.zeros((0, len(self.classes)))
+    def batches(
+        self, paths: list[Path | str], batch_size: int, workers: tuple[int, int] = (1, 0)
+    ) -> Iterator[tuple[range, list[str], np.ndarray]]:
+        """Per batch of files, in order: their positions, their errors, and the probabilities of those that could be
+        read. workers (W, T): with W 1, this session, the photos decoded ahead by low-priority threads
+        (ahead_batches); else W worker processes, each loading this classifier with T intra-op threads and decoding
+        its own batches."""
+        starts = range(0, len(paths), batch_size)
+        if workers[0] > 1 and self.folder is not None:
+            job = (str(self.folder), workers[1])
+            chunks = ([paths[start : start + batch_size]] for start in starts)
+            for start, (errors, p) in zip(starts, ordered_map(_load, _classify, job, chunks, workers[0]), strict=True):
+                yield range(start, start + len(errors)), errors, p
+            return
+        decoded_batches = ahead_batches(self.images_or_error, ((path,) for path in paths), batch_size)
+        for start, decoded in zip(starts, decoded_batches, strict=True):
+            errors, p = self._classify_decoded(decoded)
+            yield range(start, start + len(decoded)), errors, p
+
+    def _classify_decoded(self, decoded: list[tuple[list[np.ndarray] | None, str]]) -> tuple[list[str], np.ndarray]:
+        """The errors of a batch of decoded files, and the probabilities of those that could be read."""
+        images = [found for found, error in decoded if not error]
+        errors = [error for _, error in decoded]
+        if not images:
+            return errors, np.zeros((0, len(self.classes)))
+        return errors, self.probabilities([np.stack(side) for side in zip(*images, strict=True)])
+
+    def classify(self, paths: list[Path | str]) -> tuple[list[str], np.ndarray]:
+        """One batch of files decoded here, one after another: their errors and the readable ones' probabilities."""
+        return self._classify_decoded([self.images_or_error(path) for path in paths])
+
+
+def _load(job: tuple[str, int]) -> Classifier:
+    """In a worker: the classifier of the folder, its session with the given threads."""
+    folder, threads = job
+    return Classifier.load(folder, threads)
+
+
+def _classify(job: tuple[str, int], classifier: Classifier, paths: list[Path | str]) -> tuple[list[str], np.ndarray]:
+    """In a worker: one batch of files classified."""
+    return classifier.classify(paths)
 
 
 def read_settings(path: Path) -> dict:
@@ -163,13 +200,15 @@ def read_settings(path: Path) -> dict:
     return settings
 
 
-def onnx_session(path: Path) -> Any:
-    """An ONNX Runtime session on the model's bytes; ModelError if they are not a model it can run, or if the model
-    keeps weights in external data files (none is read: their folder is an empty one)."""
+def onnx_session(path: Path, threads: int = 0) -> Any:
+    """An ONNX Runtime session on the model's bytes, with `threads` intra-op threads (0: its default); ModelError if
+    they are not a model it can run, or if the model keeps weights in external data files (none is read: their
+    folder is an empty one)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.use_deterministic_compute = True
+    options.intra_op_num_threads = threads
     try:
         model = path.read_bytes()
         with tempfile.TemporaryDirectory() as empty:

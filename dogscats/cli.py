@@ -1,4 +1,4 @@
-"""The `dogscats` console command: `dogscats classify PATH... [--model DIR] [--out FILE]`.
+"""The `dogscats` console command: `dogscats classify PATH... [--model DIR] [--out FILE] [--workers auto|WxT]`.
 
 Writes CSV, one row per image: path, p_<class> per class in the model's order, and class (the most probable, as the
 pipeline decides: with two classes, the second from p = 0.5 on); when a file cannot be read, a last column, error,
@@ -16,6 +16,7 @@ from tqdm import tqdm
 from dogscats.atomic import atomic_path
 from dogscats.classifier import Classifier, ModelError, image_files
 from dogscats.scoring import predicted_class
+from dogscats.workers import worker_layout
 
 PROGRESS_FROM = 5  # images: a progress bar on stderr for more than this many
 BATCH = 16
@@ -29,14 +30,38 @@ def parser() -> argparse.ArgumentParser:
     classify.add_argument("paths", nargs="+", type=Path, help="image files, or folders searched recursively")
     classify.add_argument("--model", type=Path, default=Path("models/classifier"), help="default: models/classifier")
     classify.add_argument("--out", type=Path, help="write the CSV here (default: stdout)")
+    classify.add_argument(
+        "--workers",
+        type=layout,
+        default="auto",
+        help="WxT: W worker processes of T threads each (e.g. 2x1), or auto (default): one per core",
+    )
     return main
 
 
-def rows(model: Classifier, paths: list[Path], progress: bool) -> tuple[list[list[str]], int]:
-    """The CSV rows for the paths, and how many have an error."""
+def layout(text: str) -> str:
+    """A --workers value, checked (argparse reports the error and exits with status 2)."""
+    try:
+        worker_layout(text, cores=1, memory=0)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def workers_for(setting: str, files: int) -> tuple[int, int]:
+    """(W, T) for classifying `files` files: no more workers than batches; one worker takes every thread."""
+    workers, threads = worker_layout(setting)
+    used = max(1, min(workers, -(-files // BATCH)))
+    return (used, threads) if used > 1 else (1, workers * threads)
+
+
+def rows(
+    model: Classifier, paths: list[Path], progress: bool, workers: tuple[int, int] = (1, 0)
+) -> tuple[list[list[str]], int]:
+    """The CSV rows for the paths, and how many have an error; workers (W, T) as Classifier.batches takes them."""
     out, errors = [], 0
     with tqdm(total=len(paths), desc="classify", unit="img", disable=not progress, file=sys.stderr) as bar:
-        for batch_rows, batch_errors, probabilities in model.batches(paths, BATCH):
+        for batch_rows, batch_errors, probabilities in model.batches(paths, BATCH, workers):
             good = zip(probabilities, predicted_class(probabilities), strict=True)
             for i, error in zip(batch_rows, batch_errors, strict=True):
                 if error:
@@ -58,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = image_files(args.paths)
     try:
-        model = Classifier.load(args.model)
-        table, errors = rows(model, paths, len(paths) > PROGRESS_FROM)
+        workers = workers_for(args.workers, len(paths))
+        model = Classifier.load(args.model, threads=workers[1] if workers[0] == 1 else 1)  # workers load their own
+        table, errors = rows(model, paths, len(paths) > PROGRESS_FROM, workers)
     except ModelError as err:  # a model folder that does not load, or a graph that fails as it runs: nothing written
         print(f"dogscats classify: {err}", file=sys.stderr)
         return 2

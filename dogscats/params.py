@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, field_validator
 from dogscats.backbone_sizes import MIN_SIZE, MIN_SIZES, NATIVE_SIZES
 from dogscats.images import DECODE_POLICIES, RESIZE_POLICIES
 from dogscats.schema import Section, describe
+from dogscats.workers import parse_layout
 
 PARAMS_FILE = Path("params.yaml")
 AUTO = "auto"
@@ -64,6 +65,13 @@ class Features(Section):
     input_size: dict[str, int]
     engine: Literal[ENGINES]
     executor: Literal[EXECUTORS]
+    workers: Any
+
+    @field_validator("workers", mode="plain")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        parse_layout(value)  # a ValueError saying what is allowed
+        return value
 
     @field_validator("crops", mode="before")
     @classmethod

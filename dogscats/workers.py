@@ -30,6 +30,7 @@ from dogscats.images import load_resized, view_slices
 from dogscats.preprocessing import PREPROCESSING
 
 AUTO = "auto"
+WORKER_MEMORY = 1.5 * 2**30  # bytes a worker may take: Lite2 at 320, batch 32, TTA peaks at 1.0 GiB (docs/engine.md)
 LAYOUT = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")  # features.workers: WxT, e.g. 2x1
 
 
@@ -130,24 +131,31 @@ def image_batches(
     files: list[str], usable: list[bool], size: int, resize: str, decode: str, batch_size: int, ahead: int = 2
 ) -> Iterator[np.ndarray]:
     """Batches of uint8 (B, size, size, 3) images in file order, decoded `ahead` batches in advance by one thread per
-    core at the lowest priority; an unusable image is a black square.
+    core at the lowest priority (ahead_batches); an unusable image is a black square."""
+    jobs = ((path, ok, size, resize, decode) for path, ok in zip(files, usable, strict=True))
+    for images in ahead_batches(load_or_blank, jobs, batch_size, ahead):
+        yield np.stack(images)
+
+
+def ahead_batches(function: Callable[..., Any], items: Iterable[tuple], batch_size: int, ahead: int = 2) -> Iterator:
+    """Lists of function(*item), batch_size items each, in order, computed `ahead` batches in advance by one thread
+    per core at the lowest priority.
 
     On CPUs the network and the decoders share the cores. At normal priority a decoder thread preempts one of the
     engine's threads and the whole operator waits for it; at the lowest priority the decoders run in the moments the
     engine leaves a core idle, and at full speed only when the engine waits for a batch (docs/engine.md)."""
-
     pending: deque[Future] = deque()
-    todo = iter(zip(files, usable, strict=True))
+    todo = iter(items)
     with ThreadPoolExecutor(os.cpu_count() or 1, "decode", initializer=lowest_priority) as pool:
         try:
             while True:
-                for path, ok in todo:
-                    pending.append(pool.submit(load_or_blank, path, ok, size, resize, decode))
+                for item in todo:
+                    pending.append(pool.submit(function, *item))
                     if len(pending) >= ahead * batch_size:
                         break
                 if not pending:
                     return
-                yield np.stack([pending.popleft().result() for _ in range(min(batch_size, len(pending)))])
+                yield [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
         finally:
             for future in pending:
                 future.cancel()  # a consumer that stops early does not wait for the photos it will not use
@@ -176,14 +184,31 @@ def parse_layout(setting: str) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
-def auto_layout(cores: int) -> tuple[int, int]:
-    """The W x T that `auto` chooses: one single-threaded worker per core (docs/engine.md has the measurements)."""
-    return max(1, cores), 1
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux's MemAvailable), or None where it is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
-def worker_layout(setting: str, cores: int | None = None) -> tuple[int, int]:
-    """(W, T) for features.workers or --workers: WxT as given, or auto's choice for the cores."""
-    return parse_layout(setting) or auto_layout(cores or usable_cores())
+def auto_layout(cores: int, memory: int | None = None) -> tuple[int, int]:
+    """The W x T that `auto` chooses: one single-threaded worker per core, as many as `memory` (bytes) holds at
+    WORKER_MEMORY each, the cores shared among them (docs/engine.md has the measurements behind the rule)."""
+    cores = max(1, cores)
+    workers = cores if memory is None else max(1, min(cores, int(memory // WORKER_MEMORY)))
+    return workers, cores // workers
+
+
+def worker_layout(setting: str, cores: int | None = None, memory: int | None = None) -> tuple[int, int]:
+    """(W, T) for features.workers or --workers: WxT as given, or auto's choice for the cores and the memory available
+    (by default this machine's)."""
+    layout = parse_layout(setting)
+    if layout:
+        return layout
+    return auto_layout(cores or usable_cores(), memory if memory is not None else available_memory())
 
 
 def ordered_map(

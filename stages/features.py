@@ -18,7 +18,7 @@ from dogscats.images import crop_side
 from dogscats.params import load_params
 from dogscats.preprocessing import BACKBONE_PREPROCESSING
 from dogscats.ray_executor import import_ray, ray_cluster, ray_feature_batches
-from dogscats.workers import Extraction
+from dogscats.workers import Extraction, worker_layout
 
 
 def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: str) -> None:
@@ -38,7 +38,8 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     dim = int(model.output.shape[-1])
     engine = "onnxruntime" if on_ray else choose_engine(params["engine"], gpu_visible(), params["precision"])
     probe = backbone.preprocess(probe_images(size).astype("float32"))
-    extractor = engine_model(model, probe) if engine == "onnxruntime" else None
+    workers = worker_layout(params["workers"])  # W processes of T threads (one in this process: W 1)
+    extractor = engine_model(model, probe, threads=workers[1]) if engine == "onnxruntime" else None
     start = time.perf_counter()
     with (
         ray_cluster() if on_ray else nullcontext(),  # one Ray for both splits
@@ -54,27 +55,30 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
             usable = (rows.problem == "").tolist()
             files = image_paths(rows, raw)
             if on_ray:
-                extraction = _extraction(extractor, backbone.name, size, params)
+                extraction = _extraction(extractor, backbone.name, size, params, workers[1])
                 batches = ray_feature_batches(extraction, files, usable, params["batch_size"])
             else:
-                batches = split_features(files, usable, backbone, model, extractor, strategy, params)
+                batches = split_features(files, usable, backbone, model, extractor, strategy, params, workers)
             labels = label_index(rows.label, classes)
             write_split(h5, split, rows.id.tolist(), labels, usable, _counted(batches, progress), dim)
         progress.close()
     seconds = time.perf_counter() - start
     speed = len(manifest) / seconds
+    layout = f", {workers[0]}x{workers[1]} workers" if extractor is not None else ""
+    layout = f", on Ray, actors of {workers[1]} thread(s)" if on_ray else layout
     write_json(metrics_path, {"images": len(manifest), "usable": int((manifest.problem == "").sum()), "dim": dim})
-    where = f"{engine}, on Ray" if on_ray else engine
-    print(f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s ({where})")
+    print(
+        f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s ({engine}{layout})"
+    )
 
 
-def _extraction(extractor: EngineModel, backbone_name: str, size: int, params: dict) -> Extraction:
-    """How a Ray actor turns photos into features: the engine's model file and the features params, one thread per
-    actor (as features.workers auto: one single-threaded session per core)."""
+def _extraction(extractor: EngineModel, backbone_name: str, size: int, params: dict, threads: int) -> Extraction:
+    """How a Ray actor turns photos into features: the engine's model file, the features params, and its threads
+    (features.workers' T: auto gives 1, a single-threaded session per core, as the local workers)."""
     side = crop_side(size, params["crops"])
     preprocessing = BACKBONE_PREPROCESSING[backbone_name]
     tta, crops = params["tta"], params["crops"]
-    return Extraction(str(extractor.path), side, params["resize"], params["decode"], tta, crops, 1, preprocessing)
+    return Extraction(str(extractor.path), side, params["resize"], params["decode"], tta, crops, threads, preprocessing)
 
 
 def _counted(batches, progress: tqdm):

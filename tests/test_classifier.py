@@ -22,6 +22,7 @@ from dogscats.atomic import write_json
 from dogscats.calibration import final_p
 from dogscats.classifier import Classifier, ModelError, image_files
 from dogscats.cli import main as cli
+from dogscats.cli import workers_for as cli_workers_for
 from dogscats.images import load_resized
 from dogscats.scoring import as_matrix, predicted_class
 
@@ -374,6 +375,37 @@ def test_classify_exits_0_when_every_file_is_read_and_1_when_one_is_not(tmp_path
     assert status == 1 and "1 of 4 file(s) could not be read" in err
     row = table.set_index("path").loc[str(tmp_path / "photos" / "notes.jpg")]
     assert "UnidentifiedImageError" in row.error and row.p_dog == "" and row["class"] == ""
+
+
+def test_classify_in_worker_processes_gives_the_same_rows_in_order_and_names_a_bad_file(
+    tmp_path, capsys, photos, monkeypatch
+):
+    folder = write_model(tmp_path / "model")
+    (tmp_path / "photos" / "notes.jpg").write_text("not an image")
+    for i in range(5):
+        write_image(tmp_path / "photos" / f"more{i}.jpg", (40 * i, 100, 200 - 30 * i), size=(30 + 7 * i, 40))
+    monkeypatch.setattr("dogscats.cli.BATCH", 3)  # 9 files: 3 batches, spread over the workers
+    assert cli_workers_for("2x1", 9) == (2, 1) and cli_workers_for("4x1", 2) == (1, 4)  # no more workers than batches
+    results = {}
+    for workers in ("1x1", "2x1", "3x1"):
+        status, table, err = _classify(capsys, str(photos[0].parent), "--model", str(folder), "--workers", workers)
+        assert status == 1 and "1 of 9 file(s) could not be read" in err
+        results[workers] = table
+    pd.testing.assert_frame_equal(results["2x1"], results["1x1"])
+    pd.testing.assert_frame_equal(results["3x1"], results["1x1"])
+    table = results["2x1"]
+    assert table.path.tolist() == sorted(table.path.tolist())  # in order
+    assert "UnidentifiedImageError" in table.set_index("path").loc[str(tmp_path / "photos" / "notes.jpg")].error
+    readable = [Path(p) for p in table.path if not p.endswith("notes.jpg")]
+    np.testing.assert_allclose(table.p_dog[table.error == ""].astype(float), expected_p(readable), atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", ["0x1", "two", "2x"])
+def test_classify_refuses_a_bad_workers_value_with_status_2(tmp_path, capsys, photos, workers):
+    folder = write_model(tmp_path / "model")
+    with pytest.raises(SystemExit) as stopped:
+        cli(["classify", str(photos[0]), "--model", str(folder), "--workers", workers])
+    assert stopped.value.code == 2 and "WxT" in capsys.readouterr().err
 
 
 def test_a_tie_at_one_half_goes_to_the_second_class_as_in_the_pipeline(tmp_path, capsys, photos):

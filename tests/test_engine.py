@@ -80,6 +80,30 @@ def test_engine_features_match_tensorflow_with_the_real_weights(name, crops, tmp
     assert expected.std(axis=0).max() > 0.1  # real weights tell the images apart: the comparison means something
 
 
+def test_the_stage_path_in_worker_processes_is_byte_identical_run_to_run_and_equals_one_process(tmp_path):
+    keras.utils.set_random_seed(0)
+    backbone = get_backbone("efficientnet_lite0")
+    model = load_feature_extractor(backbone.name, weights=None, input_size=64)  # random weights: features.weights null
+    probe = backbone.preprocess(probe_images(64).astype(np.float32))
+    colours = [(200, 60, 40), (40, 60, 200), (120, 120, 30), (10, 200, 90), (250, 250, 250)]
+    files = [str(write_image(tmp_path / f"{i}.jpg", c, size=(50 + 9 * i, 40 + 5 * i))) for i, c in enumerate(colours)]
+    usable = [True, True, False, True, True]
+    params = {"resize": "pad", "decode": "full", "batch_size": 2, "tta": True, "crops": 5}
+    strategy = tf.distribute.get_strategy()
+
+    def features(workers: tuple[int, int]) -> np.ndarray:
+        extractor = engine_model(model, probe, tmp_path / "cache", threads=workers[1])
+        batches = list(split_features(files, usable, backbone, model, extractor, strategy, params, workers))
+        assert [len(b) for b in batches] == [2, 2, 1]
+        return np.concatenate(batches)
+
+    two = features((2, 1))
+    assert features((2, 1)).tobytes() == two.tobytes()  # fixed W and T: the same bytes
+    np.testing.assert_allclose(two, features((1, 1)), rtol=0, atol=1e-6)  # in this process
+    np.testing.assert_allclose(two, features((1, 0)), rtol=0, atol=1e-6)  # as before the workers
+    assert two.std(axis=0).max() > 0  # the photos are told apart
+
+
 def _tiny_model(seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8, 8, 3))

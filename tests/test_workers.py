@@ -153,10 +153,14 @@ def test_the_layout_setting():
         with pytest.raises(ValueError, match="WxT"):
             parse_layout(bad)
     assert worker_layout("3x2", cores=2) == (3, 2)
-    assert worker_layout("auto", cores=4) == auto_layout(4)
-    for cores in (1, 2, 4, 16, 64):
-        workers, threads = auto_layout(cores)
-        assert workers >= 1 and threads >= 1 and workers * threads <= max(cores, 1)
+    assert worker_layout("auto", cores=4, memory=2**40) == auto_layout(4) == (4, 1)
+    assert auto_layout(16) == (16, 1) and auto_layout(2, memory=8 * 2**30) == (2, 1)
+    assert auto_layout(16, memory=6 * 2**30) == (4, 4)  # as many workers as the memory holds, the cores shared
+    assert auto_layout(4, memory=2**20) == (1, 4)
+    for cores in (1, 2, 3, 4, 16, 64):
+        for memory in (None, 2**30, 4 * 2**30, 2**40):
+            workers, threads = auto_layout(cores, memory)
+            assert workers >= 1 and threads >= 1 and workers * threads <= cores
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONE_PREPROCESSING))
