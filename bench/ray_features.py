@@ -129,7 +129,7 @@ def per_actor(raw: Path, backbone_name: str, count: int, batch_size: int, pools:
     size = params["input_size"][backbone.name]
     model = build_extractor(backbone.name, params["weights"], "float32", choose_strategy(), params["pooling"], size)
     extractor = engine_model(model, backbone.preprocess(probe_images(size).astype("float32")))
-    extraction = _extraction(extractor, backbone.name, size, params)
+    extraction = _extraction(extractor, backbone.name, size, params, 1)  # single-threaded actors
     files = sorted(str(p) for p in (raw / "train").glob("*.jpg"))[:count]
     start = time.perf_counter()
     with ray_cluster():
