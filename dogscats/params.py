@@ -19,6 +19,7 @@ AUTO = "auto"
 # The choices of the keys whose modules import TensorFlow live here, where checking the params needs none; those
 # modules import them from here (the image policies' live in dogscats.images, which needs no TensorFlow either).
 ENGINES = ("auto", "tensorflow", "onnxruntime")  # features.engine: dogscats.engine
+EXECUTORS = ("local", "ray")  # features.executor: stages.features, dogscats.ray_executor
 PRECISIONS = ("float32", "bfloat16", "float16")  # features.precision: dogscats.extract
 POOLINGS = ("avg", "max", "flatten")  # features.pooling: dogscats.backbones
 WEIGHTS = ("imagenet", None)  # features.weights (None: random, for tests): dogscats.backbones
@@ -63,6 +64,7 @@ class Features(Section):
     pooling: Literal[POOLINGS]
     input_size: dict[str, int]
     engine: Literal[ENGINES]
+    executor: Literal[EXECUTORS]
     workers: Any
 
     @field_validator("workers", mode="plain")
@@ -222,6 +224,7 @@ def _check_backbones(params: dict) -> list[str]:
         problems.append(f"finetune.backbone {tuned!r} must be one of backbones ({', '.join(backbones)})")
     if params["features"]["engine"] == "onnxruntime" and params["features"]["precision"] != "float32":
         problems.append(f"features.engine onnxruntime runs float32 only, not {params['features']['precision']}")
+    problems += _executor_problems(params["features"])
     sizes = params["features"]["input_size"]
     problems += [
         f"features.input_size: unknown backbone {name!r}; known: {known}" for name in sizes if name not in NATIVE_SIZES
@@ -232,6 +235,18 @@ def _check_backbones(params: dict) -> list[str]:
     for name in sorted(set(sizes) & set(MIN_SIZES)):
         if sizes[name] < MIN_SIZES[name]:
             problems.append(f"features.input_size must be at least {MIN_SIZES[name]} for {name}, got {sizes[name]}")
+    return problems
+
+
+def _executor_problems(features: dict) -> list[str]:
+    """The Ray executor runs the ONNX Runtime engine, which runs float32 only."""
+    if features["executor"] != "ray":
+        return []
+    problems = []
+    if features["engine"] == "tensorflow":
+        problems.append("features.executor ray runs the onnxruntime engine, not tensorflow; set features.engine: auto")
+    if features["precision"] != "float32":
+        problems.append(f"features.executor ray runs float32 only (ONNX Runtime), not {features['precision']}")
     return problems
 
 

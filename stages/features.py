@@ -2,6 +2,7 @@
 
 import sys
 import time
+from contextlib import nullcontext
 
 import h5py
 from tqdm import tqdm
@@ -10,17 +11,23 @@ from dogscats.atomic import atomic_path, write_json
 from dogscats.backbones import get_backbone
 from dogscats.dataset import classes_of, image_paths, label_index, read_manifest
 from dogscats.determinism import set_seed
-from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
+from dogscats.engine import EngineModel, choose_engine, engine_model, gpu_visible, probe_images
 from dogscats.extract import build_extractor, choose_strategy, split_features
 from dogscats.feature_store import SPLITS, write_preprocessing, write_split
+from dogscats.images import crop_side
 from dogscats.params import load_params
-from dogscats.workers import worker_layout
+from dogscats.preprocessing import BACKBONE_PREPROCESSING
+from dogscats.ray_executor import import_ray, ray_cluster, ray_feature_batches
+from dogscats.workers import Extraction, worker_layout
 
 
 def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: str) -> None:
     """Extract one backbone's features for the labelled (train) and test images, in manifest order."""
     all_params = load_params()
     params, raw = all_params["features"], all_params["data"]["raw"]  # data.raw locates the images; not tracked
+    on_ray = params["executor"] == "ray"
+    if on_ray:
+        import_ray()  # without Ray, the pip command now, not after building the model
     backbone = get_backbone(backbone_name)
     manifest = read_manifest(manifest_path)
     classes = classes_of(manifest.label)
@@ -29,12 +36,16 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     size = params["input_size"][backbone.name]
     model = build_extractor(backbone.name, params["weights"], params["precision"], strategy, params["pooling"], size)
     dim = int(model.output.shape[-1])
-    engine = choose_engine(params["engine"], gpu_visible(), params["precision"])
+    engine = "onnxruntime" if on_ray else choose_engine(params["engine"], gpu_visible(), params["precision"])
     probe = backbone.preprocess(probe_images(size).astype("float32"))
     workers = worker_layout(params["workers"])  # W processes of T threads (one in this process: W 1)
     extractor = engine_model(model, probe, threads=workers[1]) if engine == "onnxruntime" else None
     start = time.perf_counter()
-    with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
+    with (
+        ray_cluster() if on_ray else nullcontext(),  # one Ray for both splits
+        atomic_path(out_path, suffix=".h5") as tmp,
+        h5py.File(tmp, "w") as h5,
+    ):
         h5.attrs["classes"] = classes
         write_preprocessing(h5, backbone.name, size, params)
         h5.attrs["engine"] = engine  # auto depends on the machine: which engine made these features
@@ -43,17 +54,31 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
             rows = manifest[manifest.split == split]
             usable = (rows.problem == "").tolist()
             files = image_paths(rows, raw)
-            batches = split_features(files, usable, backbone, model, extractor, strategy, params, workers)
+            if on_ray:
+                extraction = _extraction(extractor, backbone.name, size, params, workers[1])
+                batches = ray_feature_batches(extraction, files, usable, params["batch_size"])
+            else:
+                batches = split_features(files, usable, backbone, model, extractor, strategy, params, workers)
             labels = label_index(rows.label, classes)
             write_split(h5, split, rows.id.tolist(), labels, usable, _counted(batches, progress), dim)
         progress.close()
     seconds = time.perf_counter() - start
     speed = len(manifest) / seconds
     layout = f", {workers[0]}x{workers[1]} workers" if extractor is not None else ""
+    layout = f", on Ray, actors of {workers[1]} thread(s)" if on_ray else layout
     write_json(metrics_path, {"images": len(manifest), "usable": int((manifest.problem == "").sum()), "dim": dim})
     print(
         f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s ({engine}{layout})"
     )
+
+
+def _extraction(extractor: EngineModel, backbone_name: str, size: int, params: dict, threads: int) -> Extraction:
+    """How a Ray actor turns photos into features: the engine's model file, the features params, and its threads
+    (features.workers' T: auto gives 1, a single-threaded session per core, as the local workers)."""
+    side = crop_side(size, params["crops"])
+    preprocessing = BACKBONE_PREPROCESSING[backbone_name]
+    tta, crops = params["tta"], params["crops"]
+    return Extraction(str(extractor.path), side, params["resize"], params["decode"], tta, crops, threads, preprocessing)
 
 
 def _counted(batches, progress: tqdm):

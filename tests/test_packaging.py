@@ -10,7 +10,7 @@ from packaging.specifiers import SpecifierSet
 
 from .conftest import REPO
 
-PINNED = re.compile(r"^([A-Za-z0-9_.-]+)==", re.MULTILINE)
+PINNED = re.compile(r"^([A-Za-z0-9_.-]+)(?:\[[A-Za-z0-9_,.-]+\])?==", re.MULTILINE)  # a name, its extras
 
 
 def _normal(name: str) -> str:

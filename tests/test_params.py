@@ -62,6 +62,15 @@ def test_the_repository_params_are_valid():
             {"features__engine": "onnxruntime", "features__precision": "bfloat16"},
             "features.engine onnxruntime runs float32 only, not bfloat16",
         ),
+        ({"features__executor": "spark"}, "features.executor must be 'local' or 'ray', got 'spark'"),
+        (
+            {"features__executor": "ray", "features__engine": "tensorflow"},
+            "features.executor ray runs the onnxruntime engine, not tensorflow",
+        ),
+        (
+            {"features__executor": "ray", "features__precision": "bfloat16"},
+            "features.executor ray runs float32 only (ONNX Runtime), not bfloat16",
+        ),
         ({"features__weights": "imagenet21k"}, "features.weights must be 'imagenet' or null, got 'imagenet21k'"),
         ({"train__learning_rate": float("inf")}, "train.learning_rate must be a finite number, got inf"),
         (
