@@ -65,7 +65,7 @@ def _photos(tmp_path: Path, count: int = 6) -> list[str]:
         pytest.param("efficientnet_lite2", marks=pytest.mark.slow),
     ],
 )
-@pytest.mark.parametrize("crops", [1, 5])
+@pytest.mark.parametrize("crops", [1, pytest.param(5, marks=pytest.mark.slow)])  # 5 crops: 18 s, in CI
 def test_engine_features_match_tensorflow_with_the_real_weights(name, crops, tmp_path):
     backbone = get_backbone(name)
     model = load_feature_extractor(name, weights="imagenet")

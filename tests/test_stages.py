@@ -434,6 +434,7 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     assert scores["n_rows"] == 4 and 0 < scores["test_logloss"] < 10 and 0 <= scores["test_accuracy"] <= 1
 
 
+@pytest.mark.slow  # 15 s; the recipes' own tests (tests/test_recipes.py) are slow too
 def test_the_from_scratch_recipe_runs_through_the_finetune_stage(prepared):
     _set_param("backbones", None, ["small_cnn"])
     _set_param("features", "pooling", "flatten")
