@@ -113,7 +113,7 @@ def write_json(path: Path | str, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_csv(path: Path | str, frame: pd.DataFrame) -> None:
-    """Write a CSV file atomically, without the index."""
+def write_csv(path: Path | str, frame: pd.DataFrame, sep: str = ",") -> None:
+    """Write a CSV file (or another separator's) atomically, without the index."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False, sep=sep)

@@ -45,6 +45,7 @@ from dogscats.preprocessing import BACKBONE_PREPROCESSING
 from dogscats.scoring import accuracy, log_loss
 from dogscats.workers import Extraction, worker_layout
 
+CURVES = ("loss", "accuracy", "oof_logloss", "oof_logloss_tta", "oof_accuracy")  # DVCLive's files, one per figure
 PREDICT_BATCH = 256  # trunk outputs per prediction step: fewer, larger steps than the training batch
 
 
@@ -250,7 +251,10 @@ def write_unused(
     columns = ["id", "split", "fold", "epoch", *prob_columns(classes), *prob_columns(classes, "_tta")]
     write_csv(predictions_path, pd.DataFrame(columns=columns))
     shutil.rmtree(live_dir, ignore_errors=True)
-    Path(live_dir).mkdir(parents=True)  # no curves: no epoch was run
+    curves = Path(live_dir) / "plots" / "metrics"  # no epoch was run: the curves dvc.yaml draws, without a point
+    curves.mkdir(parents=True)
+    for name in CURVES:
+        write_csv(curves / f"{name}.tsv", pd.DataFrame(columns=["step", name]), sep="\t")
     write_json(metrics_path, {"fine_tuned": 0, "best_epoch": 0, "epochs_run": 0, "folds": int(folds)})
     print("finetune: skipped (finetune.epochs 0 and predict.blend 0: predict and export use the head alone)")
 

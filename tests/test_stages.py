@@ -336,6 +336,9 @@ def test_finetune_with_0_epochs_and_blend_0_trains_nothing_and_predict_and_expor
     assert json.loads(Path("models/finetuned/finetuned.json").read_text())["fold_input"] == "none"
     assert pd.read_csv("data/finetune_predictions.csv").empty
     assert json.loads(Path("metrics/finetune.json").read_text())["fine_tuned"] == 0
+    curves = sorted(Path("metrics/live/finetune/plots/metrics").iterdir())  # dvc.yaml's plots find their files
+    assert [p.name for p in curves] == sorted(f"{name}.tsv" for name in finetune.CURVES)
+    assert all(p.read_text() == f"step\t{p.stem}\n" for p in curves)
     predict.main(*PREDICT_ARGS)
     scores = json.loads(Path("metrics/predict.json").read_text())
     assert scores["blend"] == 0 and scores["epoch"] == 0
