@@ -146,15 +146,21 @@ def split_features(
         preprocessing = BACKBONE_PREPROCESSING[backbone.name]
         count, threads = workers
         if count > 1:
-            extraction = Extraction(
-                str(extractor.path), side, params["resize"], params["decode"], params["tta"], crops, threads,
-                preprocessing,
-            )  # fmt: skip
+            extraction = extraction_of(extractor, backbone.name, int(model.input.shape[1]), params, threads)
             return engine_batches(extraction, files, usable, batch_size, count)
         images = image_batches(files, usable, side, params["resize"], params["decode"], batch_size)
         return engine_feature_batches(extractor, PREPROCESSING[preprocessing], images, params["tta"], crops)
     dataset = image_dataset(files, usable, side, params["resize"], params["decode"], batch_size)
     return feature_batches(model, backbone, dataset, strategy, params["tta"], crops)
+
+
+def extraction_of(extractor: EngineModel, backbone_name: str, size: int, params: dict, threads: int) -> Extraction:
+    """How a worker process or a Ray actor turns photos into features: the engine's model file, the features params
+    (photos loaded at crop_side of the input size) and its session's threads."""
+    side = crop_side(size, params["crops"])
+    preprocessing = BACKBONE_PREPROCESSING[backbone_name]
+    tta, crops = params["tta"], params["crops"]
+    return Extraction(str(extractor.path), side, params["resize"], params["decode"], tta, crops, threads, preprocessing)
 
 
 def engine_batches(

@@ -11,14 +11,12 @@ from dogscats.atomic import atomic_path, write_json
 from dogscats.backbones import get_backbone
 from dogscats.dataset import classes_of, image_paths, label_index, read_manifest
 from dogscats.determinism import set_seed
-from dogscats.engine import EngineModel, choose_engine, engine_model, gpu_visible, probe_images
-from dogscats.extract import build_extractor, choose_strategy, split_features
+from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
+from dogscats.extract import build_extractor, choose_strategy, extraction_of, split_features
 from dogscats.feature_store import SPLITS, write_preprocessing, write_split
-from dogscats.images import crop_side
 from dogscats.params import load_params
-from dogscats.preprocessing import BACKBONE_PREPROCESSING
 from dogscats.ray_executor import import_ray, ray_cluster, ray_feature_batches
-from dogscats.workers import Extraction, worker_layout
+from dogscats.workers import worker_layout
 
 
 def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: str) -> None:
@@ -55,7 +53,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
             usable = (rows.problem == "").tolist()
             files = image_paths(rows, raw)
             if on_ray:
-                extraction = _extraction(extractor, backbone.name, size, params, workers[1])
+                extraction = extraction_of(extractor, backbone.name, size, params, workers[1])
                 batches = ray_feature_batches(extraction, files, usable, params["batch_size"])
             else:
                 batches = split_features(files, usable, backbone, model, extractor, strategy, params, workers)
@@ -70,15 +68,6 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     print(
         f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s ({engine}{layout})"
     )
-
-
-def _extraction(extractor: EngineModel, backbone_name: str, size: int, params: dict, threads: int) -> Extraction:
-    """How a Ray actor turns photos into features: the engine's model file, the features params, and its threads
-    (features.workers' T: auto gives 1, a single-threaded session per core, as the local workers)."""
-    side = crop_side(size, params["crops"])
-    preprocessing = BACKBONE_PREPROCESSING[backbone_name]
-    tta, crops = params["tta"], params["crops"]
-    return Extraction(str(extractor.path), side, params["resize"], params["decode"], tta, crops, threads, preprocessing)
 
 
 def _counted(batches, progress: tqdm):
