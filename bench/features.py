@@ -8,9 +8,9 @@ Atf: the same path with features.engine=tensorflow (decoding through tf.data);
 B: images/s of the engine's bare model on real photos already decoded in memory (the compute bound);
 C: images/s of the classic approach: each batch loaded image by image with PIL, then Keras model.predict, no overlap;
 W x T: images/s of the same path (features.engine onnxruntime) for each layout of W worker processes of T threads
-   that fits the machine (W * T <= its cores; W and T powers of two, and auto's choice), and 1x0, today's one session
-   with ONNX Runtime's default threads, and its CPU time per image; auto's choice is marked; with the CPU's model
-   and flags;
+   that fits the machine (W * T <= its cores; W and T powers of two, and auto's choice), and 1x0 (one session with
+   ONNX Runtime's default threads, the stage before workers), and its CPU time per image; auto's choice is marked;
+   with the CPU's model and flags;
 then the peak resident memory of A at two dataset sizes (generated small JPEGs), the speed and largest feature
 deviation of each reduced precision against float32 (TensorFlow; measured even where the hardware only emulates it),
 and last `A/B=.. A/C=.. A/Atf=..`. A, Atf, B and C run in one process, in interleaved rounds, each round on the next
@@ -228,7 +228,7 @@ def run_child(mode: str, args: argparse.Namespace, files_list: Path, rounds: int
 
 def print_layouts(speeds: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
     """Each layout's median images/s and CPU time per image (what it costs when other work shares the cores), auto's
-    choice marked, and how it compares with the best and with today's."""
+    choice marked, and how it compares with the best and with the stage before workers (1x0)."""
     from dogscats.workers import auto_layout, usable_cores
 
     print(cpu_description(), flush=True)
@@ -238,11 +238,12 @@ def print_layouts(speeds: dict[str, list[float]], cpu: dict[str, list[float]]) -
     best = max(median, key=median.get)
     for layout, value in median.items():
         rounds = ", ".join(f"{v:.2f}" for v in speeds[layout])
-        mark = " <- auto" if layout == auto else " (today: one session, default threads)" if layout == "1x0" else ""
+        mark = " (the stage before workers: one session, default threads)" if layout == "1x0" else ""
+        mark += " <- auto" if layout == auto else ""
         cost = float(np.median(cpu[layout]))
         print(f"W x T {layout}: {value:.2f} images/s (rounds: {rounds}), {cost:.0f} CPU ms/image{mark}", flush=True)
     print(f"auto {auto}: {median[auto] / median[best]:.3f} of the best ({best}), {median[auto] / median['1x0']:.3f} "
-          f"of today's 1x0", flush=True)  # fmt: skip
+          f"of 1x0 (the stage before workers)", flush=True)  # fmt: skip
 
 
 def make_small_jpegs(folder: Path, count: int) -> list[str]:

@@ -120,16 +120,15 @@ def per_actor(raw: Path, backbone_name: str, count: int, batch_size: int, pools:
 
     from dogscats.backbones import get_backbone
     from dogscats.engine import engine_model, probe_images
-    from dogscats.extract import build_extractor, choose_strategy
+    from dogscats.extract import build_extractor, choose_strategy, extraction_of
     from dogscats.ray_executor import ray_cluster, ray_feature_batches
-    from stages.features import _extraction
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())["features"]
     backbone = get_backbone(backbone_name)
     size = params["input_size"][backbone.name]
     model = build_extractor(backbone.name, params["weights"], "float32", choose_strategy(), params["pooling"], size)
     extractor = engine_model(model, backbone.preprocess(probe_images(size).astype("float32")))
-    extraction = _extraction(extractor, backbone.name, size, params, 1)  # single-threaded actors
+    extraction = extraction_of(extractor, backbone.name, size, params, 1)  # single-threaded actors
     files = sorted(str(p) for p in (raw / "train").glob("*.jpg"))[:count]
     start = time.perf_counter()
     with ray_cluster():

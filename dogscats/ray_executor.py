@@ -1,9 +1,10 @@
 """Past one machine: the features stages' decode-and-extract (dogscats.workers) as a Ray Data pipeline.
 
-The manifest's rows (index, path, usable) become a Ray dataset of one block per batch; a fixed pool of actors, each
-opening one engine session when it starts, maps the batches (decoding the photos where it runs); the driver streams
-the features back in manifest order (Ray Data's preserve_order) for the stage to write. Ray is the cluster at
-RAY_ADDRESS, else one started on this machine by `ray start`, else one started for the run and stopped after it.
+The manifest's rows (index, path, usable) become a Ray dataset of blocks of a few batches each; a fixed pool of
+actors, each opening one engine session when it starts, maps the blocks (decoding the photos where it runs, a batch
+ahead of the session: workers.pipelined_features); the driver streams the features back in manifest order (Ray
+Data's preserve_order) for the stage to write. Ray is the cluster at RAY_ADDRESS, else one started on this machine
+by `ray start`, else one started for the run and stopped after it.
 The photos must lie at the same path on every node; the engine's model travels through Ray's object store, so the
 nodes need no copy of it. No TensorFlow is imported here, nor in the actors."""
 
@@ -11,18 +12,21 @@ import dataclasses
 import logging
 import math
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from dogscats.workers import Extraction, extract_photos, open_session
+from dogscats.workers import Extraction, open_session, pipelined_features
 
 RAY_REQUIREMENT = "ray[data]==2.60.0"  # as requirements.txt pins it
 RAY_MISSING = f'features.executor ray needs Ray, not installed here: pip install "{RAY_REQUIREMENT}"'
 GPU_PROVIDER = "CUDAExecutionProvider"
+BLOCK_BATCHES = 8  # at most this many batches a block: an actor decodes a batch while its session runs the last
+BLOCKS_PER_ACTOR = 4  # at least this many blocks an actor where the photos allow, so that the actors finish together
 
 
 def import_ray() -> Any:
@@ -68,19 +72,26 @@ def gpus_per_actor_for(cluster_resources: dict, onnxruntime_providers: Sequence[
     return 1.0 if cluster_resources.get("GPU", 0) >= 1 and GPU_PROVIDER in onnxruntime_providers else 0.0
 
 
-class _ExtractorActor:
-    """A Ray Data callable class: one engine session per actor, opened once, then batches of rows to features."""
+def batches_per_block(batches: int, actors: int) -> int:
+    """How many batches one Ray block (one actor call) holds: up to BLOCK_BATCHES, so that decoding overlaps the
+    engine within a call, but few enough that each actor gets BLOCKS_PER_ACTOR blocks; at least one."""
+    return max(1, min(BLOCK_BATCHES, batches // (actors * BLOCKS_PER_ACTOR)))
 
-    def __init__(self, extraction: Extraction, model: Any, gpu: bool) -> None:
-        self.extraction = _with_local_model(extraction, model)
+
+class _ExtractorActor:
+    """A Ray Data callable class: one engine session per actor, opened once, then blocks of rows to features."""
+
+    def __init__(self, extraction: Extraction, model: Any, gpu: bool, batch_size: int) -> None:
+        self.extraction, self.batch_size = _with_local_model(extraction, model), batch_size
         self.session = open_session(self.extraction)
         if gpu:  # the actor holds a GPU (Ray sets CUDA_VISIBLE_DEVICES to it): the session runs there
             self.session.session.set_providers([GPU_PROVIDER, "CPUExecutionProvider"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A batch of rows (index, path, usable) to its rows' features, with the index to check the order by."""
-        paths = [str(p) for p in batch["path"]]
-        features = extract_photos(self.extraction, self.session, paths, [bool(u) for u in batch["usable"]])
+        """A block of rows (index, path, usable) to its rows' features, batch_size photos at a time (the local
+        executor's batches: a block starts at a multiple of batch_size), with the index to check the order by."""
+        paths, usable = [str(p) for p in batch["path"]], [bool(u) for u in batch["usable"]]
+        features = pipelined_features(self.extraction, self.session, paths, usable, self.batch_size)
         return {"index": np.asarray(batch["index"]), "features": np.asarray(features, dtype=np.float32)}
 
 
@@ -106,13 +117,18 @@ def ray_feature_batches(
     batch_size: int,
     actors: int | None = None,
     gpus_per_actor: float | None = None,
+    parts: Sequence[int] = (),
 ) -> Iterator[np.ndarray]:
-    """Float32 features of the photos per batch, in manifest order, extracted by a pool of Ray actors on the Ray of
-    ray_cluster; an unusable photo's row is its blank's. Each actor takes extraction.threads CPUs and, by default,
-    a GPU where the cluster has them (gpus_per_actor_for); by default there are enough actors to fill the cluster
-    (actor_count)."""
+    """Float32 features of the photos per block of batches (batches_per_block), in manifest order, extracted by a pool
+    of Ray actors on the Ray of ray_cluster; an unusable photo's row is its blank's. Each actor takes
+    extraction.threads CPUs and, by default, a GPU where the cluster has them (gpus_per_actor_for); by default there
+    are enough actors to fill the cluster (actor_count). parts: the row counts of consecutive parts (the splits),
+    each batched from its own first row as the local executor batches it (default: one part)."""
     if len(paths) != len(usable):
         raise ValueError(f"{len(paths)} paths but {len(usable)} usable flags")
+    parts = list(parts) or [len(paths)]
+    if sum(parts) != len(paths):
+        raise ValueError(f"parts of {sum(parts)} rows for {len(paths)} paths")
     if not paths:
         return
     with ray_cluster() as ray:
@@ -121,24 +137,66 @@ def ray_feature_batches(
             import onnxruntime
 
             gpus_per_actor = gpus_per_actor_for(resources, onnxruntime.get_available_providers())
-        blocks = math.ceil(len(paths) / batch_size)  # one a batch
-        actors = min(actors or actor_count(resources, cpus, gpus_per_actor), blocks)  # no actor without a batch
+        batches = sum(math.ceil(part / batch_size) for part in parts)
+        actors = min(actors or actor_count(resources, cpus, gpus_per_actor), batches)  # no actor without a batch
+        block_size = batch_size * batches_per_block(batches, actors)
         model = ray.put(Path(extraction.model).read_bytes())
-        rows = [
-            {"index": i, "path": str(p), "usable": bool(u)} for i, (p, u) in enumerate(zip(paths, usable, strict=True))
-        ]
+        rows = pd.DataFrame({"index": np.arange(len(paths)), "path": [str(p) for p in paths], "usable": usable})
         with _data_context(ray):
-            dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+            # One data frame a block, of block_size rows from its part's start: a call's batches are the local ones.
+            dataset = ray.data.from_pandas(_blocks(rows, parts, block_size))
             dataset = dataset.map_batches(
                 _ExtractorActor,
-                fn_constructor_args=(extraction, model, gpus_per_actor > 0),
-                batch_size=batch_size,
+                fn_constructor_args=(extraction, model, gpus_per_actor > 0, batch_size),
+                batch_size=block_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=cpus,
                 num_gpus=gpus_per_actor or None,
             )
             yield from _in_order(dataset.iter_batches(batch_size=None, batch_format="numpy"), len(paths))
+
+
+def _blocks(rows: pd.DataFrame, parts: Sequence[int], block_size: int) -> list[pd.DataFrame]:
+    """The rows cut into blocks of block_size rows, counted from each part's first row (a part's last block short)."""
+    ends = np.cumsum(parts)
+    return [
+        rows[i : min(i + block_size, end)]
+        for start, end in zip(ends - parts, ends, strict=True)
+        for i in range(start, end, block_size)
+    ]
+
+
+def ray_split_features(
+    extraction: Extraction, splits: Sequence[tuple[Sequence[str], Sequence[bool]]], batch_size: int
+) -> Iterator[Iterator[np.ndarray]]:
+    """Per split (its paths and usable flags), its features per block as ray_feature_batches gives them, from one
+    pipeline for all the splits (one actor pool to start, not one a split); read each split's whole before the next."""
+    paths = [str(path) for split_paths, _ in splits for path in split_paths]
+    usable = [bool(ok) for _, split_usable in splits for ok in split_usable]
+    counts = [len(split_paths) for split_paths, _ in splits]
+    yield from cut_rows(ray_feature_batches(extraction, paths, usable, batch_size, parts=counts), counts)
+
+
+def cut_rows(batches: Iterable[np.ndarray], counts: Sequence[int]) -> Iterator[Iterator[np.ndarray]]:
+    """The batches' rows as consecutive parts of counts rows each (a batch across a boundary is cut in two); read each
+    part whole before the next."""
+    stream = iter(batches)
+    beyond: list[np.ndarray] = []  # the rows of the last batch read that lie past the part before
+
+    def part(count: int) -> Iterator[np.ndarray]:
+        while count > 0:
+            batch = beyond.pop() if beyond else next(stream, None)
+            if batch is None:
+                raise RuntimeError(f"the features ended {count} rows short of a split's end")
+            if len(batch) > count:
+                batch, rest = batch[:count], batch[count:]
+                beyond.append(rest)
+            count -= len(batch)
+            yield batch
+
+    for count in counts:
+        yield part(count)
 
 
 def _in_order(batches: Iterator[dict[str, np.ndarray]], count: int) -> Iterator[np.ndarray]:

@@ -95,6 +95,18 @@ def extract_photos(extraction: Extraction, session: EngineModel, paths: list[str
     return batch_features(session, preprocess, images, extraction.tta, extraction.crops, extraction.view)
 
 
+def pipelined_features(
+    extraction: Extraction, session: EngineModel, paths: list[str], usable: list[bool], batch_size: int
+) -> np.ndarray:
+    """float32 features of many photos, batch_size at a time, each batch's photos decoded while the engine runs the
+    one before (image_batches: low-priority decoders, one per session thread); the same rows as extract_photos
+    gives batch by batch."""
+    preprocess = PREPROCESSING[extraction.preprocessing]
+    e = extraction
+    images = image_batches(paths, usable, e.side, e.resize, e.decode, batch_size, threads=e.threads)
+    return np.concatenate([batch_features(session, preprocess, x, e.tta, e.crops, e.view) for x in images])
+
+
 def batch_features(
     extractor: Callable[[np.ndarray], np.ndarray],
     preprocess: Callable[[np.ndarray], np.ndarray],
@@ -136,25 +148,34 @@ def load_or_blank(path: str, usable: bool, size: int, resize: str, decode: str) 
 
 
 def image_batches(
-    files: list[str], usable: list[bool], size: int, resize: str, decode: str, batch_size: int, ahead: int = 2
+    files: list[str],
+    usable: list[bool],
+    size: int,
+    resize: str,
+    decode: str,
+    batch_size: int,
+    ahead: int = 2,
+    threads: int | None = None,
 ) -> Iterator[np.ndarray]:
-    """Batches of uint8 (B, size, size, 3) images in file order, decoded `ahead` batches in advance by one thread per
-    core at the lowest priority (ahead_batches); an unusable image is a black square."""
+    """Batches of uint8 (B, size, size, 3) images in file order, decoded `ahead` batches in advance by `threads`
+    threads (default one per core) at the lowest priority (ahead_batches); an unusable image is a black square."""
     jobs = ((path, ok, size, resize, decode) for path, ok in zip(files, usable, strict=True))
-    for images in ahead_batches(load_or_blank, jobs, batch_size, ahead):
+    for images in ahead_batches(load_or_blank, jobs, batch_size, ahead, threads):
         yield np.stack(images)
 
 
-def ahead_batches(function: Callable[..., Any], items: Iterable[tuple], batch_size: int, ahead: int = 2) -> Iterator:
-    """Lists of function(*item), batch_size items each, in order, computed `ahead` batches in advance by one thread
-    per core at the lowest priority.
+def ahead_batches(
+    function: Callable[..., Any], items: Iterable[tuple], batch_size: int, ahead: int = 2, threads: int | None = None
+) -> Iterator:
+    """Lists of function(*item), batch_size items each, in order, computed `ahead` batches in advance by `threads`
+    threads (default one per core) at the lowest priority.
 
     On CPUs the network and the decoders share the cores. At normal priority a decoder thread preempts one of the
     engine's threads and the whole operator waits for it; at the lowest priority the decoders run in the moments the
     engine leaves a core idle, and at full speed only when the engine waits for a batch (docs/engine.md)."""
     pending: deque[Future] = deque()
     todo = iter(items)
-    with ThreadPoolExecutor(os.cpu_count() or 1, "decode", initializer=lowest_priority) as pool:
+    with ThreadPoolExecutor(threads or os.cpu_count() or 1, "decode", initializer=lowest_priority) as pool:
         try:
             while True:
                 for item in todo:
@@ -203,13 +224,13 @@ def available_memory() -> int | None:
 
 
 def auto_layout(cores: int, memory: int | None = None) -> tuple[int, int]:
-    """The W x T that `auto` chooses: below WORKERS_FROM_CORES cores one session of every core in the stage's own
-    process (on 2 cores it beat 2 workers: one session's threads scale well on few cores); from there one
-    single-threaded worker per core, as many as `memory` (bytes) holds at WORKER_MEMORY each, the cores shared among
-    them (docs/engine.md has the measurements behind the rule)."""
+    """The W x T that `auto` chooses: below WORKERS_FROM_CORES cores (1, 0), one session in the stage's own process
+    with ONNX Runtime's default threads (one per physical core, pinned to it: on 2 cores it beat 2 workers and 2
+    unpinned threads); from there one single-threaded worker per core, as many as `memory` (bytes) holds at
+    WORKER_MEMORY each, the cores shared among them (docs/engine.md has the measurements behind the rule)."""
     cores = max(1, cores)
     if cores < WORKERS_FROM_CORES:
-        return 1, cores
+        return 1, 0
     workers = cores if memory is None else max(1, min(cores, int(memory // WORKER_MEMORY)))
     return workers, cores // workers
 

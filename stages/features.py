@@ -15,8 +15,8 @@ from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_imag
 from dogscats.extract import build_extractor, choose_strategy, extraction_of, split_features
 from dogscats.feature_store import SPLITS, write_preprocessing, write_split
 from dogscats.params import load_params
-from dogscats.ray_executor import import_ray, ray_cluster, ray_feature_batches
-from dogscats.workers import worker_layout
+from dogscats.ray_executor import import_ray, ray_cluster, ray_split_features
+from dogscats.workers import usable_cores, worker_layout
 
 
 def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: str) -> None:
@@ -48,22 +48,24 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
         write_preprocessing(h5, backbone.name, size, params)
         h5.attrs["engine"] = engine  # auto depends on the machine: which engine made these features
         progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
-        for split in SPLITS:
-            rows = manifest[manifest.split == split]
-            usable = (rows.problem == "").tolist()
-            files = image_paths(rows, raw)
-            if on_ray:
-                extraction = extraction_of(extractor, backbone.name, size, params, workers[1])
-                batches = ray_feature_batches(extraction, files, usable, params["batch_size"])
-            else:
-                batches = split_features(files, usable, backbone, model, extractor, strategy, params, workers)
+        splits = [manifest[manifest.split == split] for split in SPLITS]
+        photos = [(image_paths(rows, raw), (rows.problem == "").tolist()) for rows in splits]
+        if on_ray:  # one pipeline (one pool of actors) for both splits
+            threads = workers[1] or usable_cores()  # an actor reserves its threads' CPUs: a number, not the default
+            extraction = extraction_of(extractor, backbone.name, size, params, threads)
+            per_split = ray_split_features(extraction, photos, params["batch_size"])
+        else:
+            per_split = (
+                split_features(*split, backbone, model, extractor, strategy, params, workers) for split in photos
+            )
+        for split, rows, (_, usable), batches in zip(SPLITS, splits, photos, per_split, strict=True):
             labels = label_index(rows.label, classes)
             write_split(h5, split, rows.id.tolist(), labels, usable, _counted(batches, progress), dim)
         progress.close()
     seconds = time.perf_counter() - start
     speed = len(manifest) / seconds
-    layout = f", {workers[0]}x{workers[1]} workers" if extractor is not None else ""
-    layout = f", on Ray, actors of {workers[1]} thread(s)" if on_ray else layout
+    layout = f", {workers[0]}x{workers[1] or 'default'} workers" if extractor is not None else ""
+    layout = f", on Ray, actors of {extraction.threads} thread(s)" if on_ray else layout
     write_json(metrics_path, {"images": len(manifest), "usable": int((manifest.problem == "").sum()), "dim": dim})
     print(
         f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s ({engine}{layout})"

@@ -19,9 +19,12 @@ from dogscats.ray_executor import (
     RAY_MISSING,
     RAY_REQUIREMENT,
     actor_count,
+    batches_per_block,
+    cut_rows,
     gpus_per_actor_for,
     import_ray,
     ray_feature_batches,
+    ray_split_features,
 )
 from dogscats.workers import Extraction, extract_photos, open_session
 
@@ -102,6 +105,42 @@ def test_ray_features_equal_the_local_ones_in_manifest_order(small_ray, photos):
     np.testing.assert_allclose(features, expected, rtol=0, atol=1e-6)
     assert len({row.tobytes() for row in expected}) == 11  # distinct rows: a swapped pair would show
     assert small_ray.is_initialized()  # a Ray it did not start is left running
+
+
+def test_a_block_of_several_batches_gives_the_local_features(small_ray, photos):
+    extraction, paths, usable = photos
+    batches = list(ray_feature_batches(extraction, paths, usable, batch_size=1, actors=1))
+    assert [len(b) for b in batches] == [2, 2, 2, 2, 2, 1]  # 11 batches, 2 a block: an actor gets 4 blocks or more
+    np.testing.assert_allclose(np.concatenate(batches), local_features(extraction, paths, usable, 1), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("batches", "actors", "per_block"),
+    [(782, 1, 8), (782, 16, 8), (782, 64, 3), (782, 400, 1), (3, 1, 1), (1, 1, 1)],
+)
+def test_blocks_hold_several_batches_while_every_actor_gets_several_blocks(batches, actors, per_block):
+    assert batches_per_block(batches, actors) == per_block
+
+
+def test_one_pipeline_gives_each_split_its_rows_batched_from_the_splits_start(small_ray, photos):
+    extraction, paths, usable = photos
+    splits = [(paths[:7], usable[:7]), (paths[7:], usable[7:]), ([], [])]
+    per_split = [list(batches) for batches in ray_split_features(extraction, splits, batch_size=2)]
+    assert [[len(b) for b in batches] for batches in per_split] == [[2, 2, 2, 1], [2, 2], []]
+    expected = local_features(extraction, paths, usable, 2)
+    np.testing.assert_allclose(np.concatenate([*per_split[0], *per_split[1]]), expected, rtol=0, atol=1e-6)
+
+
+def test_rows_are_cut_into_parts_across_batches():
+    batches = [np.arange(0, 4), np.arange(4, 6), np.arange(6, 11)]
+    parts = [[b.tolist() for b in part] for part in cut_rows(batches, [3, 0, 5, 3])]
+    assert parts == [[[0, 1, 2]], [], [[3], [4, 5], [6, 7]], [[8, 9, 10]]]
+
+
+def test_a_stream_short_of_its_parts_says_so():
+    part = next(cut_rows([np.arange(3)], [5]))
+    with pytest.raises(RuntimeError, match="2 rows short"):
+        list(part)
 
 
 def test_an_empty_split_needs_no_ray(photos):

@@ -160,15 +160,16 @@ def test_the_layout_setting():
         with pytest.raises(ValueError, match="WxT"):
             parse_layout(bad)
     assert worker_layout("3x2", cores=2) == (3, 2)
-    assert worker_layout("auto", cores=4, memory=2**40) == auto_layout(4) == (1, 4)  # few cores: one session
-    assert auto_layout(2, memory=8 * 2**30) == (1, 2) and auto_layout(7) == (1, 7)
+    # few cores: one session, ONNX Runtime's default threads (0)
+    assert worker_layout("auto", cores=4, memory=2**40) == auto_layout(4) == (1, 0)
+    assert auto_layout(2, memory=8 * 2**30) == (1, 0) and auto_layout(7) == (1, 0)
     assert auto_layout(16) == (16, 1) and auto_layout(8, memory=2**40) == (8, 1)  # many: a worker per core
     assert auto_layout(16, memory=6 * 2**30) == (4, 4)  # as many workers as the memory holds, the cores shared
     assert auto_layout(16, memory=2**20) == (1, 16)
     for cores in (1, 2, 3, 4, 16, 64):
         for memory in (None, 2**30, 4 * 2**30, 2**40):
             workers, threads = auto_layout(cores, memory)
-            assert workers >= 1 and threads >= 1 and workers * threads <= cores
+            assert (workers, threads) == (1, 0) if cores < 8 else workers >= 1 and 1 <= threads <= cores // workers
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONE_PREPROCESSING))
