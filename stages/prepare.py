@@ -1,4 +1,4 @@
-"""Stage prepare: check every raw image and the answer key, deal the labelled images into k folds (seeded,
+"""Stage prepare: apply the overrides (data/overrides.csv), check every raw image and the answer key, deal the labelled images into k folds (seeded,
 stratified), link the layout, write the manifest (image paths relative to data.raw, so that moving the photos changes
 no output: dogscats.dataset explains)."""
 
@@ -16,12 +16,14 @@ from dogscats.dataset import (
     classes_of,
     file_md5,
     image_paths,
+    image_root,
     link_path,
     scan_raw,
     stratified_folds,
     write_symlink_tree,
 )
 from dogscats.images import decode_problem
+from dogscats.overrides import apply_overrides, read_overrides
 from dogscats.params import load_params
 
 
@@ -31,11 +33,15 @@ def check_image(path: str) -> tuple[str, str]:
     return decode_problem(path) or "", file_md5(path)
 
 
-def main(out_dir: str, manifest_path: str, key_path: str, report_path: str, metrics_path: str) -> None:
-    """Prepare the raw data named by data.raw, and the answer key named by submit.labels (an empty one if null)."""
+def main(
+    overrides_path: str, out_dir: str, manifest_path: str, key_path: str, report_path: str, metrics_path: str
+) -> None:
+    """Prepare the raw data named by data.raw with the overrides applied, and the answer key named by submit.labels
+    (an empty one if null)."""
     params = load_params()
     raw, prep, labels = Path(params["data"]["raw"]), params["prepare"], params["submit"]["labels"]
     images, bad = scan_raw(raw)
+    images, overridden = apply_overrides(images, read_overrides(overrides_path), overrides_path)
     test_ids = images.id[images.split == "test"].tolist()
     key = pd.DataFrame({"id": [], "label": []})
     if labels:
@@ -46,7 +52,7 @@ def main(out_dir: str, manifest_path: str, key_path: str, report_path: str, metr
         images["problem"], images["md5"] = zip(*checks, strict=True)
     for source, problem, split in images[images.problem != ""][["source", "problem", "split"]].itertuples(index=False):
         bad.append((source, problem if split == "train" else f"{problem} (test image kept, predicted with the prior)"))
-        print(f"prepare: warning: {raw / source}: {problem}", file=sys.stderr)
+        print(f"prepare: warning: {image_root(raw) / source}: {problem}", file=sys.stderr)
     write_csv(report_path, pd.DataFrame(bad, columns=["file", "reason"]))
     n_train = int((images.split == "train").sum())
     n_bad_train = int(((images.split == "train") & (images.problem != "")).sum())
@@ -72,7 +78,7 @@ def main(out_dir: str, manifest_path: str, key_path: str, report_path: str, metr
             )
     out = Path(out_dir)
     rows = zip(images.source, images.split, images.label, strict=True)
-    images["file"] = [str(link_path(*row, out)) for row in rows]
+    images["file"] = [str(link_path(*row, out, raw.suffix.lower() == ".csv")) for row in rows]
     with atomic_dir(out) as tmp:  # a sibling of out, so the relative links stay valid after the rename
         write_symlink_tree(images, raw, tmp)
     write_csv(manifest_path, images[MANIFEST_COLUMNS])
@@ -82,6 +88,7 @@ def main(out_dir: str, manifest_path: str, key_path: str, report_path: str, metr
     metrics["folds"] = prep["folds"]
     metrics["n_bad"], metrics["n_bad_train"] = len(bad), n_bad_train
     metrics["n_classes"] = len(classes_of(images.label))
+    metrics |= overridden
     write_json(metrics_path, metrics)
     print(f"prepare: {metrics}")
 

@@ -33,6 +33,7 @@ def make_kaggle_layout(root: Path, per_class: int = 10, n_test: int = 6) -> Path
 
 # The stage entry points' arguments, as dvc.yaml passes them (paths relative to the project).
 PREPARE_ARGS = (
+    "data/overrides.csv",
     "data/prepared",
     "data/split.csv",
     "data/answer_key.csv",

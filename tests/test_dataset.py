@@ -55,19 +55,22 @@ def test_duplicate_training_ids_stop(kaggle_raw):
         scan_raw(kaggle_raw)
 
 
-@pytest.mark.parametrize("missing", ["train", "test"])
-def test_missing_train_or_test_dir_stops_with_its_name(tmp_path, missing):
+def test_a_test_folder_without_train_stops_with_the_fix(tmp_path):
     make_kaggle_layout(tmp_path)
-    shutil.rmtree(tmp_path / missing)
-    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / missing}: missing")):
+    shutil.rmtree(tmp_path / "train")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: a test/ folder but no train/ folder")):
         scan_raw(tmp_path)
 
 
-def test_empty_test_dir_stops(kaggle_raw):
-    for f in (kaggle_raw / "test").iterdir():
-        f.unlink()
-    with pytest.raises(ValueError, match="no test images"):
-        scan_raw(kaggle_raw)
+@pytest.mark.parametrize("remove", ["folder", "photos"])
+def test_the_test_folder_is_optional(kaggle_raw, remove):
+    if remove == "folder":
+        shutil.rmtree(kaggle_raw / "test")
+    else:
+        for f in (kaggle_raw / "test").iterdir():
+            f.unlink()
+    frame, skipped = scan_raw(kaggle_raw)
+    assert set(frame.split) == {"train"} and len(frame) == 20 and skipped == []
 
 
 def test_empty_class_stops(kaggle_raw):
@@ -154,11 +157,11 @@ def test_an_empty_class_folder_or_a_single_class_stops(tmp_path):
         scan_raw(raw)
     (raw / "train" / "fish").rmdir()
     (raw / "train" / "bird").rename(raw / "train" / "label")
-    with pytest.raises(ValueError, match="class folder 'label' would clash with the submission's columns"):
+    with pytest.raises(ValueError, match=r"class \(folder\) 'label' would clash with the submission's columns"):
         scan_raw(raw)
     shutil.rmtree(raw / "train")
     make_folder_layout(raw, classes=("cat",))
-    with pytest.raises(ValueError, match="one class folder"):
+    with pytest.raises(ValueError, match=r"1 class\(es\) \(bird\); classification needs two or more"):
         scan_raw(raw)
 
 

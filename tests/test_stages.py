@@ -74,7 +74,10 @@ def test_prepare_links_splits_and_reports(prepared):
     report = pd.read_csv("data/prepare_report.csv")
     assert sorted(Path(f).name for f in report.file) == ["2.jpg", "cat.3.jpg"]
     metrics = json.loads(Path("metrics/prepare.json").read_text())
-    assert metrics == {"n_bad": 2, "n_bad_train": 1, "n_classes": 2, "n_test": 6, "n_train": 19, "folds": 5}
+    assert metrics == {
+        **{"n_bad": 2, "n_bad_train": 1, "n_classes": 2, "n_test": 6, "n_train": 19, "folds": 5},
+        **{"n_excluded": 0, "n_relabelled": 0},
+    }
 
 
 def test_the_same_photos_in_another_folder_give_the_same_prepare_outputs(prepared, tmp_path):
