@@ -161,7 +161,7 @@ def test_an_empty_class_folder_or_a_single_class_stops(tmp_path):
         scan_raw(raw)
     shutil.rmtree(raw / "train")
     make_folder_layout(raw, classes=("cat",))
-    with pytest.raises(ValueError, match=r"1 class\(es\) \(bird\); classification needs two or more"):
+    with pytest.raises(ValueError, match=r"1 class\(es\) \(cat\); classification needs two or more"):
         scan_raw(raw)
 
 
