@@ -148,7 +148,10 @@ def main(
             return trunk_outputs(run_trunk, batches, len(rows))
 
         maps = (maps_of(labelled, False), maps_of(labelled, True))
-        test_maps = (maps_of(test, False), maps_of(test, True))
+        if len(test):
+            test_maps = (maps_of(test, False), maps_of(test, True))
+        else:  # no photos to predict: empty outputs of the trunk's shape
+            test_maps = tuple(np.empty((0, *m.shape[1:]), m.dtype) for m in maps)
         megabytes = sum(m.nbytes for m in maps + test_maps) / 2**20
         count = len(labelled) + len(test)
         print(f"finetune: trunk outputs of {count} photos and their mirror images, {megabytes:.0f} MiB")

@@ -96,7 +96,8 @@ def main(
         "n_test": len(test_ids),
         "n_prior": int((~usable).sum()),
     }
-    metrics.update({f"mean_p_{label}": float(p_test[:, i].mean()) for i, label in enumerate(classes)})
+    if len(test_ids):  # without photos to predict, there is no mean to report
+        metrics.update({f"mean_p_{label}": float(p_test[:, i].mean()) for i, label in enumerate(classes)})
     write_json(metrics_path, metrics)
     print(f"predict: {metrics}")
 

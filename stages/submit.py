@@ -1,5 +1,5 @@
 """Stage submit: write the submission (Kaggle's id,label for two classes), checked; score it against the answer key
-that prepare checked, if there is one."""
+that prepare checked, if there is one. Without photos to predict it writes the header alone and says so."""
 
 import sys
 
@@ -9,6 +9,9 @@ from dogscats.params import load_params
 from dogscats.submission import make_submission, score_submission, write_submission
 
 
+NO_TEST = "no photos to predict (no test/ folder, or no empty labels in the table): nothing to submit"
+
+
 def main(manifest_path: str, predictions_path: str, key_path: str, submission_path: str, metrics_path: str) -> None:
     """Check and write the submission; score it when the answer key has rows."""
     load_params()
@@ -16,7 +19,9 @@ def main(manifest_path: str, predictions_path: str, key_path: str, submission_pa
     classes = classes_of(manifest.label)
     submission = make_submission(predictions_path, manifest.query("split == 'test'").id.tolist(), classes)
     write_submission(submission_path, submission)
-    metrics = {"n_rows": len(submission)}
+    metrics = {"n_rows": len(submission), "n_test": int((manifest.split == "test").sum())}
+    if not metrics["n_test"]:
+        metrics["note"] = NO_TEST
     key = read_answer_key(key_path)
     if len(key):
         metrics.update(score_submission(submission, key, classes))

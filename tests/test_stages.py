@@ -459,3 +459,46 @@ def test_the_from_scratch_recipe_runs_through_the_finetune_stage(prepared):
     assert metrics["trainable_weights"] == weights and 0 < metrics["oof_logloss_optimistic"] < 5
     assert not Path("models/finetuned/trunk.keras").exists()  # every block trains: the folds take the images
     assert len(pd.read_csv("data/finetune_predictions.csv")) == 25 * (params["finetune"]["epochs"] + 1)
+
+
+@pytest.mark.parametrize("epochs", [0, pytest.param(1, marks=pytest.mark.slow)])  # 1: 40 s, fine-tuning the trunk
+def test_a_table_without_photos_to_predict_runs_through_every_stage_and_submits_nothing(tmp_path, in_project, epochs):
+    photos = tmp_path / "table" / "photos"
+    lines = ["path,label"]
+    for n in range(6):  # two sub-folders holding the same file names: the symlink tree keeps them apart
+        for label, colour in {"cat": (200, 60, 40), "dog": (40, 60, 200)}.items():
+            folder = "a" if n % 2 else "b"
+            write_image(photos / folder / f"{label}{n // 2}.jpg", colour)
+            lines.append(f"photos/{folder}/{label}{n // 2}.jpg,{label}")
+    (tmp_path / "table" / "labels.csv").write_text("\n".join(lines) + "\n")
+    in_project(
+        data={"raw": str(tmp_path / "table" / "labels.csv")},
+        prepare={"folds": 3},
+        backbones=[BACKBONE],
+        train={"epochs": 1},
+        finetune={"backbone": BACKBONE, "epochs": epochs, "head_epochs": 1, "batch_size": 8},
+        predict={"blend": "auto" if epochs else 0},
+    )
+    prepare.main(*PREPARE_ARGS)
+    manifest = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
+    assert len(manifest) == 12 and set(manifest.split) == {"train"} and (manifest.md5 != "").all()
+    assert "photos/a/cat0.jpg" in set(manifest.source)  # relative to the table's folder
+    assert len({Path(f).name for f in manifest.file}) == 12  # a/cat0.jpg and b/cat0.jpg both linked
+    features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
+    with h5py.File(f"data/features/{BACKBONE}.h5") as h5:
+        assert h5["train/features"].shape[0] == 12 and h5["test/features"].shape[0] == 0
+    train.main(*TRAIN_ARGS)
+    _finetune()
+    predict.main(*PREDICT_ARGS)
+    assert len(pd.read_csv("data/predictions.csv")) == 0 and len(pd.read_csv("data/oof_predictions.csv")) == 12
+    export.main(*EXPORT_ARGS)
+    assert Path("models/classifier").is_dir()
+    evaluate.main(*EVALUATE_ARGS)
+    assert len(pd.read_csv("metrics/confusion.csv")) == 12
+    submit.main(*SUBMIT_ARGS)
+    assert Path("data/submission.csv").read_text() == "id,label\n"  # the header: DVC's output exists
+    assert json.loads(Path("metrics/submit.json").read_text()) == {
+        "n_rows": 0,
+        "n_test": 0,
+        "note": "no photos to predict (no test/ folder, or no empty labels in the table): nothing to submit",
+    }
