@@ -120,8 +120,12 @@ def scan_table(table: Path) -> pd.DataFrame:
     sources = pd.Series([Path(path).as_posix() for path in rows.path], index=rows.index)
     for n, source, twice in zip(line, sources, sources.duplicated(keep="first"), strict=True):
         if twice:
-            raise ValueError(f"{table}, line {n}: path {source!r} is on line {line[(sources == source).to_numpy()][0]} too")
-    frame = pd.DataFrame({"id": ids, "label": rows.label.where(split == "train", ""), "split": split, "source": sources})
+            raise ValueError(
+                f"{table}, line {n}: path {source!r} is on line {line[(sources == source).to_numpy()][0]} too"
+            )
+    frame = pd.DataFrame(
+        {"id": ids, "label": rows.label.where(split == "train", ""), "split": split, "source": sources}
+    )
     _check_structure(frame, table, table, classes_of(frame.label[frame.split == "train"]))
     return frame.reset_index(drop=True)
 
@@ -169,7 +173,9 @@ def _check_structure(frame: pd.DataFrame, raw: Path, where: Path, classes: list[
         raise ValueError(f"{where}: {len(classes)} class(es) ({', '.join(classes)}); classification needs two or more")
     reserved = sorted(set(classes) & {"id", "label"})
     if reserved:
-        raise ValueError(f"{where}: class (folder) {reserved[0]!r} would clash with the submission's columns; rename it")
+        raise ValueError(
+            f"{where}: class (folder) {reserved[0]!r} would clash with the submission's columns; rename it"
+        )
     for label in classes:
         if not (train.label == label).any():
             raise ValueError(f"{where}: no {label} images")

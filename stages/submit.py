@@ -8,7 +8,6 @@ from dogscats.dataset import classes_of, read_answer_key, read_manifest
 from dogscats.params import load_params
 from dogscats.submission import make_submission, score_submission, write_submission
 
-
 NO_TEST = "no photos to predict (no test/ folder, or no empty labels in the table): nothing to submit"
 
 

@@ -5,12 +5,21 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from dogscats.dataset import checked_answer_key, classes_of, image_paths, label_index, scan_raw, stratified_folds
+from dogscats.dataset import (
+    checked_answer_key,
+    classes_of,
+    image_paths,
+    image_root,
+    label_index,
+    scan_raw,
+    stratified_folds,
+)
 
 from .conftest import make_kaggle_layout, write_image
 
@@ -182,3 +191,59 @@ def test_folds_of_follows_the_given_order_and_stops_on_a_stale_output():
         folds_of(manifest, ["a", "b"], "split.csv")  # one labelled image missing: features of an older manifest
     with pytest.raises(ValueError, match="split.csv: its labelled images differ"):
         folds_of(manifest, ["a", "b", "x"], "split.csv")
+
+
+def _table(root: Path, text: str) -> Path:
+    """A table at root/labels.csv, and a photo for each of a.jpg, b.jpg, c.jpg, d.jpg, sub/e.jpg."""
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "sub/e.jpg"):
+        write_image(root / name, (1, 2, 3))
+    (root / "labels.csv").write_text(text)
+    return root / "labels.csv"
+
+
+def test_a_table_gives_ids_labels_splits_and_sources_relative_to_its_folder(tmp_path):
+    table = _table(tmp_path, "path,label\na.jpg,cat\nb.jpg,dog\n sub/e.jpg ,cat\nd.jpg,\n")
+    frame, skipped = scan_raw(table)
+    assert frame.values.tolist() == [
+        ["a.jpg", "cat", "train", "a.jpg"],
+        ["b.jpg", "dog", "train", "b.jpg"],
+        ["sub/e.jpg", "cat", "train", "sub/e.jpg"],
+        ["d.jpg", "", "test", "d.jpg"],
+    ]
+    assert skipped == [] and image_root(table) == tmp_path and image_root(tmp_path) == tmp_path
+    assert image_paths(frame, table)[2] == str(tmp_path / "sub" / "e.jpg")
+    table.write_text("id,path,label,split\n1,a.jpg,cat,train\n2,b.jpg,dog,\n3,c.jpg,dog,test\n4,d.jpg,,test\n")
+    frame, _ = scan_raw(table)
+    assert frame.id.tolist() == ["1", "2", "3", "4"] and frame.label.tolist() == ["cat", "dog", "", ""]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,label\na.jpg,cat\n", "missing column(s) path"),
+        ("path,label\na.jpg,cat\nb.jpg,dog\nx.jpg,dog\n", f"line 4: {'{root}'}/x.jpg does not exist"),
+        ("id,path,label\n1,a.jpg,cat\n2,b.jpg,dog\n1,c.jpg,dog\n", "line 4: id '1' is on line 2 too"),
+        ("id,path,label\n1,a.jpg,cat\n2,b.jpg,dog\n3,a.jpg,dog\n", "line 4: path 'a.jpg' is on line 2 too"),
+        ("path,label,split\na.jpg,cat,train\nb.jpg,dog,valid\n", "line 3: split 'valid' is neither train nor test"),
+        ("path,label,split\na.jpg,cat,train\nb.jpg,,train\n", "line 3: split train with an empty label"),
+        ("path,label\na.jpg,cat\nb.jpg,cat\nc.jpg,\n", "1 class(es) (cat); classification needs two or more"),
+        ("path,label\n/a.jpg,cat\n", "line 2: path '/a.jpg' must be relative to the table's folder"),
+    ],
+)
+def test_a_bad_table_stops_naming_the_file_and_line(tmp_path, text, message):
+    table = _table(tmp_path, text)
+    with pytest.raises(
+        (ValueError, FileNotFoundError), match=re.escape(f"{table}") + ".*" + re.escape(message.format(root=tmp_path))
+    ):
+        scan_raw(table)
+
+
+def test_class_folders_at_the_top_are_labelled_photos_with_none_to_predict(tmp_path):
+    for label in ("bird", "cat", "dog"):
+        for n in range(2):
+            write_image(tmp_path / label / f"{n}.jpg", (1, 2, 3))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    frame, skipped = scan_raw(tmp_path)
+    assert frame.id.tolist() == ["bird/0", "bird/1", "cat/0", "cat/1", "dog/0", "dog/1"]
+    assert set(frame.split) == {"train"} and frame.source[0] == "bird/0.jpg"
+    assert skipped == [("notes.txt", "not in a class folder")]
