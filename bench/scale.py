@@ -97,8 +97,9 @@ def project_at(work: Path, raw: Path) -> Path:
     project.mkdir(parents=True)
     for name in ("stages", "dogscats"):
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / name, project)
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "data/overrides.csv"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, project / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["raw"] = str(raw)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, default_params
+from .conftest import REPO, default_params, write_image
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def _new_project(path: Path) -> tuple[Path, dict]:
     """A copy of the pipeline on a tiny demo dataset with random-weight backbones, in a new git repository."""
     for name in ("stages", "dogscats"):
         shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".ci/regenerate", ".ci/plot_images.py"):
+    for name in ("dvc.yaml", ".gitignore", ".ci/regenerate", ".ci/plot_images.py", "data/overrides.csv"):
         (path / name).parent.mkdir(exist_ok=True)
         shutil.copy(REPO / name, path / name)
     params = default_params()
@@ -298,3 +298,53 @@ def test_a_fresh_clone_pulls_the_models_and_reproduces_nothing(committed, tmp_pa
     assert "Stage 'demo' is cached - skipping run" in third and "Running stage 'demo'" not in third, third
     for output in ("models/classifier/classifier.onnx", "metrics/live/train/plots/metrics/refit/loss.tsv"):
         assert (unlocked / output).read_bytes() == (path / output).read_bytes(), output
+
+
+def _inputs(root: Path) -> dict[str, Path]:
+    """Three kinds of data.raw without a test/ folder: the Kaggle layout, class folders at the top (three classes),
+    and a table with relative paths and some empty labels (photos to predict)."""
+    colours = {"bird": (40, 200, 60), "cat": (200, 60, 40), "dog": (40, 60, 200)}
+    for n in range(4):
+        for label in ("cat", "dog"):
+            write_image(root / "kaggle" / "train" / f"{label}.{n}.jpg", colours[label])
+        for label, colour in colours.items():
+            write_image(root / "folders" / label / f"{n}.jpg", colour)
+    lines = ["path,label"]
+    for n in range(6):
+        for label in ("cat", "dog"):
+            write_image(root / "table" / "photos" / f"{label}{n}.jpg", colours[label])
+            lines.append(f"photos/{label}{n}.jpg,{label if n < 4 else ''}")
+    (root / "table" / "labels.csv").write_text("\n".join(lines) + "\n")
+    return {"kaggle": root / "kaggle", "folders": root / "folders", "table": root / "table" / "labels.csv"}
+
+
+def test_each_input_kind_runs_end_to_end_with_dvc_exp_run_and_its_classifier_classifies(tmp_path):
+    path, _ = _new_project(tmp_path / "project")
+    _run(path, "git", "add", "-A")
+    _run(path, "git", "commit", "-qm", "the pipeline")
+    expected = {"kaggle": (["cat", "dog"], 0), "folders": (["bird", "cat", "dog"], 0), "table": (["cat", "dog"], 4)}
+    for kind, raw in _inputs(tmp_path / "inputs").items():
+        _run(path, "dvc", "exp", "run", "-S", f"data.raw={raw}")
+        classes, n_test = expected[kind]
+        assert json.loads((path / "metrics/prepare.json").read_text())["n_test"] == n_test, kind
+        submitted = json.loads((path / "metrics/submit.json").read_text())
+        assert submitted["n_test"] == n_test and ("note" in submitted) == (n_test == 0), kind
+        photo = next(raw.parent.rglob("*.jpg") if kind == "table" else raw.rglob("*.jpg"))
+        out = _run(path, "python", "-m", "dogscats.cli", "classify", "--model", "models/classifier", str(photo))
+        header, row = out.strip().splitlines()[-2:]
+        assert header == ",".join(["path", *(f"p_{c}" for c in classes), "class"]), (kind, out)
+        assert row.split(",")[0] == str(photo) and row.split(",")[-1] in classes, (kind, out)
+
+
+def test_an_overrides_edit_reruns_prepare_and_what_follows_and_nothing_else(committed):
+    path, _ = committed
+    overrides = path / "data" / "overrides.csv"
+    overrides.write_text("id,action\ncat.1,exclude\n")
+    try:
+        everything = {FEATURES, "train", "finetune", "predict", "evaluate", "submit", "export"}
+        _repro(path, {"prepare"} | everything)
+        assert json.loads((path / "metrics/prepare.json").read_text())["n_excluded"] == 1
+    finally:
+        _run(path, "git", "checkout", "--", ".")
+        _run(path, "dvc", "checkout", "-q")
+    _repro(path, set())
