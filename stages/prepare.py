@@ -1,6 +1,6 @@
 """Stage prepare: apply the overrides (data/overrides.csv), check every raw image and the answer key, deal the
 labelled images into k folds (seeded, stratified), link the layout, write the manifest (image paths relative to the
-image root, data.raw's folder or its table's, so that moving the photos changes no output: dogscats.dataset explains)."""
+image root, data.raw's folder or its table's, so moving the photos changes no output: dogscats.dataset explains)."""
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
