@@ -17,6 +17,7 @@ from cleanlab.rank import get_label_quality_scores
 from tqdm import tqdm
 
 from dogscats.evaluation import thumbnail_data_uri
+from dogscats.feature_store import read_split
 
 KINDS = ("label", "conflict", "leak", "duplicate", "outlier")  # the table's and the page's order
 COLUMNS = ["id", "kind", "score", "other_id", "given", "suggested", "split", "fold", "other_split", "other_fold"]
@@ -44,6 +45,21 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.where(norms > 0, norms, 1)
+
+
+def audit_features(paths: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The labelled then the test photos' ids, features and usable flags from the backbones' feature files: each
+    backbone's rows scaled to length 1, concatenated and scaled by 1/sqrt(B), so that the cosine of two photos is the
+    mean of their backbones' cosines."""
+    ids, parts, usable = [], [], []
+    for split in ("train", "test"):
+        splits = [read_split(path, split) for path in paths]
+        if any(s.ids != splits[0].ids for s in splits):
+            raise ValueError(f"{', '.join(paths)}: their {split} images differ; rerun the features stages")
+        ids += splits[0].ids
+        parts.append(np.concatenate([unit_rows(s.features) for s in splits], axis=1) / np.sqrt(len(splits)))
+        usable.append(splits[0].usable)
+    return ids, np.concatenate(parts), np.concatenate(usable)
 
 
 def near_pairs(features: np.ndarray, threshold: float, block: int = 1024) -> pd.DataFrame:
@@ -118,7 +134,7 @@ def outlier_scores(features: np.ndarray, neighbours: int) -> np.ndarray:
 
 
 def outliers(ids: list[str], scores: np.ndarray, fence: float) -> pd.DataFrame:
-    """The rows whose score lies above Q3 + fence x IQR of all the scores (Tukey's fence), the worst first: id, score."""
+    """The rows scoring above Q3 + fence x IQR of all the scores (Tukey's fence), the worst first: id, score."""
     q1, q3 = np.percentile(scores, [25, 75]) if len(scores) else (0.0, 0.0)
     rows = pd.DataFrame({"id": ids, "score": scores})
     rows = rows[rows.score > q3 + fence * (q3 - q1)]

@@ -9,10 +9,17 @@ import time
 import numpy as np
 
 from dogscats.atomic import atomic_path, write_csv, write_json
-from dogscats.audit import audit_html, counts, duplicates, findings_table, label_issues, outlier_scores, outliers
-from dogscats.audit import unit_rows
-from dogscats.dataset import classes_of, label_index, read_manifest
-from dogscats.feature_store import read_split
+from dogscats.audit import (
+    audit_features,
+    audit_html,
+    counts,
+    duplicates,
+    findings_table,
+    label_issues,
+    outlier_scores,
+    outliers,
+)
+from dogscats.dataset import classes_of, read_manifest
 from dogscats.params import load_params
 from dogscats.predictions import read_prediction_table, read_probabilities
 
@@ -30,15 +37,7 @@ def main(
     p_head = read_probabilities(oof, classes, "_head")  # unclipped: orders the photos the clip bound ties
     labels = label_issues(oof.id.tolist(), oof.label.to_numpy(), p, p_head)
 
-    # Each backbone's features scaled to length 1, then concatenated and scaled by 1/sqrt(B): the cosine of two
-    # photos is the mean of their backbones' cosines. Rows in the manifest's order, labelled then test photos.
-    ids, parts, usable = [], [], []
-    for split in ("train", "test"):
-        splits = [read_split(f"{features_dir}/{name}.h5", split) for name in params["backbones"]]
-        ids += splits[0].ids
-        parts.append(np.concatenate([unit_rows(s.features) for s in splits], axis=1) / np.sqrt(len(splits)))
-        usable.append(splits[0].usable)
-    features, usable = np.concatenate(parts), np.concatenate(usable)
+    ids, features, usable = audit_features([f"{features_dir}/{name}.h5" for name in params["backbones"]])
     indexed = manifest.set_index("id")
     if sorted(ids) != sorted(indexed.index):
         raise ValueError(f"{features_dir}: its images differ from {manifest_path}'s; rerun (dvc repro)")
