@@ -1,9 +1,10 @@
 """A data audit of the labelled and test photos: likely wrong labels (confident learning on the out-of-fold
 probabilities, cleanlab), exact (md5) and near (feature cosine) duplicates classed as leaks or conflicts, and outliers
-(far from every photo in feature space, cleanlab's kNN score); one table of findings and an HTML page of them.
+(far from every photo in feature space: the mean cosine distance to the nearest photos); one table of findings and
+an HTML page of them.
 
 Every score is "higher = worse": a label issue's is 1 - p(given label) (cleanlab's self-confidence), a duplicate's the
-two photos' cosine similarity (1 for the same bytes), an outlier's 1 - cleanlab's out-of-distribution score."""
+two photos' cosine similarity (1 for the same bytes), an outlier's mean cosine distance to its nearest photos."""
 
 import html
 import sys
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from cleanlab.filter import find_label_issues
-from cleanlab.outlier import OutOfDistribution
 from cleanlab.rank import get_label_quality_scores
+from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
 from dogscats.evaluation import thumbnail_data_uri
@@ -124,13 +125,15 @@ def duplicates(manifest: pd.DataFrame, features: np.ndarray, usable: np.ndarray,
 
 
 def outlier_scores(features: np.ndarray, neighbours: int) -> np.ndarray:
-    """How far each row lies from its nearest neighbours (cosine), as 1 - cleanlab's out-of-distribution score: in
-    [0, 1], higher = further from every other photo, whatever its class."""
+    """Each row's mean cosine distance to its `neighbours` nearest other rows (sklearn's brute-force search, in
+    blocks): in [0, 2], higher = further from every other photo, whatever its class; 0 for a lone row. The distance
+    cleanlab's OutOfDistribution starts from, before its exp(-d / median) squashes the far tail together."""
     neighbours = min(neighbours, len(features) - 1)
     if neighbours < 1:
         return np.zeros(len(features))
-    ood = OutOfDistribution(params={"k": neighbours})
-    return 1 - ood.fit_score(features=unit_rows(features), verbose=False)
+    search = NearestNeighbors(n_neighbors=neighbours + 1, metric="cosine", algorithm="brute").fit(features)
+    distances, _ = search.kneighbors(features)
+    return np.sort(distances, axis=1)[:, 1:].mean(axis=1)  # less the nearest: the row itself (or a copy at 0)
 
 
 def outliers(ids: list[str], scores: np.ndarray, fence: float) -> pd.DataFrame:
