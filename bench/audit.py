@@ -102,7 +102,7 @@ def build_flips(data: Path, raw: Path, seed: int) -> list[str]:
     return flipped
 
 
-def project_at(path: Path, raw: Path) -> Path:
+def project_at(path: Path, raw: Path) -> None:
     """A scratch project: params.yaml (this checkout's, data.raw = raw); the stages run from this checkout."""
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -110,7 +110,13 @@ def project_at(path: Path, raw: Path) -> Path:
     params["data"]["raw"] = str(raw)
     params["backbones"] = [BACKBONE]
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+
+
+def refresh_audit_params(project: Path) -> None:
+    """An earlier run's project given this checkout's audit params (the rest as it ran)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["audit"] = yaml.safe_load((REPO / "params.yaml").read_text())["audit"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def stage_commands() -> dict[str, list[str]]:
@@ -191,6 +197,19 @@ def similarities(project: Path, leaks: list[tuple[str, str]], conflicts: list[tu
     print(f"pairs per cosine bin {bins}: {np.histogram(upper, bins=bins)[0].tolist()}")
 
 
+def outlier_summary(project: Path) -> str:
+    """The outlier scores' quartiles, the fence's value and the highest scores, with their ids."""
+    train, test = (read_split(project / "data" / "features" / f"{BACKBONE}.h5", s) for s in ("train", "test"))
+    ids, features = train.ids + test.ids, np.concatenate([train.features, test.features])
+    scores = outlier_scores(
+        features, yaml.safe_load((project / "params.yaml").read_text())["audit"]["outlier_neighbours"]
+    )
+    q1, q3 = np.percentile(scores, [25, 75])
+    top = [(ids[i], round(float(scores[i]), 3)) for i in np.argsort(-scores)[:10]]
+    fences = f"Q3 + 3 IQR {q3 + 3 * (q3 - q1):.3f}, + 1.5 IQR {q3 + 1.5 * (q3 - q1):.3f}"
+    return f"quartiles {q1:.3f}, {q3:.3f}; {fences}; the highest {top}"
+
+
 def scale_timing(rows: int = 25_000, dim: int = 1280) -> None:
     """The duplicate and outlier searches' time on rows x dim random non-negative features (GAP-like)."""
     features = np.abs(np.random.default_rng(0).normal(size=(rows, dim))).astype(np.float32)
@@ -209,15 +228,20 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/dogscats-audit"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-scale", action="store_true", help="leave out the 25,000-photo timing")
+    parser.add_argument("--audit-only", action="store_true", help="rerun only the audit of an earlier run's projects")
     args = parser.parse_args()
     data, work = args.data.resolve(), args.work.absolute()
     print(f"machine: {cpu()}", flush=True)
     leaks, conflicts = build_leaks(data, work / "raw-leaks", args.seed)
     flipped = build_flips(data, work / "raw-flips", args.seed)
 
-    leaks_project = project_at(work / "leaks", work / "raw-leaks")
-    for name in ("prepare", "features", "train", "finetune", "predict", "audit"):
-        run_stage(leaks_project, name)
+    leaks_project, flips_project = work / "leaks", work / "flips"
+    if not args.audit_only:
+        project_at(leaks_project, work / "raw-leaks")
+        for name in ("prepare", "features", "train", "finetune", "predict"):
+            run_stage(leaks_project, name)
+    refresh_audit_params(leaks_project)
+    run_stage(leaks_project, "audit")
     audit = pd.read_csv(leaks_project / "data" / "audit.csv", dtype={"id": str, "other_id": str}, keep_default_na=False)
     found_leaks = [pair_flagged(audit, pair, "leak") for pair in leaks]
     found_conflicts = [pair_flagged(audit, pair, "conflict") for pair in conflicts]
@@ -227,11 +251,14 @@ def main() -> None:
     print(f"leaks project's findings: {audit.kind.value_counts().to_dict()}")
     similarities(leaks_project, leaks, conflicts)
 
-    flips_project = project_at(work / "flips", work / "raw-flips")
-    run_stage(flips_project, "prepare")
-    features_by_md5(leaks_project, flips_project)
-    for name in ("train", "finetune", "predict", "audit"):
-        run_stage(flips_project, name)
+    if not args.audit_only:
+        project_at(flips_project, work / "raw-flips")
+        run_stage(flips_project, "prepare")
+        features_by_md5(leaks_project, flips_project)
+        for name in ("train", "finetune", "predict"):
+            run_stage(flips_project, name)
+    refresh_audit_params(flips_project)
+    run_stage(flips_project, "audit")
     audit = pd.read_csv(flips_project / "data" / "audit.csv", dtype={"id": str}, keep_default_na=False)
     ranked = audit[audit.kind == "label"].id.tolist()
     recall = {k: len(set(ranked[:k]) & set(flipped)) for k in (40, 60, 100)}
@@ -241,6 +268,7 @@ def main() -> None:
     print(f"flipped photos not in the top 60: {missed}; other label issues in the top 60: "
           f"{[i for i in ranked[:60] if i not in set(flipped)]}")  # fmt: skip
     print(f"flips project's findings: {audit.kind.value_counts().to_dict()}")
+    print(f"outliers: {outlier_summary(flips_project)}")
     if not args.skip_scale:
         scale_timing()
 
