@@ -155,6 +155,13 @@ class Evaluate(Section):
     worst_mistakes: NonNegative
 
 
+class Audit(Section):
+    near_duplicate: Annotated[float, Field(gt=0, le=1)]
+    outlier_neighbours: AtLeastOne
+    outlier_fence: Annotated[float, Field(ge=0)]
+    show: NonNegative
+
+
 class Submit(Section):
     labels: Annotated[str, Field(min_length=1)] | None
 
@@ -171,6 +178,7 @@ class Params(Section):
     finetune: Finetune
     predict: Predict
     evaluate: Evaluate
+    audit: Audit
     submit: Submit
 
 

@@ -172,25 +172,26 @@ def test_repro_reruns_only_what_a_change_touches(project):
     params["features"]["weights"] = "imagenet"  # random weights give every image p(dog) 0.5, whatever the head
     params["predict"].update(blend=0, calibrate=False)  # DVC skips a stage whose inputs come out unchanged, so the
     _set_params(path, params)  # head must reach the submission (blend 0: the head alone; auto might drop it)
-    everything = {"demo", "prepare", "features@efficientnet_lite0", "train", "finetune", "predict", "evaluate"}
+    everything = {"demo", "prepare", "features@efficientnet_lite0", "train", "finetune", "predict", "evaluate", "audit"}
     _repro(path, everything | {"submit", "export"})
     _repro(path, set())
 
     params["train"]["dropout"] = 0.3
     _set_params(path, params)
-    _repro(path, {"train", "predict", "evaluate", "submit", "export"})
+    _repro(path, {"train", "predict", "evaluate", "audit", "submit", "export"})
 
     params["backbones"].append("efficientnet_lite1")
     _set_params(path, params)
-    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit", "export"})  # not finetune
+    # not finetune:
+    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "audit", "submit", "export"})
 
     params["features"]["input_size"]["efficientnet_lite1"] = 224  # one backbone's size: its stage alone upstream
     _set_params(path, params)
-    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "submit", "export"})
+    _repro(path, {"features@efficientnet_lite1", "train", "predict", "evaluate", "audit", "submit", "export"})
 
     params["predict"]["blend"] = 0.37  # off the auto grid, so the blend surely changes; last, as the export then
     _set_params(path, params)  # holds the fine-tuned folds too; finetune, which trained nothing at blend 0, now does
-    _repro(path, {"finetune", "predict", "evaluate", "submit", "export"})
+    _repro(path, {"finetune", "predict", "evaluate", "audit", "submit", "export"})
     assert "up to date" in _run(path, "dvc", "status")
     demo_images = {p.read_bytes() for p in (path / "data" / "demo").rglob("*.jpg")}
     cached_images = [
@@ -215,7 +216,7 @@ def test_an_image_change_reruns_the_image_readers_an_unlabelled_file_only_prepar
     assert (path / "metrics" / "submit.json").read_text() != scored
     cat = path / "raw" / "train" / "cat.1.jpg"
     cat.write_bytes((path / "raw" / "train" / "cat.2.jpg").read_bytes())
-    everything = {FEATURES, "train", "finetune", "predict", "evaluate", "submit", "export"}
+    everything = {FEATURES, "train", "finetune", "predict", "evaluate", "audit", "submit", "export"}
     _repro(path, {"prepare"} | everything)  # through data/split.csv, which holds each image's md5
     (path / "raw" / "train" / "notes.txt").write_text("not an image")
     _repro(path, {"prepare"})  # listed in the report; the manifest, and so every image reader, unchanged

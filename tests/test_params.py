@@ -192,7 +192,7 @@ def test_load_params_returns_the_file(tmp_path):
     assert load_params(tmp_path / "params.yaml") == default_params()
 
 
-@pytest.mark.parametrize("stage", ["demo", "prepare", "predict", "evaluate", "submit"])
+@pytest.mark.parametrize("stage", ["demo", "prepare", "predict", "evaluate", "audit", "submit"])
 def test_stages_that_run_no_network_never_import_tensorflow(stage):
     check = f"import sys, stages.{stage}; from dogscats.params import load_params; load_params(); "
     check += "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
@@ -211,9 +211,9 @@ def test_each_features_stage_tracks_every_features_param_but_the_other_backbones
     assert set(stage["params"]) == shared | {"features.input_size.${item}"}
 
 
-# Where the photos lie, not what they are: the stages that open images (features, finetune, evaluate) read data.raw to
-# find them, but the manifest's md5 column pins each image's content, so they must not track it: moving the photos
-# reruns prepare alone (which tracks data.raw), and every later stage comes from the run-cache.
+# Where the photos lie, not what they are: the stages that open images (features, finetune, evaluate, audit) read
+# data.raw to find them, but the manifest's md5 column pins each image's content, so they must not track it: moving
+# the photos reruns prepare alone (which tracks data.raw), and every later stage comes from the run-cache.
 LOCATORS = {"data.raw"}
 
 
@@ -239,7 +239,7 @@ def test_each_stage_tracks_the_params_it_reads_but_data_raw_which_only_locates_t
         }
         assert untracked <= LOCATORS, (name, untracked)
         locating |= {name} if untracked else set()
-    assert locating == {"features", "finetune", "evaluate"}  # the image readers find the photos through data.raw
+    assert locating == {"features", "finetune", "evaluate", "audit"}  # the image readers find them through data.raw
 
 
 def test_predict_clip_must_leave_every_class_above_its_low_bound():

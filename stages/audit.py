@@ -1,0 +1,66 @@
+"""Stage audit: the data's problems before they cost you. Likely wrong labels (confident learning on the final
+out-of-fold probabilities), exact and near duplicates (leaks across folds or into the test photos, conflicting
+labels) and outliers (far from every photo in the backbones' feature space), in data/audit.csv (one row per
+finding), an HTML page of thumbnails and the counts per kind."""
+
+import sys
+import time
+
+import numpy as np
+
+from dogscats.atomic import atomic_path, write_csv, write_json
+from dogscats.audit import (
+    audit_features,
+    audit_html,
+    counts,
+    duplicates,
+    findings_table,
+    label_issues,
+    outlier_scores,
+    outliers,
+)
+from dogscats.dataset import classes_of, read_manifest
+from dogscats.params import load_params
+from dogscats.predictions import read_prediction_table, read_probabilities
+
+
+def main(
+    manifest_path: str, oof_predictions_path: str, features_dir: str, audit_path: str, html_path: str, metrics_path: str
+) -> None:
+    """Find the label issues, duplicates and outliers; write the table, the page and the counts."""
+    params = load_params()
+    cfg, raw = params["audit"], params["data"]["raw"]  # data.raw locates the thumbnails' images; not tracked
+    manifest = read_manifest(manifest_path)
+    classes = classes_of(manifest.label)
+    oof = read_prediction_table(oof_predictions_path)  # the final probabilities, each from models that never saw it
+    p = read_probabilities(oof, classes)
+    p_head = read_probabilities(oof, classes, "_head")  # unclipped: orders the photos the clip bound ties
+    labels = label_issues(oof.id.tolist(), oof.label.to_numpy(), p, p_head)
+
+    ids, features, usable = audit_features([f"{features_dir}/{name}.h5" for name in params["backbones"]])
+    indexed = manifest.set_index("id")
+    if sorted(ids) != sorted(indexed.index):
+        raise ValueError(f"{features_dir}: its images differ from {manifest_path}'s; rerun (dvc repro)")
+    rows = indexed.loc[ids].reset_index()
+    start = time.perf_counter()
+    pairs = duplicates(rows, features, usable, cfg["near_duplicate"])
+    seconds = time.perf_counter() - start
+    kept = np.flatnonzero(usable)
+    far = outliers(
+        [ids[i] for i in kept], outlier_scores(features[kept], cfg["outlier_neighbours"]), cfg["outlier_fence"]
+    )
+
+    table = findings_table(indexed, labels, pairs, far, classes)
+    write_csv(audit_path, table)
+    found = counts(table)
+    title = f"Audit of {len(oof)} labelled and {int((manifest.split == 'test').sum())} test photos: " + ", ".join(
+        f"{n} {kind}" for kind, n in found.items()
+    )
+    with atomic_path(html_path, suffix=".html") as tmp:
+        tmp.write_text(audit_html(table, raw, cfg["show"], title))
+    write_json(metrics_path, found)
+    print(f"audit: {found} (duplicate search {seconds:.1f} s over {len(kept)} photos); the page is {html_path}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
