@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -17,6 +18,7 @@ from dogscats.classifier import Classifier, ModelError
 from dogscats.cli import main as cli
 from dogscats.determinism import set_seed
 from dogscats.engine import to_onnx as engine_to_onnx
+from dogscats.evaluation import worst_mistakes_html
 from dogscats.explain import CAM_FILE, explain, overlay, overlay_data_uris
 from dogscats.export import OUTPUTS, cam_settings, canonical_onnx, classifier_graph, to_onnx
 from dogscats.head import build_head
@@ -149,3 +151,19 @@ def test_cam_settings_are_empty_for_a_hidden_layer_or_max_pooling():
     linear = build_head(8, 2, 0, 0.5, "adam", 1e-3)
     assert cam_settings(linear, {"small_cnn": SIZE}, {**PREPROCESSING, "pooling": "max"}) == {}
     assert json.dumps(cam_settings(linear, {"small_cnn": SIZE}, PREPROCESSING))  # JSON as it is
+
+
+def test_the_worst_mistakes_page_shows_each_mistakes_cam_beside_its_photo(tiny, tmp_path, capsys):
+    from stages.evaluate import mistake_overlays
+
+    folder, _, photos = tiny
+    rows = pd.DataFrame(
+        {"id": ["p0", "p2"], "file": [str(photos[0]), str(photos[2])], "truth": ["cat", "dog"], "p_truth": [0.1, 0.2]}
+    ).assign(loss=[2.3, 1.6])
+    overlays = mistake_overlays(str(folder), rows.file.tolist(), [1, 0])
+    page = worst_mistakes_html(rows, "worst", overlays)
+    assert page.count('<img class="cam" src="data:image/jpeg;base64,') == 2 and "class activation map" in page
+    assert page.count('<img src="data:image/jpeg;base64,') == 2  # the photos, as before
+    assert mistake_overlays(str(tmp_path / "none"), rows.file.tolist(), [1, 0]) is None
+    assert "no class activation maps" in capsys.readouterr().err
+    assert 'class="cam"' not in worst_mistakes_html(rows, "worst")
