@@ -1,9 +1,12 @@
-"""The `dogscats` console command: `dogscats classify PATH... [--model DIR] [--out FILE] [--workers auto|WxT]`.
+"""The `dogscats` console command: `dogscats classify PATH... [--model DIR] [--out FILE] [--workers auto|WxT]
+[--explain DIR]`.
 
 Writes CSV, one row per image: path, p_<class> per class in the model's order, and class (the most probable, as the
 pipeline decides: with two classes, the second from p = 0.5 on); when a file cannot be read, a last column, error,
 says why, and its probabilities are empty. Exit status 0, 1 when a row has an error, 2 for bad arguments or a model
-folder that is not an exported classifier (one line on stderr)."""
+folder that is not an exported classifier (one line on stderr). --explain DIR also writes, per readable image, DIR/<its
+name without suffix>.cam.png: the image as the network saw it with the class activation map of its predicted class
+drawn over it (dogscats.explain)."""
 
 import argparse
 import csv
@@ -15,6 +18,7 @@ from tqdm import tqdm
 
 from dogscats.atomic import atomic_path
 from dogscats.classifier import Classifier, ModelError, image_files
+from dogscats.explain import explain, load_cam_head, overlay
 from dogscats.scoring import predicted_class
 from dogscats.workers import worker_layout
 
@@ -35,6 +39,13 @@ def parser() -> argparse.ArgumentParser:
         type=layout,
         default="auto",
         help="WxT: W worker processes of T threads each (e.g. 2x1), or auto (default): one per core",
+    )
+    classify.add_argument(
+        "--explain",
+        type=Path,
+        metavar="DIR",
+        help="also write DIR/<image name>.cam.png per image: where in the photo the evidence for its class lies (a"
+        " class activation map over the image as the network saw it; a second pass over the images)",
     )
     return main
 
@@ -74,6 +85,33 @@ def rows(
     return out, errors
 
 
+def overlay_names(paths: list[Path]) -> list[str]:
+    """Each image's overlay file name: <name without suffix>.cam.png, and _<position> before .cam for a name taken."""
+    names, taken = [], set()
+    for i, path in enumerate(paths):
+        name = f"{path.stem}.cam.png"
+        names.append(name if name not in taken else f"{path.stem}_{i}.cam.png")
+        taken.add(names[-1])
+    return names
+
+
+def write_overlays(model: Classifier, paths: list[Path], table: list[list[str]], folder: Path, progress: bool) -> None:
+    """Per readable image (its row has no error), its overlay (the map of the class in its row) in the folder."""
+    readable = [
+        (path, name, model.classes.index(row[-2]))
+        for path, name, row in zip(paths, overlay_names(paths), table, strict=True)
+        if not row[-1]
+    ]
+    with tqdm(total=len(readable), desc="explain", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(readable), BATCH):
+            batch = readable[start : start + BATCH]
+            explained = explain(model, [path for path, _, _ in batch], [target for _, _, target in batch])
+            for (_, name, _), explanation in zip(batch, explained, strict=True):
+                with atomic_path(folder / name, suffix=".png") as tmp:
+                    overlay(explanation.image, explanation.cam).save(tmp, format="PNG")
+            bar.update(len(batch))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = parser().parse_args(argv)
@@ -85,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         workers = workers_for(args.workers, len(paths))
         model = Classifier.load(args.model, threads=workers[1] if workers[0] == 1 else 1)  # workers load their own
+        if args.explain:
+            load_cam_head(args.model)  # before any work: a classifier without maps stops here
         table, errors = rows(model, paths, len(paths) > PROGRESS_FROM, workers)
+        if args.explain:
+            write_overlays(model, paths, table, args.explain, len(paths) > PROGRESS_FROM)
     except ModelError as err:  # a model folder that does not load, or a graph that fails as it runs: nothing written
         print(f"dogscats classify: {err}", file=sys.stderr)
         return 2

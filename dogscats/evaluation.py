@@ -14,6 +14,10 @@ from dogscats.images import load_rgb
 from dogscats.scoring import as_matrix, image_log_losses, predicted_class
 
 THUMBNAIL = 160  # pixels, longest side
+CAM_NOTE = (
+    "<p>Beside each photo: the class activation map of the class the model predicted, over the photo as the network"
+    " saw it (red: where the evidence for that class lies; blue: least).</p>"
+)
 
 
 def roc_points(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
@@ -90,23 +94,31 @@ def worst_mistakes(
     return wrong.sort_values(["loss", "id"], ascending=[False, True]).head(count)
 
 
-def worst_mistakes_html(rows: pd.DataFrame, title: str) -> str:
-    """An HTML page of the rows (id, file, truth = class name, p_truth = its probability, loss), in the given order."""
+def worst_mistakes_html(rows: pd.DataFrame, title: str, overlays: list[str] | None = None) -> str:
+    """An HTML page of the rows (id, file, truth = class name, p_truth = its probability, loss), in the given order;
+    beside each thumbnail its overlay when given (data: URIs, one per row: dogscats.explain.overlay_data_uris)."""
     cards = []
-    for row in rows.itertuples():
+    for i, row in enumerate(rows.itertuples()):
+        cam = (
+            f'<img class="cam" src="{overlays[i]}" alt="{html.escape(str(row.id))}: CAM">'
+            if overlays and overlays[i]
+            else ""
+        )
         caption = (
             f"{html.escape(str(row.id))}: a {html.escape(row.truth)}, p({html.escape(row.truth)}) = {row.p_truth:.4f},"
             f" loss {row.loss:.3f}"
         )
         cards.append(
-            f'<figure><img src="{thumbnail_data_uri(row.file)}" alt="{html.escape(str(row.id))}">'
+            f'<figure><img src="{thumbnail_data_uri(row.file)}" alt="{html.escape(str(row.id))}">{cam}'
             f"<figcaption>{caption}</figcaption></figure>"
         )
+    width = 360 if overlays else 180  # the photo and its class activation map side by side
     style = (
-        "body{font-family:sans-serif;margin:1em}figure{display:inline-block;width:180px;margin:6px;"
+        f"body{{font-family:sans-serif;margin:1em}}figure{{display:inline-block;width:{width}px;margin:6px;"
         "vertical-align:top}img{max-width:170px;max-height:170px}figcaption{font-size:13px}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(cards)}</body></html>\n"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{CAM_NOTE if overlays else ''}"
+        f"{''.join(cards)}</body></html>\n"
     )

@@ -13,9 +13,10 @@ import keras
 import numpy as np
 
 from dogscats.backbones import get_backbone, load_feature_extractor
-from dogscats.classifier import OUTPUTS
+from dogscats.classifier import INPUT_PREFIX, OUTPUTS
 from dogscats.determinism import set_seed
 from dogscats.engine import to_onnx as engine_to_onnx
+from dogscats.explain import FEATURE_MAP_PREFIX
 from dogscats.feature_store import preprocessing_of
 from dogscats.finetune import Finetuned
 from dogscats.images import crop_side, view_slices
@@ -188,8 +189,103 @@ def check_finetuned(description: dict, preprocessing: dict, sizes: dict[str, int
 
 def to_onnx(model: keras.Model) -> bytes:
     """The graph as ONNX bytes, its inputs named as the model's, its outputs p_head and p_finetuned, with a free batch
-    dimension, byte-reproducible."""
-    return canonical_onnx(engine_to_onnx(model), OUTPUTS)
+    dimension, byte-reproducible; and each backbone's last feature map as an extra output (with_feature_maps)."""
+    return with_feature_maps(canonical_onnx(engine_to_onnx(model), OUTPUTS))
+
+
+def with_feature_maps(onnx_bytes: bytes) -> bytes:
+    """The graph with one more output per backbone, feature_map_<backbone> (views x batch, h, w, C): the input of
+    the global average pooling that feeds p_head (the first one met walking back from it), transposed to NHWC where
+    tf2onnx pools NCHW. An output no caller fetches costs nothing: ONNX Runtime runs only what the fetched outputs
+    need. A graph without such pooling (features.pooling max or flatten) is returned unchanged."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    producer = {name: node for node in graph.node for name in node.output}
+    inputs = {value.name for value in graph.input}
+    pools, stack, seen = [], [OUTPUTS[0]], set()
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        layout = _pooled_layout(node, graph)
+        if layout:
+            pools.append((node.input[0], layout))
+        else:
+            stack += list(node.input)
+    found = {}
+    for value, layout in pools:
+        sources = _graph_inputs_of(value, producer, inputs)
+        if len(sources) != 1 or not sources[0].startswith(INPUT_PREFIX):
+            raise ValueError(f"the pooled feature map {value} comes from inputs {sources}, not one image_<backbone>")
+        found[sources[0][len(INPUT_PREFIX) :]] = (value, layout)
+    for value in graph.input:  # in the graph's input order: the same bytes on every run
+        name = value.name[len(INPUT_PREFIX) :]
+        if name not in found:
+            continue
+        source, layout = found[name]
+        output = FEATURE_MAP_PREFIX + name
+        index = len(graph.node)
+        if layout == "NCHW":
+            graph.node.append(onnx.helper.make_node("Transpose", [source], [output], f"node{index}", perm=[0, 2, 3, 1]))
+        else:
+            graph.node.append(onnx.helper.make_node("Identity", [source], [output], f"node{index}"))
+        shape = ["batch", None, None, None]
+        graph.output.append(onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, shape))
+    return model.SerializeToString(deterministic=True)
+
+
+def _pooled_layout(node: Any, graph: Any) -> str:
+    """NCHW or NHWC when the node averages a 4-D map over its spatial axes (GlobalAveragePool, or ReduceMean over
+    axes 2, 3 or 1, 2), else ""."""
+    if node.op_type == "GlobalAveragePool":
+        return "NCHW"
+    if node.op_type != "ReduceMean":
+        return ""
+    import onnx
+
+    axes = [list(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "axes"]
+    if not axes and len(node.input) > 1:  # opset 18 on: the axes are an input
+        weights = {tensor.name: tensor for tensor in graph.initializer}
+        if node.input[1] in weights:
+            axes = [onnx.numpy_helper.to_array(weights[node.input[1]]).tolist()]
+    return {(2, 3): "NCHW", (1, 2): "NHWC"}.get(tuple(sorted(axes[0])) if axes else (), "")
+
+
+def _graph_inputs_of(value: str, producer: dict, inputs: set[str]) -> list[str]:
+    """The graph inputs a value is computed from, sorted."""
+    found, stack, seen = set(), [value], set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in inputs:
+            found.add(name)
+        elif name in producer:
+            stack += list(producer[name].input)
+    return sorted(found)
+
+
+def cam_settings(head: keras.Model, sizes: dict[str, int], preprocessing: dict) -> dict:
+    """cam.json (dogscats.explain): the head's Dense weights (D, U) and bias, the backbones' view sides (in order),
+    crops and tta; the fold heads' mean gives the mean of their weights (the map of their mean logit). Empty when the
+    head is not GAP -> Dense (a hidden layer, or pooling other than avg): no exact map exists."""
+    heads = [layer for layer in head.layers if isinstance(layer, keras.Model)] or [head]
+    dense = [[layer for layer in model.layers if isinstance(layer, keras.layers.Dense)] for model in heads]
+    if preprocessing["pooling"] != "avg" or any(len(layers) != 1 for layers in dense):
+        return {}
+    kernels = [keras.ops.convert_to_numpy(layers[0].kernel) for layers in dense]
+    biases = [keras.ops.convert_to_numpy(layers[0].bias) for layers in dense]
+    return {
+        "weights": np.mean(kernels, axis=0).astype(np.float32).tolist(),
+        "bias": np.mean(biases, axis=0).astype(np.float32).tolist(),
+        "view_sizes": sizes,
+        "crops": preprocessing["crops"],
+        "tta": preprocessing["tta"],
+    }
 
 
 def canonical_onnx(onnx_bytes: bytes, output_names: tuple[str, ...] = ()) -> bytes:

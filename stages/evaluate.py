@@ -1,17 +1,32 @@
 """Stage evaluate: ROC curve, confusion matrix and reliability (calibration) curve of the labelled images' final
 out-of-fold probabilities (choices made without each image's fold) for `dvc plots`, and an HTML page of the worst
-mistakes (thumbnail, true class, its predicted probability)."""
+mistakes (thumbnail, true class, its predicted probability), each beside its class activation map (the exported
+classifier's, for the class it predicted: dogscats.explain)."""
 
 import sys
 
 import numpy as np
 
 from dogscats.atomic import atomic_path, write_csv, write_json
+from dogscats.classifier import Classifier, ModelError
 from dogscats.dataset import classes_of, image_paths, read_manifest
 from dogscats.evaluation import auc, calibration_rows, confusion_rows, roc_points, worst_mistakes, worst_mistakes_html
+from dogscats.explain import overlay_data_uris
 from dogscats.params import load_params
 from dogscats.predictions import read_prediction_table, read_probabilities
-from dogscats.scoring import predicted_class
+from dogscats.scoring import as_matrix, predicted_class
+
+
+def mistake_overlays(classifier_dir: str, files: list[str], predicted: list[int]) -> list[str] | None:
+    """The photos' class activation maps for their predicted classes as data: URIs; None, saying why on stderr, when
+    there is no classifier or it has no maps."""
+    if not classifier_dir or not files:
+        return None
+    try:
+        return overlay_data_uris(Classifier.load(classifier_dir), files, predicted)
+    except ModelError as err:
+        print(f"evaluate: no class activation maps on the worst-mistakes page: {err}", file=sys.stderr)
+        return None
 
 
 def main(
@@ -22,8 +37,10 @@ def main(
     calibration_path: str,
     html_path: str,
     metrics_path: str,
+    classifier_dir: str = "",
 ) -> None:
-    """Write the three plots' data, the mistakes page and the AUC."""
+    """Write the three plots' data, the mistakes page (with class activation maps from the exported classifier in
+    classifier_dir, when given and it has them) and the AUC."""
     params = load_params()
     cfg, raw = params["evaluate"], params["data"]["raw"]  # data.raw locates the thumbnails' images; not tracked
     manifest = read_manifest(manifest_path)
@@ -40,7 +57,13 @@ def main(
     worst = worst_mistakes(oof.id, files, y, p, classes, cfg["worst_mistakes"])
     title = f"The {len(worst)} worst of {errors} mistakes among {len(oof)} labelled images (out of fold)"
     with atomic_path(html_path, suffix=".html") as tmp:
-        tmp.write_text(worst_mistakes_html(worst, title if errors else f"No mistakes among {len(oof)} labelled images"))
+        overlays = mistake_overlays(
+            classifier_dir, worst.file.tolist(), predicted_class(as_matrix(p)[worst.index]).tolist()
+        )
+        page = worst_mistakes_html(
+            worst, title if errors else f"No mistakes among {len(oof)} labelled images", overlays
+        )
+        tmp.write_text(page)
     metrics = {"cv_auc": auc(y, p), "cv_errors": errors}
     if metrics["cv_auc"] is None:
         present = ", ".join(classes[i] for i in sorted(set(y)))

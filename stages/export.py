@@ -1,6 +1,7 @@
 """Stage export: the trained models as one self-contained classifier, models/classifier/: classifier.onnx (for the
 engine, what dogscats.Classifier runs), classifier.keras (the same graph in Keras) and settings.json (classes, input
-sizes, decode and resize policies, and predict's blend weight, temperature and clip bounds).
+sizes, decode and resize policies, and predict's blend weight, temperature and clip bounds), and cam.json (the head's
+weights over the backbones' feature maps, for class activation maps: dogscats.explain) when the head is GAP -> Dense.
 
 The graph is built from what the earlier stages wrote, not from params: the preprocessing from the feature files, the
 fine-tuned models from models/finetuned's description, the choices from predict's metrics. Only the list of backbones
@@ -14,7 +15,16 @@ import keras
 
 from dogscats.atomic import atomic_dir, save_keras_model, write_json
 from dogscats.classifier import KERAS_MODEL, ONNX_MODEL, SETTINGS
-from dogscats.export import check_finetuned, check_onnx, check_preprocessing, classifier_graph, probe_inputs, to_onnx
+from dogscats.explain import CAM_FILE
+from dogscats.export import (
+    cam_settings,
+    check_finetuned,
+    check_onnx,
+    check_preprocessing,
+    classifier_graph,
+    probe_inputs,
+    to_onnx,
+)
 from dogscats.feature_store import shared_classes
 from dogscats.finetune import load_finetuned, read_description
 from dogscats.head import feature_files
@@ -72,6 +82,9 @@ def main(features_dir: str, heads_dir: str, finetuned_dir: str, predict_metrics:
         difference = check_onnx(graph, tmp / ONNX_MODEL, probe_inputs(sides))
         save_keras_model(graph, tmp / KERAS_MODEL)
         write_json(tmp / SETTINGS, settings)
+        cam = cam_settings(head, sizes, preprocessing)
+        if cam:  # the head's weights over the feature maps: dogscats classify --explain, the worst-mistakes page
+            write_json(tmp / CAM_FILE, cam)
     print(
         f"export: {out} ({', '.join(f'{n} at {s}' for n, s in sizes.items())}; ONNX within {difference:.1e} of Keras)"
     )

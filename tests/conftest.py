@@ -71,6 +71,7 @@ EVALUATE_ARGS = (
     "metrics/calibration.csv",
     "metrics/worst_mistakes.html",
     "metrics/evaluate.json",
+    "models/classifier",
 )
 
 

@@ -104,7 +104,7 @@ def test_the_classifier_reproduces_the_pipelines_test_predictions(in_exported):
 def test_an_export_in_a_new_process_is_byte_identical(in_exported, tmp_path):
     command = [sys.executable, "-m", "stages.export", *EXPORT_ARGS[:-1], str(tmp_path)]  # as DVC runs a stage; the
     subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})  # first ran inside pytest
-    for name in ("classifier.onnx", "classifier.keras", "settings.json"):
+    for name in ("classifier.onnx", "classifier.keras", "settings.json", "cam.json"):
         assert (tmp_path / name).read_bytes() == (Path("models/classifier") / name).read_bytes(), name
 
 
@@ -136,6 +136,22 @@ def test_classify_stops_with_status_2_on_bad_arguments(in_exported, capsys):
     with pytest.raises(SystemExit) as stop:
         cli(["classify"])
     assert stop.value.code == 2
+
+
+@pytest.mark.slow
+def test_with_real_weights_the_cams_mean_is_the_heads_logit_and_explain_writes_each_photo(in_exported, tmp_path):
+    from dogscats.explain import explain
+
+    paths = sorted((in_exported / "test").glob("*.jpg"))
+    model = Classifier.load("models/classifier")
+    images = np.stack([model.images(path)[0] for path in paths])
+    (p_head,) = model.session.run(["p_head"], {f"image_{BACKBONE}": images})  # before blend and calibration
+    z = np.log(p_head[:, 0].astype(np.float64) / (1 - p_head[:, 0]))
+    maps = explain(model, paths, [1] * len(paths))
+    np.testing.assert_allclose([e.cam.mean() for e in maps], z, atol=1e-3)
+    assert maps[0].cam.shape == (4, 4) and maps[0].image.shape == (128, 128, 3)  # Lite0 at 128: a 4 x 4 map
+    assert cli(["classify", str(in_exported / "test"), "--explain", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{p.stem}.cam.png" for p in paths)
 
 
 @pytest.mark.slow

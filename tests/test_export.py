@@ -13,9 +13,11 @@ from onnx import TensorProto, helper
 
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.calibration import final_p
+from dogscats.classifier import Classifier
 from dogscats.cli import main as cli
 from dogscats.determinism import set_seed
 from dogscats.engine import engine_feature_batches
+from dogscats.explain import explain
 from dogscats.export import canonical_onnx, check_preprocessing, classifier_graph
 from dogscats.feature_store import write_preprocessing
 from dogscats.finetune import Finetuned, build_top_classifier, clone_top, freeze_below_top_blocks, split_at_top_blocks
@@ -185,7 +187,9 @@ def _by_name(settings: dict, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]
         f"image_{name}": np.stack([load_resized(p, side, settings["resize"], settings["decode"]) for p in paths])
         for name, side in settings["sizes"].items()
     }
-    outputs = session.run(None, {name: images.astype(np.float32) for name, images in feeds.items()})
+    outputs = session.run(
+        ["p_head", "p_finetuned"], {name: images.astype(np.float32) for name, images in feeds.items()}
+    )
     return tuple(as_matrix(p[:, 0].astype(np.float64)) for p in outputs)
 
 
@@ -212,6 +216,8 @@ def _pipeline_matches_the_export(raw: Path) -> None:
     assert cli(["classify", str(raw / "test"), "--out", "classified.csv"]) == 0
     table = pd.read_csv("classified.csv").set_index(pd.read_csv("classified.csv").path.map(lambda q: Path(q).stem))
     np.testing.assert_allclose(table.loc[ids, ["p_cat", "p_dog"]], expected, atol=1e-5)
+    maps = explain(Classifier.load("models/classifier"), paths)  # each backbone's map found, resized and summed
+    assert {e.cam.shape for e in maps} == {(4, 4)} and all(np.isfinite(e.cam).all() for e in maps)  # 112 px: 4 x 4
 
 
 @pytest.mark.slow  # the demo with two real backbones at small sizes, fine-tuned and exported twice: about 80 s
