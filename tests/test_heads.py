@@ -107,8 +107,6 @@ def test_equal_class_weights_train_the_heads_bit_for_bit_as_none():
     for epoch in (1, 3):
         np.testing.assert_array_equal(none[epoch].labelled, ones[epoch].labelled)
         np.testing.assert_array_equal(none[epoch].test, ones[epoch].test)
-    balanced = _fit(x, np.where(np.arange(len(x)) < 20, 0, y), weights_of_classes=np.array([0.2, 5.0]))
-    assert not np.allclose(balanced[3].labelled, _fit(x, np.where(np.arange(len(x)) < 20, 0, y))[3].labelled)
 
 
 def test_the_one_pass_is_reproducible_and_depends_on_the_seed():
