@@ -1,5 +1,5 @@
-"""Evaluation outputs people look at: ROC curve and confusion matrix data for `dvc plots`, and an HTML page of
-the worst out-of-fold mistakes with their thumbnails."""
+"""Evaluation outputs people look at: ROC curve, confusion matrix and per-class figures for `dvc plots` and
+`dvc metrics`, and an HTML page of the worst out-of-fold mistakes with their thumbnails."""
 
 import base64
 import html
@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pandas as pd
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from dogscats.images import load_rgb
 from dogscats.scoring import as_matrix, image_log_losses, predicted_class
@@ -64,6 +64,35 @@ def confusion_rows(y: np.ndarray, p: np.ndarray, classes: list[str]) -> pd.DataF
     """One (actual, predicted) row per image, by class name, predicted = most probable: DVC's confusion template."""
     predicted = predicted_class(as_matrix(p))
     return pd.DataFrame({"actual": [classes[int(t)] for t in y], "predicted": [classes[int(q)] for q in predicted]})
+
+
+def per_class_figures(y: np.ndarray, p: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per class, in class order: its labelled images (n), precision and recall of the most probable class
+    (0 where undefined: no image predicted or labelled as it), and the mean log loss of its images (NaN without
+    any); the n-weighted mean of the log losses is the overall log loss."""
+    y = np.asarray(y, dtype=np.int64)
+    probs = as_matrix(p)
+    labels = np.arange(len(classes))
+    precision, recall, _, n = precision_recall_fscore_support(
+        y, predicted_class(probs), labels=labels, average=None, zero_division=0
+    )
+    losses = image_log_losses(y, probs)
+    mean_loss = [float(losses[y == k].mean()) if (y == k).any() else float("nan") for k in labels]
+    return pd.DataFrame({"class": classes, "n": n, "precision": precision, "recall": recall, "log_loss": mean_loss})
+
+
+def per_class_metrics(figures: pd.DataFrame) -> dict[str, dict[str, float | int | None]]:
+    """per_class_figures as {class: {n, precision, recall, log_loss}} for metrics/evaluate.json, which
+    `dvc metrics show` flattens to per_class.<class>.<figure>; a NaN log loss becomes None (JSON's null)."""
+    return {
+        str(row["class"]): {
+            "n": int(row["n"]),
+            "precision": float(row["precision"]),
+            "recall": float(row["recall"]),
+            "log_loss": None if np.isnan(row["log_loss"]) else float(row["log_loss"]),
+        }
+        for _, row in figures.iterrows()
+    }
 
 
 def thumbnail_data_uri(path: str) -> str:

@@ -2,7 +2,8 @@
 features, trained together over the data, each head's loss masked to its own training rows (a fold head: the rows
 outside its fold; the refit head: every row) and averaged over its own rows in the batch. The heads share no
 weights, their dropout masks are drawn independently and Adam works per weight, so each head learns as if alone,
-from its rows only: one pass over the data instead of k + 1."""
+from its rows only: one pass over the data instead of k + 1. With class weights (train.class_weight: balanced) each
+row's loss is multiplied by its class's weight before that average, as Keras's class_weight does in fit."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
 from dogscats.head import build_head
 from dogscats.scoring import as_probabilities, log_loss
@@ -27,6 +29,14 @@ def training_rows(folds: np.ndarray, fold_ids: list[int], refit: bool) -> np.nda
     """(N, H) booleans: head i trains on the rows outside fold fold_ids[i]; the refit head, last, on every row."""
     rows = [folds != fold for fold in fold_ids] + ([np.ones(len(folds), bool)] if refit else [])
     return np.stack(rows, axis=1)
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray | None:
+    """Each class's weight in the heads' loss: None for none (every row counts once); for balanced, n / (K * n_class)
+    over the labelled rows, scikit-learn's compute_class_weight, so the classes weigh the same in total."""
+    if mode == "none":
+        return None
+    return compute_class_weight(mode, classes=np.arange(n_classes), y=np.asarray(labels))
 
 
 def pass_batch_size(batch_size: int, fold_rows: np.ndarray) -> int:
@@ -149,13 +159,16 @@ def train_heads(
     batch_size: int,
     seed: int,
     on_epoch: Callable[[int, np.ndarray], None] | None = None,
+    row_weights: np.ndarray | None = None,
 ) -> None:
     """Train the heads in one pass a epoch over all rows, shuffled (seeded): head h's loss is the mean over its own
-    rows (rows[:, h]) in the batch, so its gradient comes from them only. on_epoch(epoch, loss) after each epoch
-    (counted from 1), loss being each head's mean training loss over the epoch's rows."""
+    rows (rows[:, h]) in the batch of their losses, each times its row_weights entry when given (class weights), so
+    its gradient comes from them only. on_epoch(epoch, loss) after each epoch (counted from 1), loss being each
+    head's mean (weighted) training loss over the epoch's rows."""
     x = tf.constant(features, tf.float32)
     y = tf.constant(labels)
     mask = tf.constant(rows, tf.float32)
+    weight = None if row_weights is None else tf.constant(row_weights, tf.float32)
     weights = model.trainable_variables
     optimizer.build(weights)
     n, step = len(features), batch_size
@@ -169,6 +182,8 @@ def train_heads(
             m = tf.gather(mask, batch)
             with tf.GradientTape() as tape:
                 losses = per_row_loss(n_classes, tf.gather(y, batch), model(tf.gather(x, batch), training=True))
+                if weight is not None:  # traced once: without weights the graph is the one it always was
+                    losses = losses * tf.gather(weight, batch)[:, None]
                 seen = tf.reduce_sum(m, axis=0)
                 head_loss = tf.reduce_sum(losses * m, axis=0) / tf.maximum(seen, 1.0)
                 total = tf.reduce_sum(head_loss)
@@ -200,10 +215,13 @@ def fit_heads(
     seed: int,
     checkpoints: list[int],
     log: Callable[[int, dict[str, float]], None] | None = None,
+    weights_of_classes: np.ndarray | None = None,
 ) -> dict[int, Checkpoint]:
-    """Train a head per fold (on the rows outside it) and, with refit, one on every row, in one pass; keep each
-    head's weights and probabilities at the checkpoint epochs. log(epoch, figures) gets each head's training loss
-    (<head>/loss) and each fold head's held-out log loss (<head>/oof_logloss), Keras's clipping, after each epoch."""
+    """Train a head per fold (on the rows outside it) and, with refit, one on every row, in one pass, each row's loss
+    weighted by its class's entry of weights_of_classes when given (class_weights); keep each head's weights and
+    probabilities at the checkpoint epochs. log(epoch, figures) gets each head's (weighted) training loss
+    (<head>/loss) and each fold head's held-out log loss (<head>/oof_logloss, unweighted), Keras's clipping, after
+    each epoch."""
     fold_ids = sorted(set(folds.tolist()))
     names = head_names(fold_ids, refit)
     rows = training_rows(folds, fold_ids, refit)
@@ -238,6 +256,7 @@ def fit_heads(
         pass_batch_size(batch_size, rows[:, : len(fold_ids)]),
         seed,
         after_epoch,
+        None if weights_of_classes is None else weights_of_classes[labels],
     )
     return kept
 

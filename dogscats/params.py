@@ -23,6 +23,7 @@ EXECUTORS = ("local", "ray")  # features.executor: stages.features, dogscats.ray
 PRECISIONS = ("float32", "bfloat16", "float16")  # features.precision: dogscats.extract
 POOLINGS = ("avg", "max", "flatten")  # features.pooling: dogscats.backbones
 WEIGHTS = ("imagenet", None)  # features.weights (None: random, for tests): dogscats.backbones
+CLASS_WEIGHTS = ("none", "balanced")  # train.class_weight: dogscats.heads.class_weights
 OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl", "lion", "nadam", "rmsprop", "sgd")
 
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # NumPy's range
@@ -102,6 +103,7 @@ class Train(Section):
     epochs: AtLeastOne
     batch_size: AtLeastOne
     refit: bool
+    class_weight: Literal[CLASS_WEIGHTS]
     seed: Seed
 
 

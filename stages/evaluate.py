@@ -1,7 +1,8 @@
-"""Stage evaluate: ROC curve, confusion matrix and reliability (calibration) curve of the labelled images' final
-out-of-fold probabilities (choices made without each image's fold) for `dvc plots`, and an HTML page of the worst
-mistakes (thumbnail, true class, its predicted probability), each beside its class activation map (the exported
-classifier's, for the class it predicted: dogscats.explain)."""
+"""Stage evaluate: ROC curve, confusion matrix, reliability (calibration) curve and per-class figures (precision,
+recall, log loss) of the labelled images' final out-of-fold probabilities (choices made without each image's fold)
+for `dvc plots` and `dvc metrics`, and an HTML page of the worst mistakes (thumbnail, true class, its predicted
+probability), each beside its class activation map (the exported classifier's, for the class it predicted:
+dogscats.explain)."""
 
 import sys
 
@@ -10,7 +11,16 @@ import numpy as np
 from dogscats.atomic import atomic_path, write_csv, write_json
 from dogscats.classifier import Classifier, ModelError
 from dogscats.dataset import classes_of, image_paths, read_manifest
-from dogscats.evaluation import auc, calibration_rows, confusion_rows, roc_points, worst_mistakes, worst_mistakes_html
+from dogscats.evaluation import (
+    auc,
+    calibration_rows,
+    confusion_rows,
+    per_class_figures,
+    per_class_metrics,
+    roc_points,
+    worst_mistakes,
+    worst_mistakes_html,
+)
 from dogscats.explain import overlay_data_uris
 from dogscats.params import load_params
 from dogscats.predictions import read_prediction_table, read_probabilities
@@ -35,12 +45,13 @@ def main(
     roc_path: str,
     confusion_path: str,
     calibration_path: str,
+    per_class_path: str,
     html_path: str,
     metrics_path: str,
     classifier_dir: str = "",
 ) -> None:
-    """Write the three plots' data, the mistakes page (with class activation maps from the exported classifier in
-    classifier_dir, when given and it has them) and the AUC."""
+    """Write the four plots' data, the mistakes page (with class activation maps from the exported classifier in
+    classifier_dir, when given and it has them), the AUC and the per-class figures."""
     params = load_params()
     cfg, raw = params["evaluate"], params["data"]["raw"]  # data.raw locates the thumbnails' images; not tracked
     manifest = read_manifest(manifest_path)
@@ -51,6 +62,8 @@ def main(
     write_csv(roc_path, roc_points(y, p))
     write_csv(confusion_path, confusion_rows(y, p, classes))
     write_csv(calibration_path, calibration_rows(y, p))
+    per_class = per_class_figures(y, p, classes)
+    write_csv(per_class_path, per_class)
 
     files = np.array(image_paths(manifest.loc[oof.id], raw))
     errors = int((predicted_class(p) != y).sum())
@@ -64,7 +77,7 @@ def main(
             worst, title if errors else f"No mistakes among {len(oof)} labelled images", overlays
         )
         tmp.write_text(page)
-    metrics = {"cv_auc": auc(y, p), "cv_errors": errors}
+    metrics = {"cv_auc": auc(y, p), "cv_errors": errors, "per_class": per_class_metrics(per_class)}
     if metrics["cv_auc"] is None:
         present = ", ".join(classes[i] for i in sorted(set(y)))
         print(f"evaluate: the labelled images hold one class only ({present}): no ROC curve or AUC", file=sys.stderr)

@@ -15,7 +15,7 @@ from dogscats.dataset import folds_of, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.feature_store import shared_classes
 from dogscats.head import checkpoint_epochs, feature_files, load_concatenated, save_heads
-from dogscats.heads import fit_heads, out_of_fold, single_head
+from dogscats.heads import class_weights, fit_heads, out_of_fold, single_head
 from dogscats.live import log_epoch, open_live
 from dogscats.params import load_params
 from dogscats.predictions import probability_table
@@ -47,7 +47,8 @@ def main(
     # of fold one level down the refit scores better: bench/refit.py, docs/honest.md). Each head's predictions are
     # kept at about ten epochs, for predict to choose the epoch count out of fold; the saved heads are those at the
     # epoch with the lowest out-of-fold log loss. DVCLive gets each head's curves after every epoch: its training
-    # loss and its held-out fold's log loss.
+    # loss and its held-out fold's log loss. With train.class_weight balanced each row's training loss is weighted by
+    # n / (K * n_class); the epoch is still chosen by the plain (unweighted) out-of-fold log loss, predict's figure.
     checkpoints = checkpoint_epochs(cfg["epochs"])
     fold_ids = sorted(set(folds.tolist()))
     live = open_live(live_dir)
@@ -55,6 +56,7 @@ def main(
         labelled.features, labelled.labels, folds, test.features, cfg["refit"], len(classes), cfg["hidden"],
         cfg["dropout"], cfg["optimizer"], cfg["learning_rate"], cfg["epochs"], cfg["batch_size"], cfg["seed"],
         checkpoints, lambda epoch, figures: log_epoch(live, epoch, figures),
+        class_weights(labelled.labels, len(classes), cfg["class_weight"]),
     )  # fmt: skip
     p_oof = {e: out_of_fold(kept[e].labelled, folds, fold_ids) for e in checkpoints}
     p_test = {e: kept[e].test[-1] if cfg["refit"] else kept[e].test[: len(fold_ids)].mean(axis=0) for e in checkpoints}

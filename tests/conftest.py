@@ -69,6 +69,7 @@ EVALUATE_ARGS = (
     "metrics/roc.csv",
     "metrics/confusion.csv",
     "metrics/calibration.csv",
+    "metrics/per_class.csv",
     "metrics/worst_mistakes.html",
     "metrics/evaluate.json",
     "models/classifier",

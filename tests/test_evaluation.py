@@ -1,11 +1,19 @@
-"""ROC and confusion data for dvc plots, and the worst-mistakes page."""
+"""ROC, confusion and per-class data for dvc plots and metrics, and the worst-mistakes page."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from dogscats.evaluation import auc, confusion_rows, roc_points, worst_mistakes, worst_mistakes_html
-from dogscats.scoring import image_log_losses
+from dogscats.evaluation import (
+    auc,
+    confusion_rows,
+    per_class_figures,
+    per_class_metrics,
+    roc_points,
+    worst_mistakes,
+    worst_mistakes_html,
+)
+from dogscats.scoring import image_log_losses, log_loss
 
 from .conftest import write_image
 
@@ -22,6 +30,49 @@ def test_confusion_rows_name_classes():
     assert rows.values.tolist() == [["cat", "dog"], ["dog", "dog"], ["dog", "cat"]]
     three = confusion_rows(np.array([2, 0]), np.array([[0.2, 0.3, 0.5], [0.1, 0.8, 0.1]]), ["bird", "cat", "dog"])
     assert three.values.tolist() == [["dog", "dog"], ["bird", "cat"]]
+
+
+# Three classes, six photos: bird 0, 1; cat 2, 3, 4; dog 5. Predicted (most probable): bird, cat; cat, cat, bird; dog.
+Y3 = np.array([0, 0, 1, 1, 1, 2])
+P3 = np.array(
+    [
+        [0.8, 0.1, 0.1],  # bird, right
+        [0.25, 0.5, 0.25],  # bird as cat
+        [0.1, 0.8, 0.1],  # cat, right
+        [0.2, 0.5, 0.3],  # cat, right
+        [0.5, 0.25, 0.25],  # cat as bird
+        [0.1, 0.1, 0.8],  # dog, right
+    ]
+)
+
+
+def test_confusion_rows_of_three_classes_hold_every_actual_and_predicted_pair():
+    rows = confusion_rows(Y3, P3, ["bird", "cat", "dog"])
+    matrix = pd.crosstab(rows.actual, rows.predicted).reindex(
+        index=["bird", "cat", "dog"], columns=["bird", "cat", "dog"], fill_value=0
+    )
+    assert matrix.to_numpy().tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+
+
+def test_per_class_precision_recall_and_log_loss_of_three_classes():
+    figures = per_class_figures(Y3, P3, ["bird", "cat", "dog"])
+    assert figures["class"].tolist() == ["bird", "cat", "dog"] and figures.n.tolist() == [2, 3, 1]
+    assert figures.precision.tolist() == pytest.approx([1 / 2, 2 / 3, 1])  # bird: 1 of 2 predicted; cat: 2 of 3
+    assert figures.recall.tolist() == pytest.approx([1 / 2, 2 / 3, 1])
+    bird, cat, dog = -np.log([0.8, 0.25]).mean(), -np.log([0.8, 0.5, 0.25]).mean(), -np.log(0.8)
+    assert figures.log_loss.tolist() == pytest.approx([bird, cat, dog])
+    assert np.average(figures.log_loss, weights=figures.n) == pytest.approx(log_loss(Y3, P3))  # the overall figure
+    metrics = per_class_metrics(figures)
+    assert list(metrics) == ["bird", "cat", "dog"]
+    assert metrics["cat"] == {"n": 3, "precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3),
+                              "log_loss": pytest.approx(cat)}  # fmt: skip
+
+
+def test_per_class_figures_of_a_class_never_predicted_or_labelled_are_zero_and_null():
+    figures = per_class_figures(np.array([0, 0, 1]), np.array([0.2, 0.3, 0.4]), ["cat", "dog"])  # all cats
+    assert figures.precision.tolist() == pytest.approx([2 / 3, 0]) and figures.recall.tolist() == [1, 0]
+    none_labelled = per_class_figures(np.array([0, 1]), np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]]), list("abc"))
+    assert per_class_metrics(none_labelled)["c"] == {"n": 0, "precision": 0.0, "recall": 0.0, "log_loss": None}
 
 
 def test_three_class_roc_is_the_one_vs_rest_micro_average():

@@ -10,6 +10,7 @@ from dogscats.head import build_head, predict_proba
 from dogscats.heads import (
     ByteDropout,
     build_heads,
+    class_weights,
     fit_heads,
     head_weights,
     out_of_fold,
@@ -68,6 +69,44 @@ def test_each_heads_loss_is_the_mean_over_its_own_rows_as_when_trained_alone():
     alone.fit(x[FOLDS != 1], y[FOLDS != 1], epochs=3, batch_size=len(x), shuffle=False, verbose=0)
     for a, b in zip(head_weights(model, "fold_1"), alone.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_balanced_class_weights_are_n_over_k_times_the_class_count_and_none_is_none():
+    assert class_weights(np.array([0, 0, 0, 1, 2, 2]), 3, "none") is None
+    assert class_weights(np.array([0, 0, 0, 1, 2, 2]), 3, "balanced").tolist() == pytest.approx([2 / 3, 2, 1])
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_class_weights_weigh_each_rows_loss_as_keras_class_weight_does(n_classes):
+    x, y = _data()
+    y = y if n_classes == 2 else np.arange(len(x)) % 3
+    y[:8] = 0  # imbalanced: the weights differ from 1
+    weights = class_weights(y, n_classes, "balanced")
+    rows = training_rows(FOLDS, [1], refit=False)
+    set_seed(0)
+    model = build_heads(x.shape[1], ["fold_1"], n_classes, 0, 0.0)
+    start = head_weights(model, "fold_1")
+    sgd = keras.optimizers.SGD(0.5)  # a loss's scale shows in SGD's step
+    train_heads(model, x, y, rows, n_classes, sgd, epochs=3, batch_size=len(x), seed=0, row_weights=weights[y])
+    alone = build_head(x.shape[1], n_classes, 0, 0.0, "sgd", 0.5)
+    alone.set_weights(start)
+    train = FOLDS != 1
+    fit = {"epochs": 3, "batch_size": len(x), "shuffle": False, "verbose": 0}
+    alone.fit(x[train], y[train], class_weight=dict(enumerate(weights)), **fit)
+    for a, b in zip(head_weights(model, "fold_1"), alone.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    unweighted = build_head(x.shape[1], n_classes, 0, 0.0, "sgd", 0.5)
+    unweighted.set_weights(start)
+    unweighted.fit(x[train], y[train], **fit)
+    assert not np.allclose(head_weights(model, "fold_1")[0], unweighted.get_weights()[0], atol=1e-4)  # weights count
+
+
+def test_equal_class_weights_train_the_heads_bit_for_bit_as_none():
+    x, y = _data()
+    none, ones = _fit(x, y), _fit(x, y, weights_of_classes=np.ones(2))
+    for epoch in (1, 3):
+        np.testing.assert_array_equal(none[epoch].labelled, ones[epoch].labelled)
+        np.testing.assert_array_equal(none[epoch].test, ones[epoch].test)
 
 
 def test_the_one_pass_is_reproducible_and_depends_on_the_seed():

@@ -51,6 +51,8 @@ def test_the_repository_params_are_valid():
         ({"prepare__folds": 2.5}, "prepare.folds must be a valid integer, got 2.5"),
         ({"prepare__max_bad_fraction": -0.1}, "prepare.max_bad_fraction must be greater than or equal to 0, got -0.1"),
         ({"features__resize": "crops"}, "features.resize must be 'squash', 'crop' or 'pad', got 'crops'"),
+        ({"train__class_weight": "balance"}, "train.class_weight must be 'none' or 'balanced', got 'balance'"),
+        ({"train__class_weight": None}, "train.class_weight must be 'none' or 'balanced', got None"),  # YAML's null
         ({"features__decode": "reduce"}, "features.decode must be 'full' or 'reduced', got 'reduce'"),
         ({"features__precision": "fp16"}, "features.precision must be 'float32', 'bfloat16' or 'float16', got 'fp16'"),
         ({"features__pooling": "sum"}, "features.pooling must be 'avg', 'max' or 'flatten', got 'sum'"),

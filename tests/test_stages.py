@@ -249,6 +249,10 @@ def test_features_train_finetune_predict_evaluate_submit(prepared):
     calibration = pd.read_csv("metrics/calibration.csv")
     assert list(calibration) == ["predicted", "observed", "ideal"] and calibration.observed.between(0, 1).all()
     errors = json.loads(Path("metrics/evaluate.json").read_text())["cv_errors"]
+    per_class = json.loads(Path("metrics/evaluate.json").read_text())["per_class"]
+    assert list(per_class) == ["cat", "dog"] and sum(f["n"] for f in per_class.values()) == 19
+    mean_loss = sum(f["n"] * f["log_loss"] for f in per_class.values()) / 19
+    assert mean_loss == pytest.approx(log_loss(oof.label, oof.p_dog))  # the per-class losses make up cv_logloss
     assert Path("metrics/worst_mistakes.html").read_text().count('<img src="data:image/jpeg;base64,') == errors
 
     submit.main(*SUBMIT_ARGS)
@@ -406,7 +410,7 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
         data={"raw": str(raw)},
         prepare={"folds": 3},
         backbones=[BACKBONE],
-        train={"epochs": 2},
+        train={"epochs": 2, "class_weight": "balanced"},
         finetune={"backbone": BACKBONE, "epochs": 1, "head_epochs": 2, "batch_size": 8},
         predict={"blend": "auto", "calibrate": True, "clip": [0.005, 0.995]},
         submit={"labels": str(raw / "answers.csv")},
@@ -426,8 +430,15 @@ def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     assert {"p_bird_tta", "p_dog"} <= set(pd.read_csv("data/finetune_predictions.csv"))
     predict.main(*PREDICT_ARGS)
     evaluate.main(*EVALUATE_ARGS)
-    assert set(pd.read_csv("metrics/confusion.csv").actual) == {"bird", "cat", "dog"}
+    confusion = pd.read_csv("metrics/confusion.csv")
+    assert set(confusion.actual) == {"bird", "cat", "dog"} and set(confusion.predicted) <= {"bird", "cat", "dog"}
     assert 0 <= json.loads(Path("metrics/evaluate.json").read_text())["cv_auc"] <= 1
+    per_class = json.loads(Path("metrics/evaluate.json").read_text())["per_class"]
+    assert list(per_class) == ["bird", "cat", "dog"] and [f["n"] for f in per_class.values()] == [6, 6, 6]
+    table = pd.read_csv("metrics/per_class.csv")
+    assert list(table) == ["class", "n", "precision", "recall", "log_loss"] and table["class"].tolist() == list(
+        per_class
+    )
     submit.main(*SUBMIT_ARGS)
     submission = pd.read_csv("data/submission.csv", keep_default_na=False)
     assert list(submission) == ["id", "bird", "cat", "dog"] and submission.id.tolist() == test_ids
