@@ -342,7 +342,7 @@ def test_an_overrides_edit_reruns_prepare_and_what_follows_and_nothing_else(comm
     overrides = path / "data" / "overrides.csv"
     overrides.write_text("id,action\ncat.1,exclude\n")
     try:
-        everything = {FEATURES, "train", "finetune", "predict", "evaluate", "submit", "export"}
+        everything = {FEATURES, "train", "finetune", "predict", "evaluate", "audit", "submit", "export"}
         _repro(path, {"prepare"} | everything)
         assert json.loads((path / "metrics/prepare.json").read_text())["n_excluded"] == 1
     finally:
