@@ -16,6 +16,7 @@ planted copies, the near-duplicate threshold, and the duplicate and outlier sear
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dogscats.audit import near_pairs, outlier_scores, unit_rows  # noqa: E402
+from dogscats.dataset import classes_of, read_manifest  # noqa: E402
 from dogscats.feature_store import read_split, write_split  # noqa: E402
+from dogscats.predictions import read_prediction_table, read_probabilities  # noqa: E402
+from dogscats.scoring import log_loss  # noqa: E402
 
 BACKBONE = "efficientnet_lite2"
 FLIPS, LEAKS, CONFLICTS = 40, 10, 5
@@ -89,17 +93,18 @@ def build_leaks(data: Path, raw: Path, seed: int) -> tuple[list[tuple[str, str]]
     return leaks, conflicts
 
 
-def build_flips(data: Path, raw: Path, seed: int) -> list[str]:
-    """The flips set; the flipped photos' ids (their new names)."""
+def build_flips(data: Path, raw: Path, seed: int) -> tuple[list[str], list[str]]:
+    """The flips set; the flipped photos' ids (their new names) and their sources' ids (their names in the sample)."""
     labelled, top, _ = link_all(data, raw)
-    flipped = []
+    flipped, sources = [], []
     for k, i in enumerate(sorted(np.random.default_rng(seed).choice(len(labelled), FLIPS, replace=False))):
         source = labelled[i]
         (raw / "train" / source.name).unlink()
         target = raw / "train" / f"{other_class(source)}.{top + 1 + k}.jpg"
         target.symlink_to(source.resolve())
         flipped.append(target.stem)
-    return flipped
+        sources.append(source.stem)
+    return flipped, sources
 
 
 def project_at(path: Path, raw: Path) -> None:
@@ -166,6 +171,49 @@ def features_by_md5(source_project: Path, project: Path) -> None:
             write_split(h5, split, part.id.tolist(), labels, [u for _, u in found], [features], features.shape[1])
 
 
+def oof_log_loss(project: Path, ids: set[str]) -> tuple[float, int]:
+    """The final out-of-fold log loss (clipped, as predict writes it) over the given labelled ids, and their count."""
+    classes = classes_of(read_manifest(project / "data" / "split.csv").label)
+    oof = read_prediction_table(project / "data" / "oof_predictions.csv")
+    oof = oof[oof.id.isin(ids)]
+    return log_loss(oof.label.to_numpy(), read_probabilities(oof, classes)), len(oof)
+
+
+def overrides_runs(
+    data: Path,
+    work: Path,
+    leaks_project: Path,
+    flips_project: Path,
+    flipped: list[str],
+    sources: list[str],
+    found: list[str],
+) -> None:
+    """Acceptance 4: the clean sample, the flipped one and the flipped one with the found flips excluded by
+    data/overrides.csv, each scored out of fold over the photos never flipped (the same ids in all three)."""
+    clean_project, fixed_project = work / "clean", work / "overridden"
+    link_all(data, work / "raw-clean")
+    project_at(clean_project, work / "raw-clean")
+    project_at(fixed_project, work / "raw-flips")
+    excluded = [i for i in found if i in set(flipped)]
+    (fixed_project / "data").mkdir()
+    pd.DataFrame({"id": excluded, "action": "exclude"}).to_csv(fixed_project / "data" / "overrides.csv", index=False)
+    print(f"overrides: {len(excluded)} found flips excluded by {fixed_project / 'data' / 'overrides.csv'}", flush=True)
+    for project in (clean_project, fixed_project):
+        run_stage(project, "prepare")
+        features_by_md5(leaks_project, project)
+        for name in ("train", "finetune", "predict"):
+            run_stage(project, name)
+    labelled = read_manifest(clean_project / "data" / "split.csv").query("split == 'train'").id
+    never = set(labelled) - set(sources)
+    for name, project in (("clean", clean_project), ("flipped", flips_project), ("overridden", fixed_project)):
+        loss, n = oof_log_loss(project, never)
+        own = json.loads((project / "metrics" / "predict.json").read_text())["cv_logloss"]
+        print(
+            f"  {name}: out-of-fold log loss {loss:.5f} over the {n} photos never flipped (cv_logloss {own:.5f} over"
+            f" its own {len(read_prediction_table(project / 'data' / 'oof_predictions.csv'))} labelled photos)"
+        )
+
+
 def pair_flagged(audit: pd.DataFrame, pair: tuple[str, str], kind: str) -> bool:
     """Whether the audit has a row of that kind for the two photos (either order)."""
     rows = audit[audit.kind == kind]
@@ -228,12 +276,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/dogscats-audit"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-scale", action="store_true", help="leave out the 25,000-photo timing")
+    parser.add_argument("--skip-overrides", action="store_true", help="leave out the clean and overridden runs")
     parser.add_argument("--audit-only", action="store_true", help="rerun only the audit of an earlier run's projects")
     args = parser.parse_args()
     data, work = args.data.resolve(), args.work.absolute()
     print(f"machine: {cpu()}", flush=True)
     leaks, conflicts = build_leaks(data, work / "raw-leaks", args.seed)
-    flipped = build_flips(data, work / "raw-flips", args.seed)
+    flipped, sources = build_flips(data, work / "raw-flips", args.seed)
 
     leaks_project, flips_project = work / "leaks", work / "flips"
     if not args.audit_only:
@@ -269,6 +318,8 @@ def main() -> None:
           f"{[i for i in ranked[:60] if i not in set(flipped)]}")  # fmt: skip
     print(f"flips project's findings: {audit.kind.value_counts().to_dict()}")
     print(f"outliers: {outlier_summary(flips_project)}")
+    if not args.skip_overrides:
+        overrides_runs(data, work, leaks_project, flips_project, flipped, sources, ranked[:60])
     if not args.skip_scale:
         scale_timing()
 

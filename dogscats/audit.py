@@ -205,17 +205,35 @@ def _caption(row) -> str:
     return html.escape(text)
 
 
-def audit_html(table: pd.DataFrame, raw: str, show: int, title: str) -> str:
+def cam_rows(table: pd.DataFrame, show: int, classes: list[str]) -> tuple[list[int], list[int]]:
+    """The table's rows whose photos the page shows with a class activation map, and the class each map explains:
+    the first `show` label issues, each for its suggested class (where the photo looks like it). A map answers "why
+    this class?", a label issue's question; an outlier's or a duplicate's photo speaks for itself."""
+    issues = table[table.kind == "label"].head(show)
+    return issues.index.tolist(), [classes.index(c) for c in issues.suggested]
+
+
+CAM_NOTE = (
+    "<p>Beside each label issue's photo: its class activation map for the suggested class, over the photo as the"
+    " network saw it (red: where the photo looks most like that class; blue: least).</p>"
+)
+
+
+def audit_html(table: pd.DataFrame, root: Path | str, show: int, title: str, overlays: dict | None = None) -> str:
     """The findings page: per kind, its count and its first `show` rows as thumbnails (both photos of a pair; their
-    files lie under raw, data.raw's folder)."""
+    files lie under root, the manifest's image root), beside a photo its class activation map where overlays (data:
+    URIs by the table's index: cam_rows) has one."""
+    overlays = overlays or {}
     sections = []
     for kind in KINDS:
         rows = table[table.kind == kind]
         cards = []
-        for row in rows.head(show).itertuples():
-            images = thumbnail_html(str(Path(raw) / row.file), row.id)
+        for index, row in zip(rows.index[:show], rows.head(show).itertuples(), strict=True):
+            images = thumbnail_html(str(Path(root) / row.file), row.id)
+            if overlays.get(index):
+                images += f'<img class="cam" src="{overlays[index]}" alt="{html.escape(row.id)}: CAM">'
             if row.other_id:
-                images += thumbnail_html(str(Path(raw) / row.other_file), row.other_id)
+                images += thumbnail_html(str(Path(root) / row.other_file), row.other_id)
             cards.append(f'<figure class="{kind}">{images}<figcaption>{_caption(row)}</figcaption></figure>')
         shown = f"the first {min(show, len(rows))} of {len(rows)}" if len(rows) > show else f"{len(rows)}"
         sections.append(f"<h2>{kind}: {shown}</h2>{''.join(cards)}")
@@ -225,5 +243,6 @@ def audit_html(table: pd.DataFrame, raw: str, show: int, title: str) -> str:
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>\n"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{CAM_NOTE if overlays else ''}"
+        f"{''.join(sections)}</body></html>\n"
     )

@@ -11,6 +11,7 @@ grid and they are summed. Needs numpy, Pillow and ONNX Runtime only (dogscats cl
 import base64
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,9 +118,12 @@ def class_map(logits: np.ndarray, target: int) -> np.ndarray:
     return logits[..., target]
 
 
-def explain(classifier: Classifier, paths: list[Path | str], targets: list[int] | None = None) -> list[Explanation]:
+def explain(
+    classifier: Classifier, paths: list[Path | str], targets: list[int | None] | None = None
+) -> list[Explanation]:
     """The class activation maps of image files (readable ones: PIL's error otherwise) for the given classes, or
-    for the class the head finds most probable (the spatial mean of the maps; a tie goes to the second class)."""
+    where a target is None (or targets is), for the class the head finds most probable (the spatial mean of the
+    maps; a tie goes to the second class)."""
     if classifier.folder is None:
         raise ModelError("a classifier loaded from a folder is needed: its cam.json holds the head's weights")
     head = load_cam_head(classifier.folder)
@@ -131,9 +135,9 @@ def explain(classifier: Classifier, paths: list[Path | str], targets: list[int] 
         return []
     batches = [np.stack(side) for side in zip(*images, strict=True)]
     logits = logit_maps(feature_maps(classifier, batches, names), head)
-    if targets is None:
-        means = logits.mean(axis=(1, 2))
-        targets = [int(z[0] >= 0) if len(z) == 1 else int(np.argmax(z)) for z in means]
+    means = logits.mean(axis=(1, 2))
+    predicted = [int(z[0] >= 0) if len(z) == 1 else int(np.argmax(z)) for z in means]
+    targets = [p if t is None else t for t, p in zip(targets or [None] * len(images), predicted, strict=True)]
     side = next(iter(head.view_sizes.values()))
     return [
         Explanation(_centre(found[0], side).astype(np.uint8), class_map(z, target), target)
@@ -167,7 +171,7 @@ def overlay(photo: Image.Image | np.ndarray, cam: np.ndarray) -> Image.Image:
 
 
 def overlay_data_uris(
-    classifier: Classifier, paths: list[Path | str], targets: list[int] | None = None, side: int = 160
+    classifier: Classifier, paths: list[Path | str], targets: list[int | None] | None = None, side: int = 160
 ) -> list[str]:
     """For HTML pages: each photo's overlay (explain, then overlay) as a JPEG data: URI at most side pixels wide;
     "" for a photo that cannot be read."""
@@ -181,6 +185,18 @@ def overlay_data_uris(
         image.save(buffer, format="JPEG", quality=85)
         uris[i] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
     return uris
+
+
+def page_overlays(classifier_dir: str, paths: list[str], targets: list[int | None], page: str) -> list[str] | None:
+    """The overlays of a stage's HTML page (overlay_data_uris of the exported classifier in classifier_dir); None,
+    saying why on stderr in a line that names the page, when there is no classifier or it has no maps."""
+    if not classifier_dir or not paths:
+        return None
+    try:
+        return overlay_data_uris(Classifier.load(classifier_dir), paths, targets)
+    except ModelError as err:
+        print(f"{page}: no class activation maps: {err}", file=sys.stderr)
+        return None
 
 
 def overlay_data_uri(classifier: Classifier, path: Path | str, target: int | None = None, side: int = 160) -> str:

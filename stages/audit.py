@@ -1,7 +1,8 @@
 """Stage audit: the data's problems before they cost you. Likely wrong labels (confident learning on the final
 out-of-fold probabilities), exact and near duplicates (leaks across folds or into the test photos, conflicting
 labels) and outliers (far from every photo in the backbones' feature space), in data/audit.csv (one row per
-finding), an HTML page of thumbnails and the counts per kind."""
+finding), an HTML page of thumbnails (a label issue's beside its class activation map for the suggested class, from
+the exported classifier: dogscats.explain) and the counts per kind."""
 
 import sys
 import time
@@ -12,6 +13,7 @@ from dogscats.atomic import atomic_path, write_csv, write_json
 from dogscats.audit import (
     audit_features,
     audit_html,
+    cam_rows,
     counts,
     duplicates,
     findings_table,
@@ -19,15 +21,23 @@ from dogscats.audit import (
     outlier_scores,
     outliers,
 )
-from dogscats.dataset import classes_of, read_manifest
+from dogscats.dataset import classes_of, image_root, read_manifest
+from dogscats.explain import page_overlays
 from dogscats.params import load_params
 from dogscats.predictions import read_prediction_table, read_probabilities
 
 
 def main(
-    manifest_path: str, oof_predictions_path: str, features_dir: str, audit_path: str, html_path: str, metrics_path: str
+    manifest_path: str,
+    oof_predictions_path: str,
+    features_dir: str,
+    audit_path: str,
+    html_path: str,
+    metrics_path: str,
+    classifier_dir: str = "",
 ) -> None:
-    """Find the label issues, duplicates and outliers; write the table, the page and the counts."""
+    """Find the label issues, duplicates and outliers; write the table, the page (with class activation maps from
+    the exported classifier in classifier_dir, when given and it has them) and the counts."""
     params = load_params()
     cfg, raw = params["audit"], params["data"]["raw"]  # data.raw locates the thumbnails' images; not tracked
     manifest = read_manifest(manifest_path)
@@ -56,8 +66,12 @@ def main(
     title = f"Audit of {len(oof)} labelled and {int((manifest.split == 'test').sum())} test photos: " + ", ".join(
         f"{n} {kind}" for kind, n in found.items()
     )
+    shown, targets = cam_rows(table, cfg["show"], classes)
+    files = [str(image_root(raw) / table.file[i]) for i in shown]
+    overlays = page_overlays(classifier_dir, files, targets, f"audit: {html_path}")
+    by_row = dict(zip(shown, overlays, strict=True)) if overlays else None
     with atomic_path(html_path, suffix=".html") as tmp:
-        tmp.write_text(audit_html(table, raw, cfg["show"], title))
+        tmp.write_text(audit_html(table, image_root(raw), cfg["show"], title, by_row))
     write_json(metrics_path, found)
     print(f"audit: {found} (duplicate search {seconds:.1f} s over {len(kept)} photos); the page is {html_path}")
 

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 
 from dogscats.atomic import atomic_path, write_csv, write_json
-from dogscats.classifier import Classifier, ModelError
 from dogscats.dataset import classes_of, image_paths, read_manifest
 from dogscats.evaluation import (
     auc,
@@ -21,22 +20,10 @@ from dogscats.evaluation import (
     worst_mistakes,
     worst_mistakes_html,
 )
-from dogscats.explain import overlay_data_uris
+from dogscats.explain import page_overlays
 from dogscats.params import load_params
 from dogscats.predictions import read_prediction_table, read_probabilities
 from dogscats.scoring import as_matrix, predicted_class
-
-
-def mistake_overlays(classifier_dir: str, files: list[str], predicted: list[int]) -> list[str] | None:
-    """The photos' class activation maps for their predicted classes as data: URIs; None, saying why on stderr, when
-    there is no classifier or it has no maps."""
-    if not classifier_dir or not files:
-        return None
-    try:
-        return overlay_data_uris(Classifier.load(classifier_dir), files, predicted)
-    except ModelError as err:
-        print(f"evaluate: no class activation maps on the worst-mistakes page: {err}", file=sys.stderr)
-        return None
 
 
 def main(
@@ -70,9 +57,8 @@ def main(
     worst = worst_mistakes(oof.id, files, y, p, classes, cfg["worst_mistakes"])
     title = f"The {len(worst)} worst of {errors} mistakes among {len(oof)} labelled images (out of fold)"
     with atomic_path(html_path, suffix=".html") as tmp:
-        overlays = mistake_overlays(
-            classifier_dir, worst.file.tolist(), predicted_class(as_matrix(p)[worst.index]).tolist()
-        )
+        predicted = predicted_class(as_matrix(p)[worst.index]).tolist()
+        overlays = page_overlays(classifier_dir, worst.file.tolist(), predicted, f"evaluate: {html_path}")
         page = worst_mistakes_html(
             worst, title if errors else f"No mistakes among {len(oof)} labelled images", overlays
         )

@@ -12,6 +12,7 @@ import pytest
 from dogscats.audit import (
     KINDS,
     audit_html,
+    cam_rows,
     counts,
     duplicate_kind,
     duplicates,
@@ -203,11 +204,16 @@ def test_the_page_shows_at_most_show_findings_of_each_kind_and_survives_an_unrea
     page = audit_html(table, str(tmp_path), show=1, title="audit")
     assert page.count('<img src="data:image/jpeg;base64,') == 2  # one label issue of two, one side of the leak
     assert "label: the first 1 of 2" in page and "c: unreadable" in page and "same bytes" in page
+    cams = {0: "data:image/jpeg;base64,CAM0", 1: "data:image/jpeg;base64,CAM1"}  # row 1 is not shown
+    mapped = audit_html(table, str(tmp_path), show=1, title="audit", overlays=cams)
+    assert mapped.count('<img class="cam" src="data:image/jpeg;base64,CAM') == 1 and "CAM0" in mapped
+    assert "suggested class" in mapped and "suggested class" not in page
 
 
-def test_the_audit_stage_writes_the_table_the_page_and_the_counts(kaggle_raw, in_project):
-    (kaggle_raw / "test" / "7.jpg").write_bytes((kaggle_raw / "train" / "cat.2.jpg").read_bytes())  # a leak
-    in_project(data={"raw": str(kaggle_raw)}, audit={"show": 3})
+def _audit_inputs(raw: Path | str, in_project) -> None:
+    """A prepared project of raw (audit.show 3): random features, and out-of-fold probabilities that find each photo
+    of its class but dog.5, which looks like a cat."""
+    in_project(data={"raw": str(raw)}, audit={"show": 3})
     prepare.main(*PREPARE_ARGS)
     manifest = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
     rng = np.random.default_rng(0)
@@ -226,6 +232,10 @@ def test_the_audit_stage_writes_the_table_the_page_and_the_counts(kaggle_raw, in
     oof = pd.DataFrame({"id": labelled.id, "label": y, "fold": labelled.fold, "p_cat": 1 - p_dog, "p_dog": p_dog})
     oof.assign(p_cat_head=oof.p_cat, p_dog_head=oof.p_dog).to_csv("data/oof_predictions.csv", index=False)
 
+
+def test_the_audit_stage_writes_the_table_the_page_and_the_counts(kaggle_raw, in_project):
+    (kaggle_raw / "test" / "7.jpg").write_bytes((kaggle_raw / "train" / "cat.2.jpg").read_bytes())  # a leak
+    _audit_inputs(kaggle_raw, in_project)
     audit.main(*AUDIT_ARGS)
     table = pd.read_csv("data/audit.csv", dtype=str, keep_default_na=False)
     assert list(table.columns[:4]) == ["id", "kind", "score", "other_id"]
@@ -235,7 +245,39 @@ def test_the_audit_stage_writes_the_table_the_page_and_the_counts(kaggle_raw, in
     assert leak.other_id.tolist() == ["7"] and leak.exact.tolist() == ["True"]  # the same bytes
     found = json.loads(Path("metrics/audit.json").read_text())
     assert found == {kind: int((table.kind == kind).sum()) for kind in KINDS} and found["leak"] >= 1
-    assert Path("metrics/audit.html").read_text().count('<img src="data:image/jpeg;base64,') > 0
+    page = Path("metrics/audit.html").read_text()
+    assert page.count('<img src="data:image/jpeg;base64,') > 0 and 'class="cam"' not in page  # no classifier given
     first = Path("data/audit.csv").read_bytes(), Path("metrics/audit.html").read_bytes()
     audit.main(*AUDIT_ARGS)
     assert (Path("data/audit.csv").read_bytes(), Path("metrics/audit.html").read_bytes()) == first  # deterministic
+
+
+def test_a_tables_audit_page_finds_its_photos_and_maps_each_label_issue(kaggle_raw, in_project, capsys):
+    from .test_explain import export_tiny
+
+    sources = sorted(p.relative_to(kaggle_raw.parent) for p in kaggle_raw.rglob("*.jpg"))
+    labels = ["" if p.parent.name == "test" else p.name.split(".")[0] for p in sources]
+    table_path = kaggle_raw.parent / "photos.csv"
+    pd.DataFrame({"path": [str(p) for p in sources], "label": labels, "id": [p.stem for p in sources]}).to_csv(
+        table_path, index=False
+    )
+    _audit_inputs(table_path, in_project)
+    export_tiny(Path("models/classifier"), ["cat", "dog"])
+    audit.main(*AUDIT_ARGS, "models/classifier")
+    table = pd.read_csv("data/audit.csv", dtype=str, keep_default_na=False)
+    shown = min(3, int((table.kind == "label").sum()))
+    page = Path("metrics/audit.html").read_text()
+    assert "unreadable" not in page and "no thumbnail" not in capsys.readouterr().err  # under the table's folder
+    assert shown >= 1 and page.count('<img class="cam" src="data:image/jpeg;base64,') == shown
+    assert "class activation map for the suggested class" in page
+    audit.main(*AUDIT_ARGS, "models/missing")  # no classifier: the page without maps, and a line saying why
+    assert 'class="cam"' not in Path("metrics/audit.html").read_text()
+    assert "audit: metrics/audit.html: no class activation maps" in capsys.readouterr().err
+
+
+def test_the_maps_are_the_shown_label_issues_for_their_suggested_class(tmp_path):
+    table = pd.DataFrame(
+        {"kind": ["label", "label", "label", "leak", "outlier"], "suggested": ["dog", "bird", "cat", "", ""]}
+    ).set_index(pd.Index([0, 1, 2, 3, 4]))
+    assert cam_rows(table, 2, ["bird", "cat", "dog"]) == ([0, 1], [2, 0])
+    assert cam_rows(table[table.kind != "label"], 2, ["bird", "cat", "dog"]) == ([], [])

@@ -19,7 +19,7 @@ from dogscats.cli import main as cli
 from dogscats.determinism import set_seed
 from dogscats.engine import to_onnx as engine_to_onnx
 from dogscats.evaluation import worst_mistakes_html
-from dogscats.explain import CAM_FILE, explain, overlay, overlay_data_uris
+from dogscats.explain import CAM_FILE, explain, overlay, overlay_data_uris, page_overlays
 from dogscats.export import OUTPUTS, cam_settings, canonical_onnx, classifier_graph, to_onnx
 from dogscats.head import build_head
 
@@ -80,6 +80,8 @@ def test_the_cams_spatial_mean_is_the_heads_logit(tiny):
     assert np.ptp(z) > 0.2 and maps[0].cam.shape == (4, 4) and np.ptp(maps[0].cam) > 0  # photos differ; a map varies
     by_head = explain(model, photos)  # the head's own class: that of its logit's sign
     assert [e.target for e in by_head] == [int(v >= 0) for v in z]
+    mixed = explain(model, photos, [None, 1 - by_head[1].target, None, 0])  # None: the head's own class
+    assert [e.target for e in mixed] == [by_head[0].target, 1 - by_head[1].target, by_head[2].target, 0]
 
 
 def test_a_softmax_heads_maps_differ_by_the_log_ratios_of_its_probabilities(tmp_path, tiny):
@@ -154,16 +156,14 @@ def test_cam_settings_are_empty_for_a_hidden_layer_or_max_pooling():
 
 
 def test_the_worst_mistakes_page_shows_each_mistakes_cam_beside_its_photo(tiny, tmp_path, capsys):
-    from stages.evaluate import mistake_overlays
-
     folder, _, photos = tiny
     rows = pd.DataFrame(
         {"id": ["p0", "p2"], "file": [str(photos[0]), str(photos[2])], "truth": ["cat", "dog"], "p_truth": [0.1, 0.2]}
     ).assign(loss=[2.3, 1.6])
-    overlays = mistake_overlays(str(folder), rows.file.tolist(), [1, 0])
+    overlays = page_overlays(str(folder), rows.file.tolist(), [1, 0], "evaluate")
     page = worst_mistakes_html(rows, "worst", overlays)
     assert page.count('<img class="cam" src="data:image/jpeg;base64,') == 2 and "class activation map" in page
     assert page.count('<img src="data:image/jpeg;base64,') == 2  # the photos, as before
-    assert mistake_overlays(str(tmp_path / "none"), rows.file.tolist(), [1, 0]) is None
+    assert page_overlays(str(tmp_path / "none"), rows.file.tolist(), [1, 0], "evaluate") is None
     assert "no class activation maps" in capsys.readouterr().err
     assert 'class="cam"' not in worst_mistakes_html(rows, "worst")
