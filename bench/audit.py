@@ -8,11 +8,15 @@ planted copies, the near-duplicate threshold, and the duplicate and outlier sear
      and resized by 10%), and 5 labelled photos copied into train/ under the other class (conflicting labels);
    - flips: every photo, 40 labelled photos (seeded) under the other class's name (with new numbers).
 2. Runs the pipeline's stages (`python -m stages.X`, this checkout's code, default params) on a scratch project of
-   each: prepare, features, train, finetune, predict, audit. The features stage runs once, on the leaks set: the
-   flips project's feature file is assembled from it by md5 (the same bytes give the same features).
+   each: prepare, features, train, finetune, predict (and export for the flips, whose page shows the label issues'
+   class activation maps), audit. The features stage runs once, on the leaks set: the other projects' feature files
+   are assembled from it by md5 (the same bytes give the same features).
 3. Prints: the cosine similarity of the re-encoded copies to their originals and the highest similarities between
    the sample's distinct photos (to choose audit.near_duplicate); whether every planted leak and conflict was
    flagged; the recall of the flipped labels among the top 40, 60 and 100 label issues; the times.
+4. Overrides: a clean project (the sample as it is) and an overridden one (the flips set, with the flipped photos
+   found among the top 60 label issues excluded by its data/overrides.csv) run prepare to predict; prints the
+   out-of-fold log loss over the photos never flipped in the clean, flipped and overridden projects.
 """
 
 import argparse
@@ -304,7 +308,7 @@ def main() -> None:
         project_at(flips_project, work / "raw-flips")
         run_stage(flips_project, "prepare")
         features_by_md5(leaks_project, flips_project)
-        for name in ("train", "finetune", "predict"):
+        for name in ("train", "finetune", "predict", "export"):  # the export: the page's class activation maps
             run_stage(flips_project, name)
     refresh_audit_params(flips_project)
     run_stage(flips_project, "audit")
