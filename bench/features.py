@@ -3,7 +3,9 @@
     python bench/features.py --backbone efficientnet_lite0 --data ../shared/data/catsdogs
 
 A: images/s of the features stage's code path with its engine (features.engine, auto: ONNX Runtime on CPU), end to
-   end from JPEG files on disk (decoding and HDF5 writes included);
+   end from JPEG files on disk (decoding and HDF5 writes included), at the stage's input size (features.input_size);
+Aq: the same path in int8 (features.precision int8: the engine's model quantized, dogscats.quantize), and Bq its bare
+   model; with the int8 features' deviation from float32 (relative L2 per image: median, max) over every photo;
 Atf: the same path with features.engine=tensorflow (decoding through tf.data);
 B: images/s of the engine's bare model on real photos already decoded in memory (the compute bound);
 C: images/s of the classic approach: each batch loaded image by image with PIL, then Keras model.predict, no overlap;
@@ -13,9 +15,9 @@ W x T: images/s of the same path (features.engine onnxruntime) for each layout o
    with the CPU's model and flags;
 then the peak resident memory of A at two dataset sizes (generated small JPEGs), the speed and largest feature
 deviation of each reduced precision against float32 (TensorFlow; measured even where the hardware only emulates it),
-and last `A/B=.. A/C=.. A/Atf=..`. A, Atf, B and C run in one process, in interleaved rounds, each round on the next
-third of the photos (C on the first third only); the medians count. Each memory measurement runs in a fresh process,
-so its peak memory is its own.
+and last `A/B=.. A/C=.. A/Atf=.. Aq/A=.. Bq/B=..`. A, Atf, Aq, B, Bq and C run in one process, in interleaved
+rounds, each round on the next third of the photos (C on the first third only); the medians count. Each memory
+measurement runs in a fresh process, so its peak memory is its own.
 """
 
 import argparse
@@ -53,8 +55,11 @@ def cpu_description() -> str:
         info = ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
-    return f"CPU {model}, {usable_cores()} cores usable, flags: {' '.join(f for f in wanted if f in flags) or 'none'}"
+    from dogscats.quantize import CPU_FLAGS
+
+    wanted = (*CPU_FLAGS, "amx_tile")
+    found = " ".join(f for f in wanted if f in flags) or "none"
+    return f"CPU {model}, {usable_cores()} cores usable, flags: {found} (int8 dot products: vnni, amx_int8)"
 
 
 def layouts(cores: int) -> list[tuple[int, int]]:
@@ -129,32 +134,34 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
 
     backbone = get_backbone(backbone_name)
     strategy = choose_strategy()
-    model = build_extractor(backbone.name, "imagenet", params["precision"], strategy)
-    size, batch_size, dim = backbone.input_size, params["batch_size"], int(model.output.shape[-1])
-    engine = choose_engine(params["engine"], gpu_visible(), params["precision"])
+    size, batch_size = params["input_size"][backbone.name], params["batch_size"]
+    model = build_extractor(backbone.name, "imagenet", "float32", strategy, params["pooling"], size)
+    dim = int(model.output.shape[-1])
+    engine = choose_engine(params["engine"], gpu_visible(), "float32")
     probe = backbone.preprocess(probe_images(size).astype(np.float32))
     extractor = engine_model(model, probe) if engine == "onnxruntime" else None
+    quantized = int8_extractor(extractor, backbone.name, size, params, files) if "q" in modes else None
     print(f"engine: {engine}", file=sys.stderr)
     first = image_dataset(files[:batch_size], [True] * batch_size, size, params["resize"], params["decode"], batch_size)
     in_memory = next(iter(first)).numpy()  # real photos, decoded once
     next(feature_batches(model, backbone, tf.data.Dataset.from_tensors(in_memory), strategy))  # trace once
 
-    def batches_of(images: list[np.ndarray]):  # in-memory batches through the engine's model
-        if extractor is not None:
-            return engine_feature_batches(extractor, backbone.preprocess, images, params["tta"])
+    def batches_of(images: list[np.ndarray], run_in=extractor):  # in-memory batches through the engine's model
+        if run_in is not None:
+            return engine_feature_batches(run_in, backbone.preprocess, images, params["tta"])
         dataset = tf.data.Dataset.from_tensor_slices(np.stack(images))
         return feature_batches(model, backbone, dataset, strategy, params["tta"])
 
-    def stage_path(engine_name: str, paths: list[str] = files) -> int:  # A, Atf: the features stage, HDF5 included
-        run_in = extractor if engine_name == "onnxruntime" else None
+    def stage_path(engine_name: str, paths: list[str] = files) -> int:  # A, Atf, Aq: the stage, HDF5 included
+        run_in = {"onnxruntime": extractor, "int8": quantized}.get(engine_name)
         batches = split_features(paths, [True] * len(paths), backbone, model, run_in, strategy, params)
         with tempfile.TemporaryDirectory() as tmp, h5py.File(Path(tmp) / "f.h5", "w") as h5:
             write_split(h5, "all", paths, np.zeros(len(paths)), [True] * len(paths), batches, dim)
         return len(paths)
 
-    def bare_model(paths: list[str]) -> int:  # B: a batch of real photos in memory, as many times, in the engine
-        repeats = max(1, len(paths) // batch_size)
-        return sum(len(f) for f in batches_of([in_memory] * repeats))
+    def bare_model(paths: list[str], run_in=extractor) -> int:  # B, Bq: a batch of real photos in memory, as many
+        repeats = max(1, len(paths) // batch_size)  # times, in the engine
+        return sum(len(f) for f in batches_of([in_memory] * repeats, run_in))
 
     def classic(paths: list[str]) -> int:  # C: load a batch one image at a time with PIL, then predict; no overlap
         count = 0
@@ -173,8 +180,10 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
         "t": lambda paths: stage_path("tensorflow", paths),
         "b": bare_model,
         "c": classic,
+        "q": lambda paths: stage_path("int8", paths),
+        "r": lambda paths: bare_model(paths, quantized),
     }
-    for engine_name in {engine, "tensorflow"}:  # warm up: the first batches of a session allocate its buffers
+    for engine_name in {engine, "tensorflow", *(["int8"] if quantized else [])}:  # warm up: a session's first batches
         stage_path(engine_name, files[: 2 * batch_size])
     for path in files:  # read once, so that every mode finds the files in the page cache
         Path(path).read_bytes()
@@ -186,7 +195,33 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
             start = time.perf_counter()
             count = runs[mode](chunk.tolist())
             speeds[mode].append(count / (time.perf_counter() - start))
-    return {"images_per_second": speeds, "peak_rss_mb": peak_rss_mb()}
+    result = {"images_per_second": speeds, "peak_rss_mb": peak_rss_mb()}
+    if quantized is not None:  # the int8 features against float32's, every photo
+        from dogscats.quantize import deviation
+
+        both = [np.concatenate(list(split_features(files, [True] * len(files), backbone, model, run_in, strategy,
+                                                   params))) for run_in in (extractor, quantized)]  # fmt: skip
+        result["int8_deviation"] = deviation(*both)
+    return result
+
+
+def int8_extractor(extractor, backbone_name: str, size: int, params: dict, files: list[str]):
+    """The engine's model in int8, calibrated as the stage calibrates it: on the labelled photos among the files
+    (cat.N.jpg, dog.N.jpg), seeded and stratified."""
+    import pandas as pd
+
+    from dogscats.dataset import file_md5
+    from dogscats.extract import extraction_of
+    from dogscats.quantize import calibration_sample, int8_model
+
+    labelled = [f for f in files if Path(f).name.split(".")[0] in ("cat", "dog")]
+    manifest = pd.DataFrame({"id": [Path(f).stem for f in labelled], "file": labelled, "split": "train"})
+    manifest = manifest.assign(label=manifest.id.str.split(".").str[0], problem="")
+    sample = calibration_sample(manifest)
+    sample = sample.assign(md5=[file_md5(f) for f in sample.file])
+    extraction = extraction_of(extractor, backbone_name, size, params, 0)
+    quantized, _ = int8_model(extractor, extraction, size, sample.md5.tolist(), sample.file.tolist())
+    return quantized
 
 
 def compare_precisions(backbone_name: str, files: list[str], params: dict, precisions: list[str]) -> list[str]:
@@ -310,7 +345,7 @@ def main() -> None:
         print_layouts(measured["images_per_second"], measured["cpu_ms_per_image"])
         if args.layouts_only:
             return
-        result = run_child("atbc", args, files_list, args.rounds)
+        result = run_child("atbcqr", args, files_list, args.rounds)
         speeds = result["images_per_second"]
         median = {mode: float(np.median(values)) for mode, values in speeds.items()}
         labels = {
@@ -318,10 +353,15 @@ def main() -> None:
             "t": "Atf features stage path, tensorflow",
             "b": "B engine's bare model, in memory",
             "c": "C classic, no overlap",
+            "q": "Aq features stage path, int8",
+            "r": "Bq engine's bare model in int8, in memory",
         }
-        for mode in "atbc":
+        for mode in "atbcqr":
             rounds = ", ".join(f"{v:.2f}" for v in speeds[mode])
             print(f"{labels[mode]}: {median[mode]:.2f} images/s (median of rounds: {rounds})", flush=True)
+        found = result["int8_deviation"]
+        print(f"int8 features against float32's (relative L2 per image): median {found['median']:.4f}, max "
+              f"{found['max']:.4f}")  # fmt: skip
         memory = run_child("a", args, files_list)
         print(f"peak memory of A: {memory['peak_rss_mb']:.0f} MiB")
         sizes = [int(s) for s in args.memory_sizes.split(",") if s]
@@ -342,7 +382,8 @@ def main() -> None:
             for line in run_child("p", args, subset):
                 print(line, flush=True)
     a = median["a"]
-    print(f"A/B={a / median['b']:.2f} A/C={a / median['c']:.2f} A/Atf={a / median['t']:.2f}")
+    print(f"A/B={a / median['b']:.2f} A/C={a / median['c']:.2f} A/Atf={a / median['t']:.2f} "
+          f"Aq/A={median['q'] / a:.2f} Bq/B={median['r'] / median['b']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ class Settings(Section):
     clip_high: Fraction
     head_epoch: Epoch
     epoch: Epoch
+    precision: Literal["float32", "int8"] = "float32"  # the backbones' (int8: the features stages' own networks)
 
     @field_validator("classes")
     @classmethod

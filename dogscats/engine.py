@@ -19,7 +19,7 @@ import numpy as np
 
 from dogscats.atomic import atomic_path
 from dogscats.backbones import weights_cache_dir
-from dogscats.params import ENGINES  # its one list, where checking params needs no TensorFlow
+from dogscats.params import ENGINES, ONNXRUNTIME_PRECISIONS  # the lists, where checking params needs no TensorFlow
 from dogscats.workers import EngineModel, batch_features  # the session runs without TensorFlow, in workers too
 
 OPSET = 17
@@ -28,13 +28,16 @@ CHECK_TOLERANCE = 1e-4  # largest deviation from Keras allowed, relative to the 
 
 
 def choose_engine(engine: str, gpu_visible: bool, precision: str) -> str:
-    """The engine a run uses: auto is ONNX Runtime on CPU in float32, TensorFlow on a GPU or in reduced precision."""
+    """The engine a run uses: auto is ONNX Runtime in int8 (a CPU run, GPU or not) and on CPU in float32, TensorFlow
+    on a GPU or in bfloat16 or float16."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "auto":
-        return "tensorflow" if gpu_visible or precision != "float32" else "onnxruntime"
-    if engine == "onnxruntime" and precision != "float32":
-        raise ValueError(f"features.engine onnxruntime runs float32 only, not {precision}; use tensorflow")
+        return "onnxruntime" if precision == "int8" or (precision == "float32" and not gpu_visible) else "tensorflow"
+    if engine == "onnxruntime" and precision not in ONNXRUNTIME_PRECISIONS:
+        raise ValueError(f"features.engine onnxruntime runs float32 or int8, not {precision}; use tensorflow")
+    if engine == "tensorflow" and precision == "int8":
+        raise ValueError("features.precision int8 runs on the onnxruntime engine, not tensorflow; use auto")
     return engine
 
 

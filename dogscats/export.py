@@ -15,13 +15,17 @@ import numpy as np
 from dogscats.backbones import get_backbone, load_feature_extractor
 from dogscats.classifier import INPUT_PREFIX, OUTPUTS
 from dogscats.determinism import set_seed
+from dogscats.engine import engine_model, probe_images
 from dogscats.engine import to_onnx as engine_to_onnx
 from dogscats.explain import FEATURE_MAP_PREFIX
-from dogscats.feature_store import preprocessing_of
+from dogscats.feature_store import int8_model_of, preprocessing_of
 from dogscats.finetune import Finetuned
 from dogscats.images import crop_side, view_slices
+from dogscats.preprocessing import BACKBONE_PREPROCESSING, PREPROCESSING
+from dogscats.quantize import with_int8_backbone
+from dogscats.workers import EngineModel, batch_features
 
-SHARED = ("resize", "decode", "tta", "crops", "weights", "pooling")  # one policy for every backbone's features
+SHARED = ("resize", "decode", "tta", "crops", "weights", "pooling", "precision")  # one policy for every backbone
 
 
 @keras.saving.register_keras_serializable(package="dogscats")
@@ -160,10 +164,10 @@ def check_preprocessing(files: list[Path], backbones: list[str]) -> tuple[dict[s
     for path, name, found in zip(files, backbones, recorded, strict=True):
         if found["backbone"] != name:
             raise ValueError(f"{path} holds {found['backbone']} features, not {name}'s; rerun its features stage")
-        if found["precision"] != "float32":  # the exported graph runs in float32: it would not give these features
+        if found["precision"] not in ("float32", "int8"):  # the graph runs float32, or the features' int8 networks
             raise ValueError(
-                f"{path}: features made in {found['precision']}; the exported classifier runs float32 and cannot"
-                " reproduce them: export from features.precision: float32"
+                f"{path}: features made in {found['precision']}; the exported classifier runs float32 or int8 and"
+                " cannot reproduce them: export from features.precision: float32 or int8"
             )
     for path, found in zip(files[1:], recorded[1:], strict=True):
         differ = [
@@ -187,10 +191,15 @@ def check_finetuned(description: dict, preprocessing: dict, sizes: dict[str, int
         raise ValueError(f"{finetuned_dir}: fine-tuned on features made with {', '.join(differ)}; rerun finetune")
 
 
-def to_onnx(model: keras.Model) -> bytes:
+def to_onnx(model: keras.Model, int8: dict[str, tuple[bytes, bytes]] | None = None) -> bytes:
     """The graph as ONNX bytes, its inputs named as the model's, its outputs p_head and p_finetuned, with a free batch
-    dimension, byte-reproducible; and each backbone's last feature map as an extra output (with_feature_maps)."""
-    return with_feature_maps(canonical_onnx(engine_to_onnx(model), OUTPUTS))
+    dimension, byte-reproducible; each backbone named in int8 (its float engine model's bytes, and its int8 network's
+    from its feature file) run by its int8 network (quantize.with_int8_backbone); and each backbone's last feature
+    map as an extra output (with_feature_maps)."""
+    graph = canonical_onnx(engine_to_onnx(model), OUTPUTS)
+    for name, (float_bytes, int8_bytes) in (int8 or {}).items():
+        graph = with_int8_backbone(graph, float_bytes, int8_bytes, f"int8_{name}/")
+    return with_feature_maps(graph)
 
 
 def with_feature_maps(onnx_bytes: bytes) -> bytes:
@@ -381,6 +390,42 @@ def probe_inputs(sizes: dict[str, int], seed: int = 0) -> list[np.ndarray]:
     """Two noise images per backbone, float32 in [0, 255], to check a conversion on."""
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (2, size, size, 3)).astype(np.float32) for size in sizes.values()]
+
+
+def int8_networks(files: list[Path], sizes: dict[str, int], preprocessing: dict) -> dict[str, tuple[bytes, bytes]]:
+    """Per backbone, for features made in int8: its float engine model's bytes (converted from Keras as the features
+    stage converts it, from the engine's cache) and its int8 network's, from its feature file; {} for float32."""
+    if preprocessing["precision"] != "int8":
+        return {}
+    found = {}
+    for path, (name, size) in zip(files, sizes.items(), strict=True):
+        set_seed(0)  # as the features stage: with features.weights null, the same random weights
+        model = load_feature_extractor(name, preprocessing["weights"], preprocessing["pooling"], size)
+        probe = get_backbone(name).preprocess(probe_images(size).astype(np.float32))
+        found[name] = (engine_model(model, probe).path.read_bytes(), int8_model_of(path))
+    return found
+
+
+def check_int8(
+    head: keras.Model, int8: dict[str, tuple[bytes, bytes]], onnx_path: Path, inputs: list[np.ndarray],
+    preprocessing: dict, tolerance: float = 1e-5,
+) -> float:  # fmt: skip
+    """The largest difference between the classifier's p_head and the head on the features the int8 networks give
+    the inputs as the features stage computes them (views averaged, mirrors with tta); stops above tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    features = []
+    for (name, (_, int8_bytes)), images in zip(int8.items(), inputs, strict=True):
+        preprocess = PREPROCESSING[BACKBONE_PREPROCESSING[name]]
+        engine = EngineModel(int8_bytes, name)
+        features.append(batch_features(engine, preprocess, images, preprocessing["tta"], preprocessing["crops"]))
+    expected = keras.ops.convert_to_numpy(head(np.concatenate(features, axis=1), training=False))
+    got = session.run([OUTPUTS[0]], {INPUT_PREFIX + name: x for name, x in zip(int8, inputs, strict=True)})[0]
+    diff = float(np.abs(expected - got).max())
+    if diff > tolerance:
+        raise RuntimeError(f"{onnx_path}: p_head differs from the head on the int8 networks' features by {diff:.2e}")
+    return diff
 
 
 def check_onnx(model: keras.Model, onnx_path: Path, inputs: list[np.ndarray], tolerance: float = 1e-5) -> float:

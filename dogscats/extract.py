@@ -3,6 +3,7 @@ waits for input; features come out batch by batch, in file order, never all in m
 tf.data; the CPU engine through low-priority decoder threads that fill the cores' idle moments (see image_batches)."""
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +16,7 @@ from dogscats.engine import EngineModel, engine_feature_batches
 from dogscats.images import crop_side, view_slices
 from dogscats.params import PRECISIONS  # its one list, where checking params needs no TensorFlow
 from dogscats.preprocessing import BACKBONE_PREPROCESSING, PREPROCESSING
+from dogscats.quantize import INT8_FLAGS, cpu_flags
 from dogscats.workers import Extraction, extract_photos, image_batches, load_or_blank, open_session, ordered_map
 
 
@@ -66,6 +68,12 @@ def check_precision(precision: str) -> None:
         )
     if precision == "bfloat16" and not has_gpu and not cpu_has_bf16():
         raise ValueError("features.precision bfloat16: this CPU has no AMX or AVX512-BF16; use float32")
+    if precision == "int8" and not cpu_flags(INT8_FLAGS):
+        print(
+            "warning: features.precision int8: this CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI,"
+            " AMX), so int8 may be slower than float32 here (bench/features.py --precisions measures it)",
+            file=sys.stderr,
+        )
 
 
 def cpu_has_bf16() -> bool:
@@ -80,9 +88,10 @@ def cpu_has_bf16() -> bool:
 
 @contextmanager
 def dtype_policy(precision: str) -> Iterator[None]:
-    """Build models under a Keras dtype policy (mixed precision for bfloat16 and float16), restored afterwards."""
+    """Build models under a Keras dtype policy (mixed precision for bfloat16 and float16; int8 is quantized from the
+    float32 model: dogscats.quantize), restored afterwards."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32" if precision == "float32" else f"mixed_{precision}")
+    keras.config.set_dtype_policy(f"mixed_{precision}" if precision in ("bfloat16", "float16") else "float32")
     try:
         yield
     finally:

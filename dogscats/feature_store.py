@@ -93,3 +93,20 @@ def shared_classes(paths: list[Path]) -> list[str]:
         if classes_of_file(path) != classes:
             raise ValueError(f"{path}: classes {classes_of_file(path)}, but {paths[0]} has {classes}; rerun features")
     return classes
+
+
+INT8_MODEL = "int8_model"  # the int8 network that made the features (features.precision int8): its ONNX bytes
+
+
+def write_int8_model(h5: h5py.File, onnx_bytes: bytes) -> None:
+    """Keep the int8 network in the feature file, so that the export builds the classifier from the very network that
+    made the features (dogscats.quantize.with_int8_backbone)."""
+    h5.create_dataset(INT8_MODEL, data=np.frombuffer(onnx_bytes, np.uint8))
+
+
+def int8_model_of(path: Path | str) -> bytes:
+    """The int8 network's ONNX bytes from a feature file made in int8; ValueError naming the file otherwise."""
+    with h5py.File(path, "r") as h5:
+        if INT8_MODEL not in h5:
+            raise ValueError(f"{path}: no int8 network in it (made with precision {h5.attrs.get('precision')!r})")
+        return h5[INT8_MODEL][:].tobytes()

@@ -1,7 +1,8 @@
 """data/overrides.csv: the user's corrections of the labelled photos, applied by prepare and versioned with the code.
 
 Columns id,action: action `exclude` leaves a labelled photo out, `relabel:<class>` gives it another of the classes. The
-ids are the manifest's (data/split.csv; the audit's data/audit.csv uses the same). A missing file means no overrides."""
+ids are the manifest's (data/split.csv; the audit's data/audit.csv uses the same). A missing or empty file means no
+overrides."""
 
 from pathlib import Path
 
@@ -12,7 +13,7 @@ COLUMNS = ["id", "action"]
 
 def read_overrides(path: Path | str) -> pd.DataFrame:
     """The overrides table (id, action, and `line`, each row's line in the file); empty if the file is missing."""
-    if not Path(path).is_file():
+    if not Path(path).is_file() or not Path(path).read_text().strip():  # missing or empty: none
         return pd.DataFrame({"id": [], "action": [], "line": []})
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(table.columns[:2]) != COLUMNS:

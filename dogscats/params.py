@@ -20,7 +20,8 @@ AUTO = "auto"
 # modules import them from here (the image policies' live in dogscats.images, which needs no TensorFlow either).
 ENGINES = ("auto", "tensorflow", "onnxruntime")  # features.engine: dogscats.engine
 EXECUTORS = ("local", "ray")  # features.executor: stages.features, dogscats.ray_executor
-PRECISIONS = ("float32", "bfloat16", "float16")  # features.precision: dogscats.extract
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")  # features.precision: dogscats.extract, dogscats.quantize
+ONNXRUNTIME_PRECISIONS = ("float32", "int8")  # what the onnxruntime engine runs (int8: dogscats.quantize)
 POOLINGS = ("avg", "max", "flatten")  # features.pooling: dogscats.backbones
 WEIGHTS = ("imagenet", None)  # features.weights (None: random, for tests): dogscats.backbones
 CLASS_WEIGHTS = ("none", "balanced")  # train.class_weight: dogscats.heads.class_weights
@@ -232,8 +233,11 @@ def _check_backbones(params: dict) -> list[str]:
         problems.append(f"finetune.backbone: unknown backbone {tuned!r}; known: {known}")
     elif tuned not in backbones:
         problems.append(f"finetune.backbone {tuned!r} must be one of backbones ({', '.join(backbones)})")
-    if params["features"]["engine"] == "onnxruntime" and params["features"]["precision"] != "float32":
-        problems.append(f"features.engine onnxruntime runs float32 only, not {params['features']['precision']}")
+    precision = params["features"]["precision"]
+    if params["features"]["engine"] == "onnxruntime" and precision not in ONNXRUNTIME_PRECISIONS:
+        problems.append(f"features.engine onnxruntime runs float32 or int8, not {precision}")
+    if params["features"]["engine"] == "tensorflow" and precision == "int8":
+        problems.append("features.precision int8 runs on the onnxruntime engine, not tensorflow; set engine: auto")
     problems += _executor_problems(params["features"])
     sizes = params["features"]["input_size"]
     problems += [
@@ -249,14 +253,14 @@ def _check_backbones(params: dict) -> list[str]:
 
 
 def _executor_problems(features: dict) -> list[str]:
-    """The Ray executor runs the ONNX Runtime engine, which runs float32 only."""
+    """The Ray executor runs the ONNX Runtime engine, which runs float32 and int8."""
     if features["executor"] != "ray":
         return []
     problems = []
     if features["engine"] == "tensorflow":
         problems.append("features.executor ray runs the onnxruntime engine, not tensorflow; set features.engine: auto")
-    if features["precision"] != "float32":
-        problems.append(f"features.executor ray runs float32 only (ONNX Runtime), not {features['precision']}")
+    if features["precision"] not in ONNXRUNTIME_PRECISIONS:
+        problems.append(f"features.executor ray runs float32 or int8 (ONNX Runtime), not {features['precision']}")
     return problems
 
 

@@ -19,9 +19,11 @@ from dogscats.explain import CAM_FILE
 from dogscats.export import (
     cam_settings,
     check_finetuned,
+    check_int8,
     check_onnx,
     check_preprocessing,
     classifier_graph,
+    int8_networks,
     probe_inputs,
     to_onnx,
 )
@@ -76,18 +78,23 @@ def main(features_dir: str, heads_dir: str, finetuned_dir: str, predict_metrics:
         "resize": preprocessing["resize"],
         "decode": preprocessing["decode"],
         **{key: choices[key] for key in ("blend", "temperature", "clip_low", "clip_high", "head_epoch", "epoch")},
+        "precision": preprocessing["precision"],
     }
     with atomic_dir(Path(out)) as tmp:
-        (tmp / ONNX_MODEL).write_bytes(to_onnx(graph))
-        difference = check_onnx(graph, tmp / ONNX_MODEL, probe_inputs(sides))
+        int8 = int8_networks(files, sizes, preprocessing)  # the features stages' own int8 networks, if any
+        (tmp / ONNX_MODEL).write_bytes(to_onnx(graph, int8))
+        if int8:  # the Keras graph is float32: the check is against the int8 networks' features and the head
+            difference = check_int8(head, int8, tmp / ONNX_MODEL, probe_inputs(sides), preprocessing)
+        else:
+            difference = check_onnx(graph, tmp / ONNX_MODEL, probe_inputs(sides))
         save_keras_model(graph, tmp / KERAS_MODEL)
         write_json(tmp / SETTINGS, settings)
         cam = cam_settings(head, sizes, preprocessing)
         if cam:  # the head's weights over the feature maps: dogscats classify --explain, the worst-mistakes page
             write_json(tmp / CAM_FILE, cam)
-    print(
-        f"export: {out} ({', '.join(f'{n} at {s}' for n, s in sizes.items())}; ONNX within {difference:.1e} of Keras)"
-    )
+    within = "the int8 networks' head" if preprocessing["precision"] == "int8" else "Keras"
+    where = ", ".join(f"{n} at {s}" for n, s in sizes.items())
+    print(f"export: {out} ({where}; ONNX within {difference:.1e} of {within})")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Stage features@<backbone>: stream every image through an ImageNet CNN and store its GAP features in HDF5."""
 
+import json
 import sys
 import time
 from contextlib import nullcontext
@@ -13,8 +14,9 @@ from dogscats.dataset import classes_of, image_paths, label_index, read_manifest
 from dogscats.determinism import set_seed
 from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
 from dogscats.extract import build_extractor, choose_strategy, extraction_of, split_features
-from dogscats.feature_store import SPLITS, write_preprocessing, write_split
+from dogscats.feature_store import SPLITS, write_int8_model, write_preprocessing, write_split
 from dogscats.params import load_params
+from dogscats.quantize import METHOD, calibration_sample, int8_model
 from dogscats.ray_executor import import_ray, ray_cluster, ray_split_features
 from dogscats.workers import usable_cores, worker_layout
 
@@ -38,6 +40,13 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     probe = backbone.preprocess(probe_images(size).astype("float32"))
     workers = worker_layout(params["workers"])  # W processes of T threads (one in this process: W 1)
     extractor = engine_model(model, probe, threads=workers[1]) if engine == "onnxruntime" else None
+    calibration, quantized = None, {}
+    if params["precision"] == "int8":  # from the float32 model, checked against Keras above
+        calibration = calibration_sample(manifest)
+        files = image_paths(calibration, raw)
+        extraction = extraction_of(extractor, backbone.name, size, params, workers[1])
+        extractor, deviation = int8_model(extractor, extraction, size, calibration.md5.tolist(), files)
+        quantized = {"int8_deviation": deviation, "int8_calibration": len(calibration)}
     start = time.perf_counter()
     with (
         ray_cluster() if on_ray else nullcontext(),  # one Ray for both splits
@@ -46,6 +55,10 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     ):
         h5.attrs["classes"] = classes
         write_preprocessing(h5, backbone.name, size, params)
+        if calibration is not None:  # which photos set the int8 ranges, and how
+            h5.attrs["int8_calibration"] = calibration.id.tolist()
+            h5.attrs["int8_method"] = json.dumps(METHOD, sort_keys=True)
+            write_int8_model(h5, extractor.path.read_bytes())
         h5.attrs["engine"] = engine  # auto depends on the machine: which engine made these features
         progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
         splits = [manifest[manifest.split == split] for split in SPLITS]
@@ -66,7 +79,8 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     speed = len(manifest) / seconds
     layout = f", {workers[0]}x{workers[1] or 'default'} workers" if extractor is not None else ""
     layout = f", on Ray, actors of {extraction.threads} thread(s)" if on_ray else layout
-    write_json(metrics_path, {"images": len(manifest), "usable": int((manifest.problem == "").sum()), "dim": dim})
+    usable = int((manifest.problem == "").sum())
+    write_json(metrics_path, {"images": len(manifest), "usable": usable, "dim": dim, **quantized})
     print(
         f"features@{backbone.name}: {len(manifest)} images in {seconds:.1f} s, {speed:.1f} images/s ({engine}{layout})"
     )

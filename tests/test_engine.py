@@ -35,15 +35,19 @@ PARITY = 2e-5  # the largest feature deviation from TensorFlow allowed
         ("auto", False, "bfloat16", "tensorflow"),
         ("tensorflow", False, "float32", "tensorflow"),
         ("onnxruntime", True, "float32", "onnxruntime"),
+        ("auto", False, "int8", "onnxruntime"),
+        ("auto", True, "int8", "onnxruntime"),  # int8 runs on the CPU, a GPU or not
     ],
 )
-def test_auto_runs_the_engine_on_cpu_in_float32_and_tensorflow_on_a_gpu(engine, gpu, precision, chosen):
+def test_auto_runs_the_engine_on_cpu_in_float32_and_int8_and_tensorflow_on_a_gpu(engine, gpu, precision, chosen):
     assert choose_engine(engine, gpu, precision) == chosen
 
 
 def test_the_engine_refuses_what_it_cannot_run():
-    with pytest.raises(ValueError, match="runs float32 only, not float16"):
+    with pytest.raises(ValueError, match="runs float32 or int8, not float16"):
         choose_engine("onnxruntime", True, "float16")
+    with pytest.raises(ValueError, match="int8 runs on the onnxruntime engine, not tensorflow"):
+        choose_engine("tensorflow", False, "int8")
     with pytest.raises(ValueError, match="unknown engine 'openvino'"):
         choose_engine("openvino", False, "float32")
 

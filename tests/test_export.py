@@ -160,14 +160,18 @@ def test_the_export_reads_the_preprocessing_from_the_feature_files_and_refuses_f
         "crops": 1,
         "weights": "imagenet",
         "pooling": "avg",
+        "precision": "float32",
     }
+    int8 = _feature_file(tmp_path / "e.h5", "efficientnet_lite0", precision="int8")
+    with pytest.raises(ValueError, match=r"e.h5: features made with precision 'int8' \(not 'float32'\)"):
+        check_preprocessing([lite2, int8], ["efficientnet_lite2", "efficientnet_lite0"])
     other = _feature_file(tmp_path / "c.h5", "efficientnet_lite0", crops=5, weights=None)
     with pytest.raises(ValueError, match=r"c.h5: features made with crops 5 \(not 1\), weights None"):
         check_preprocessing([lite2, other], ["efficientnet_lite2", "efficientnet_lite0"])
     with pytest.raises(ValueError, match="a.h5 holds efficientnet_lite2 features, not efficientnet_lite0's"):
         check_preprocessing([lite2], ["efficientnet_lite0"])
     half = _feature_file(tmp_path / "d.h5", "efficientnet_lite0", precision="bfloat16")
-    with pytest.raises(ValueError, match="d.h5: features made in bfloat16; the exported classifier runs float32"):
+    with pytest.raises(ValueError, match="d.h5: features made in bfloat16; the exported classifier runs float32 or"):
         check_preprocessing([lite2, half], ["efficientnet_lite2", "efficientnet_lite0"])
 
 

@@ -125,6 +125,15 @@ def test_precision_is_checked():
                 check_precision("bfloat16")
 
 
+def test_int8_runs_everywhere_and_warns_where_the_cpu_has_no_int8_dot_products(monkeypatch, capsys):
+    monkeypatch.setattr("dogscats.extract.cpu_flags", lambda names: ["avx512_vnni"])
+    check_precision("int8")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr("dogscats.extract.cpu_flags", lambda names: [])
+    check_precision("int8")
+    assert "int8 may be slower than float32 here" in capsys.readouterr().err
+
+
 MIRRORED = textwrap.dedent(
     """
     import sys

@@ -36,8 +36,10 @@ def test_exclude_drops_and_relabel_changes_a_labelled_photo(tmp_path):
     assert counts == {"n_excluded": 1, "n_relabelled": 1}
 
 
-def test_a_missing_or_header_only_file_changes_nothing(tmp_path):
-    for overrides in (read_overrides(tmp_path / "absent.csv"), _overrides(tmp_path, "")[0]):
+def test_a_missing_empty_or_header_only_file_changes_nothing(tmp_path):
+    (tmp_path / "empty.csv").write_text("\n")
+    empty = read_overrides(tmp_path / "empty.csv")
+    for overrides in (read_overrides(tmp_path / "absent.csv"), empty, _overrides(tmp_path, "")[0]):
         images, counts = apply_overrides(IMAGES, overrides, "overrides.csv")
         assert images.equals(IMAGES) and counts == {"n_excluded": 0, "n_relabelled": 0}
 

@@ -54,7 +54,10 @@ def test_the_repository_params_are_valid():
         ({"train__class_weight": "balance"}, "train.class_weight must be 'none' or 'balanced', got 'balance'"),
         ({"train__class_weight": None}, "train.class_weight must be 'none' or 'balanced', got None"),  # YAML's null
         ({"features__decode": "reduce"}, "features.decode must be 'full' or 'reduced', got 'reduce'"),
-        ({"features__precision": "fp16"}, "features.precision must be 'float32', 'bfloat16' or 'float16', got 'fp16'"),
+        (
+            {"features__precision": "fp16"},
+            "features.precision must be 'float32', 'bfloat16', 'float16' or 'int8', got 'fp16'",
+        ),
         ({"features__pooling": "sum"}, "features.pooling must be 'avg', 'max' or 'flatten', got 'sum'"),
         (
             {"features__engine": "openvino"},
@@ -62,7 +65,11 @@ def test_the_repository_params_are_valid():
         ),
         (
             {"features__engine": "onnxruntime", "features__precision": "bfloat16"},
-            "features.engine onnxruntime runs float32 only, not bfloat16",
+            "features.engine onnxruntime runs float32 or int8, not bfloat16",
+        ),
+        (
+            {"features__engine": "tensorflow", "features__precision": "int8"},
+            "features.precision int8 runs on the onnxruntime engine, not tensorflow",
         ),
         ({"features__executor": "spark"}, "features.executor must be 'local' or 'ray', got 'spark'"),
         (
@@ -71,7 +78,7 @@ def test_the_repository_params_are_valid():
         ),
         (
             {"features__executor": "ray", "features__precision": "bfloat16"},
-            "features.executor ray runs float32 only (ONNX Runtime), not bfloat16",
+            "features.executor ray runs float32 or int8 (ONNX Runtime), not bfloat16",
         ),
         ({"features__weights": "imagenet21k"}, "features.weights must be 'imagenet' or null, got 'imagenet21k'"),
         ({"train__learning_rate": float("inf")}, "train.learning_rate must be a finite number, got inf"),
