@@ -266,7 +266,6 @@ def print_layouts(speeds: dict[str, list[float]], cpu: dict[str, list[float]]) -
     choice marked, and how it compares with the best and with the stage before workers (1x0)."""
     from dogscats.workers import auto_layout, usable_cores
 
-    print(cpu_description(), flush=True)
     w, t = auto_layout(usable_cores())
     auto = f"{w}x{t}"
     median = {layout: float(np.median(values)) for layout, values in speeds.items()}
@@ -312,6 +311,7 @@ def main() -> None:
     parser.add_argument("--precision-images", type=int, default=96, help="images for the precision comparison")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, each on a share of the photos")
     parser.add_argument("--layouts-only", action="store_true", help="measure the W x T layouts alone")
+    parser.add_argument("--no-layouts", action="store_true", help="leave out the W x T layouts")
     parser.add_argument("--layout-rounds", type=int, default=2, help="rounds of the layouts, every photo in each")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tta", choices=["True", "False"], help=argparse.SUPPRESS)
@@ -339,10 +339,12 @@ def main() -> None:
         parser.error("--data is required")
     files = image_files(args.data)[: args.limit or None]
     print(f"{args.backbone}: {len(files)} images from {args.data}, params {params}", flush=True)
+    print(cpu_description(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         files_list = write_list(Path(tmp) / "files.txt", files)
-        measured = run_child("w", args, files_list, args.layout_rounds)
-        print_layouts(measured["images_per_second"], measured["cpu_ms_per_image"])
+        if not args.no_layouts:
+            measured = run_child("w", args, files_list, args.layout_rounds)
+            print_layouts(measured["images_per_second"], measured["cpu_ms_per_image"])
         if args.layouts_only:
             return
         result = run_child("atbcqr", args, files_list, args.rounds)
