@@ -20,8 +20,8 @@ AUTO = "auto"
 # modules import them from here (the image policies' live in dogscats.images, which needs no TensorFlow either).
 ENGINES = ("auto", "tensorflow", "onnxruntime")  # features.engine: dogscats.engine
 EXECUTORS = ("local", "ray")  # features.executor: stages.features, dogscats.ray_executor
-PRECISIONS = ("float32", "bfloat16", "float16", "int8")  # features.precision: dogscats.extract, dogscats.quantize
-ONNXRUNTIME_PRECISIONS = ("float32", "int8")  # what the onnxruntime engine runs (int8: dogscats.quantize)
+PRECISIONS = ("float32", "bfloat16", "float16", "int8", "auto")  # features.precision: extract.py, quantize.py
+ONNXRUNTIME_PRECISIONS = ("float32", "int8", "auto")  # what the onnxruntime engine runs (int8: dogscats.quantize)
 POOLINGS = ("avg", "max", "flatten")  # features.pooling: dogscats.backbones
 WEIGHTS = ("imagenet", None)  # features.weights (None: random, for tests): dogscats.backbones
 CLASS_WEIGHTS = ("none", "balanced")  # train.class_weight: dogscats.heads.class_weights

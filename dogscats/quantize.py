@@ -33,6 +33,15 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo's names of
 CPU_FLAGS = (*INT8_FLAGS, "avx512_bf16", "amx_bf16", "avx512f", "avx2")  # what the benches print
 
 
+def resolved_precision(setting: str, engine: str, gpu: bool, flags: list[str]) -> str:
+    """features.precision as a run uses it: auto is int8 where the CPU runs the networks (the engine not tensorflow,
+    no GPU) and has int8 dot-product instructions (flags: cpu_flags(INT8_FLAGS)), where int8 measured faster
+    (docs/engine.md), and float32 elsewhere; any other setting as it is."""
+    if setting != "auto":
+        return setting
+    return "int8" if engine != "tensorflow" and not gpu and flags else "float32"
+
+
 def cpu_flags(names: tuple[str, ...] = CPU_FLAGS) -> list[str]:
     """Which of the named instruction sets the CPU has (/proc/cpuinfo; none found where it cannot be read)."""
     try:

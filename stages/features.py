@@ -16,7 +16,7 @@ from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_imag
 from dogscats.extract import build_extractor, choose_strategy, extraction_of, split_features
 from dogscats.feature_store import SPLITS, write_int8_model, write_preprocessing, write_split
 from dogscats.params import load_params
-from dogscats.quantize import METHOD, calibration_sample, int8_model
+from dogscats.quantize import INT8_FLAGS, METHOD, calibration_sample, cpu_flags, int8_model, resolved_precision
 from dogscats.ray_executor import import_ray, ray_cluster, ray_split_features
 from dogscats.workers import usable_cores, worker_layout
 
@@ -25,6 +25,9 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     """Extract one backbone's features for the labelled (train) and test images, in manifest order."""
     all_params = load_params()
     params, raw = all_params["features"], all_params["data"]["raw"]  # data.raw locates the images; not tracked
+    gpu = gpu_visible()
+    precision = resolved_precision(params["precision"], params["engine"], gpu, cpu_flags(INT8_FLAGS))
+    params = {**params, "precision": precision}  # auto resolved: the feature file records what ran
     on_ray = params["executor"] == "ray"
     if on_ray:
         import_ray()  # without Ray, the pip command now, not after building the model
@@ -36,7 +39,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     size = params["input_size"][backbone.name]
     model = build_extractor(backbone.name, params["weights"], params["precision"], strategy, params["pooling"], size)
     dim = int(model.output.shape[-1])
-    engine = "onnxruntime" if on_ray else choose_engine(params["engine"], gpu_visible(), params["precision"])
+    engine = "onnxruntime" if on_ray else choose_engine(params["engine"], gpu, params["precision"])
     probe = backbone.preprocess(probe_images(size).astype("float32"))
     workers = worker_layout(params["workers"])  # W processes of T threads (one in this process: W 1)
     extractor = engine_model(model, probe, threads=workers[1]) if engine == "onnxruntime" else None

@@ -56,7 +56,7 @@ def test_the_repository_params_are_valid():
         ({"features__decode": "reduce"}, "features.decode must be 'full' or 'reduced', got 'reduce'"),
         (
             {"features__precision": "fp16"},
-            "features.precision must be 'float32', 'bfloat16', 'float16' or 'int8', got 'fp16'",
+            "features.precision must be 'float32', 'bfloat16', 'float16', 'int8' or 'auto', got 'fp16'",
         ),
         ({"features__pooling": "sum"}, "features.pooling must be 'avg', 'max' or 'flatten', got 'sum'"),
         (

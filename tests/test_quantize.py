@@ -20,6 +20,7 @@ from dogscats.quantize import (
     backbone_match,
     calibration_sample,
     pooling_and_after,
+    resolved_precision,
 )
 
 from .conftest import default_params, make_kaggle_layout
@@ -44,6 +45,16 @@ def test_the_calibration_sample_is_seeded_stratified_usable_and_in_id_order():
     assert sample.id.tolist() == calibration_sample(manifest, count=30, seed=0).id.tolist()  # seeded
     assert sample.id.tolist() != calibration_sample(manifest, count=30, seed=1).id.tolist()
     assert len(calibration_sample(_manifest(cats=3, dogs=2), count=64)) == 4  # all the usable ones when fewer
+
+
+def test_auto_precision_is_int8_only_where_the_cpu_runs_the_networks_with_int8_dot_products():
+    assert resolved_precision("auto", "auto", False, ["avx512_vnni"]) == "int8"
+    assert resolved_precision("auto", "onnxruntime", False, ["amx_int8"]) == "int8"
+    assert resolved_precision("auto", "auto", False, []) == "float32"  # no VNNI or AMX: int8 not measured faster
+    assert resolved_precision("auto", "auto", True, ["avx512_vnni"]) == "float32"  # a GPU runs them
+    assert resolved_precision("auto", "tensorflow", False, ["avx512_vnni"]) == "float32"
+    assert resolved_precision("int8", "auto", False, []) == "int8"  # as set
+    assert resolved_precision("bfloat16", "tensorflow", False, ["avx512_vnni"]) == "bfloat16"
 
 
 def _graph(nodes: list, weights: list, name: str = "g") -> onnx.ModelProto:
