@@ -126,6 +126,7 @@ def test_the_int8_classifier_gives_the_pipelines_own_int8_predictions(int8_proje
     from stages import features
 
     monkeypatch.chdir(int8_project)
+    monkeypatch.setenv("DOGSCATS_CACHE", str(int8_project / "cache"))  # the float conversion the int8 one came from
     features_file = Path(f"data/features/{BACKBONE}.h5")
     with h5py.File(features_file) as h5:
         assert h5.attrs["precision"] == "int8" and json.loads(h5.attrs["int8_method"]) == METHOD
