@@ -395,6 +395,7 @@ def _finetune(backbone: str = BACKBONE) -> None:
     finetune.main(*finetune_args(backbone))
 
 
+@pytest.mark.slow  # 16 s: every stage with a softmax head (the fast suite keeps the two-class run)
 def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     raw = tmp_path / "raw3"
     colours = {"bird": (40, 200, 60), "cat": (200, 60, 40), "dog": (40, 60, 200)}
