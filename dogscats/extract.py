@@ -71,7 +71,8 @@ def check_precision(precision: str) -> None:
     if precision == "int8" and not cpu_flags(INT8_FLAGS):
         print(
             "warning: features.precision int8: this CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI,"
-            " AMX), so int8 may be slower than float32 here (bench/features.py --precisions measures it)",
+            " AMX): int8 may be slower than float32 here, and its 16-bit sums can saturate (bench/features.py's Aq"
+            " against A measures the speed)",
             file=sys.stderr,
         )
 

@@ -13,9 +13,11 @@ ONNX Runtime (with onnx), not TensorFlow."""
 
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,7 @@ CALIBRATION_SEED = 0
 CALIBRATION_BATCH = 16  # views per calibration batch
 METHOD = {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8 per tensor", "ranges": "MinMax"}
 POOLING_OPS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Flatten")  # features start here
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the network's layers: the tail starts after the last
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo's names of int8 dot-product instructions
 CPU_FLAGS = (*INT8_FLAGS, "avx512_bf16", "amx_bf16", "avx512f", "avx2")  # what the benches print
 
@@ -76,25 +79,37 @@ def calibration_views(extraction: Extraction, paths: list[str], size: int) -> np
     return np.concatenate([x[:, rows, columns] for rows, columns in view_slices(size, e.crops, e.tta)])
 
 
-def quantization_key(float_path: Path, md5s: list[str]) -> str:
-    """What makes the int8 model: the float model's bytes, the calibration photos' md5s in order, the method, this
-    module's code and ONNX Runtime's version."""
+def quantization_key(float_path: Path, md5s: list[str], views: np.ndarray) -> str:
+    """What makes the int8 model: the float model's bytes, the calibration photos' md5s in order and their views as
+    the network sees them (resize, decode, crops, mirrors), the method, this module's code and ONNX Runtime's
+    version."""
     import onnxruntime
 
     digest = hashlib.sha256(hashlib.sha256(float_path.read_bytes()).digest())
+    digest.update(hashlib.sha256(np.ascontiguousarray(views).tobytes()).digest())
     digest.update(json.dumps({"md5s": md5s, "method": METHOD, "ort": onnxruntime.__version__}).encode())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def pooling_and_after(model) -> list[str]:
-    """The names of the graph's first pooling node (POOLING_OPS) and every node computed from it: left in float32."""
+def pooling_and_after(model: Any) -> list[str]:  # an onnx.ModelProto (onnx imported where it runs)
+    """The names of the pooling that makes the features and every node computed from it: left float32. The pooling is
+    the earliest POOLING_OPS node of the graph's tail (what follows its last convolution or matrix product), so a
+    squeeze-and-excitation block's pooling inside the network is not it."""
     consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    first = next((node for node in model.graph.node if node.op_type in POOLING_OPS), None)
-    found, stack = [], [first] if first is not None else []
+    index = {name: i for i, node in enumerate(model.graph.node) for name in node.output}
+    tail, walk = set(), [model.graph.output[0].name]
+    while walk:
+        i = index.get(walk.pop())
+        if i is None or i in tail or model.graph.node[i].op_type in COMPUTE_OPS:
+            continue
+        tail.add(i)
+        walk += list(model.graph.node[i].input)
+    pooling = [i for i in sorted(tail) if model.graph.node[i].op_type in POOLING_OPS][:1]
+    found, stack = [], [model.graph.node[i] for i in pooling]
     while stack:
         node = stack.pop()
         if node.name in found:
@@ -145,16 +160,22 @@ def int8_model(
 ) -> tuple[EngineModel, dict]:
     """The float model quantized to int8 with the calibration photos (their md5s and paths), from the cache beside
     the float model's file, or made, written atomically and cached; with the float model's threads. And its
-    features' deviation from the float model's on the calibration photos (relative L2 per photo: median, max)."""
+    features' deviation from the float model's on the calibration photos' views (relative L2 per view: median, max)."""
+    if not paths:
+        raise ValueError("features.precision int8 needs labelled photos to calibrate on, and none is usable")
     float_path = Path(float_model.path)
-    cached = float_path.with_name(f"{float_path.stem}-int8-{quantization_key(float_path, md5s)}.onnx")
     views = calibration_views(extraction, paths, size)
-    if not cached.exists():
+    cached = float_path.with_name(f"{float_path.stem}-int8-{quantization_key(float_path, md5s, views)}.onnx")
+    if cached.exists():
+        os.utime(cached)  # last used now: kept by engine.remove_unused
+    else:
         with atomic_path(cached, suffix=".onnx") as tmp:
             quantize(float_path, views, tmp)
     threads = float_model.session.get_session_options().intra_op_num_threads
     quantized = EngineModel(cached.read_bytes(), float_model.name, threads, cached)
-    return quantized, deviation(float_model(views), quantized(views))
+    chunks = [views[i : i + CALIBRATION_BATCH] for i in range(0, len(views), CALIBRATION_BATCH)]  # bounded memory
+    reference, found = (np.concatenate([run(chunk) for chunk in chunks]) for run in (float_model, quantized))
+    return quantized, deviation(reference, found)
 
 
 def deviation(reference: np.ndarray, found: np.ndarray) -> dict:
@@ -175,7 +196,7 @@ def backbone_match(classifier, engine) -> tuple[str, str, list[int]]:
     c_weights = {t.name: t for t in classifier.graph.initializer}
     e_weights = {t.name: t for t in engine.graph.initializer}
     e_input, e_output = engine.graph.input[0].name, engine.graph.output[0].name
-    last = e_producer[e_output]
+    last, matches = e_producer[e_output], []
     for candidate in (i for i, node in enumerate(classifier.graph.node) if node.op_type == last.op_type):
         matched: dict[str, int] = {}
         entry, stack, ok = None, [(e_output, classifier.graph.node[candidate].output[0])], True
@@ -197,14 +218,20 @@ def backbone_match(classifier, engine) -> tuple[str, str, list[int]]:
                     and c_node.op_type == e_node.op_type
                     and len(c_node.input) == len(e_node.input)
                     and list(c_node.output).index(c_value) == list(e_node.output).index(e_value)
+                    and list(c_node.attribute) == list(e_node.attribute)
                     and matched.get(e_node.name, c_index) == c_index
                 )
                 if ok and e_node.name not in matched:
                     matched[e_node.name] = c_index
                     stack += zip(e_node.input, c_node.input, strict=True)
         if ok and entry is not None and len(matched) == len(engine.graph.node):
-            return entry, classifier.graph.node[candidate].output[0], sorted(matched.values())
-    raise ValueError(f"the classifier holds no copy of the engine's network {engine.graph.name!r} (its features)")
+            matches.append((entry, classifier.graph.node[candidate].output[0], sorted(matched.values())))
+    if len(matches) != 1:
+        raise ValueError(
+            f"the classifier holds {len(matches) or 'no'} copies of the engine's network {engine.graph.name!r} (its "
+            "features), not one"
+        )
+    return matches[0]
 
 
 def with_int8_backbone(classifier_bytes: bytes, float_bytes: bytes, int8_bytes: bytes, prefix: str) -> bytes:

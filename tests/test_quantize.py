@@ -79,6 +79,16 @@ def test_the_pooling_and_everything_after_it_stay_float():
     assert pooling_and_after(_graph(nodes, [_weight("w", 0)])) == ["flatten", "pool"]
     no_pooling = nodes[:2] + [helper.make_node("Relu", ["r"], ["y"], "r2")]
     assert pooling_and_after(_graph(no_pooling, [_weight("w", 0)])) == []
+    excitation = [  # a squeeze-and-excitation block inside the network: its pooling is not the features'
+        helper.make_node("Conv", ["x", "w"], ["c"], "conv"),
+        helper.make_node("GlobalAveragePool", ["c"], ["s"], "se_squeeze"),
+        helper.make_node("Sigmoid", ["s"], ["e"], "se_gate"),
+        helper.make_node("Mul", ["c", "e"], ["m"], "se_excite"),
+        helper.make_node("Conv", ["m", "w"], ["c2"], "conv2"),
+        helper.make_node("GlobalAveragePool", ["c2"], ["g"], "pool"),
+        helper.make_node("Flatten", ["g"], ["y"], "flatten"),
+    ]
+    assert pooling_and_after(_graph(excitation, [_weight("w", 0)])) == ["flatten", "pool"]
 
 
 def test_the_match_finds_the_engines_network_inside_a_larger_graph_and_refuses_other_weights():
@@ -96,8 +106,15 @@ def test_the_match_finds_the_engines_network_inside_a_larger_graph_and_refuses_o
         [_weight("w2", 0), onnx.numpy_helper.from_array(np.float32(2.0), "k")],
     )
     assert backbone_match(classifier, engine) == ("m", "r2", [1, 2])
+    twice = onnx.ModelProto()
+    twice.CopyFrom(classifier)
+    twice.graph.node.insert(3, helper.make_node("Conv", ["r2", "w2"], ["c3"], "conv3"))  # a second copy after it
+    twice.graph.node.insert(4, helper.make_node("Relu", ["c3"], ["r3"], "relu3"))
+    twice.graph.node[5].input[0] = "r3"
+    with pytest.raises(ValueError, match="holds 2 copies of the engine's network"):
+        backbone_match(twice, engine)
     classifier.graph.initializer[0].CopyFrom(_weight("w2", 1))  # the same graph with other weights: not this network
-    with pytest.raises(ValueError, match="no copy of the engine's network"):
+    with pytest.raises(ValueError, match="holds no copies of the engine's network"):
         backbone_match(classifier, engine)
 
 
