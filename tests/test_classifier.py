@@ -60,17 +60,22 @@ def exported(tmp_path_factory):
     project = tmp_path_factory.mktemp("project")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(project)
-        raw = make_kaggle_layout(project / "raw")
-        params = default_params()
-        params["data"]["raw"] = str(raw)
-        params["backbones"] = [BACKBONE]
-        params["features"].update(weights="imagenet", input_size={BACKBONE: 128})
-        params["train"]["epochs"] = 20
-        params["finetune"].update(backbone=BACKBONE, epochs=0, head_epochs=2, batch_size=8)
-        params["predict"].update(blend=0, calibrate=True, clip=[0.005, 0.995])
-        Path("params.yaml").write_text(yaml.safe_dump(params))
-        run_pipeline()
+        export_project(project)
     return project
+
+
+def export_project(project: Path, **features) -> None:
+    """In the current folder, project: raw photos, params (the real Lite0 weights at 128 px, the head alone,
+    calibrated; features updated by the given ones) and the pipeline run to its export."""
+    params = default_params()
+    params["data"]["raw"] = str(make_kaggle_layout(project / "raw"))
+    params["backbones"] = [BACKBONE]
+    params["features"].update(weights="imagenet", input_size={BACKBONE: 128}, **features)
+    params["train"]["epochs"] = 20
+    params["finetune"].update(backbone=BACKBONE, epochs=0, head_epochs=2, batch_size=8)
+    params["predict"].update(blend=0, calibrate=True, clip=[0.005, 0.995])
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    run_pipeline()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-import yaml
 from onnx import TensorProto, helper
 
 from dogscats.classifier import Classifier
@@ -23,8 +22,7 @@ from dogscats.quantize import (
     resolved_precision,
 )
 
-from .conftest import default_params, make_kaggle_layout
-from .test_classifier import BACKBONE, run_pipeline
+from .test_classifier import BACKBONE, export_project
 
 
 def _manifest(cats: int, dogs: int, birds: int = 0) -> pd.DataFrame:
@@ -125,16 +123,7 @@ def int8_project(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(project)
         patch.setenv("DOGSCATS_CACHE", str(project / "cache"))
-        raw = make_kaggle_layout(project / "raw")
-        params = default_params()
-        params["data"]["raw"] = str(raw)
-        params["backbones"] = [BACKBONE]
-        params["features"].update(weights="imagenet", input_size={BACKBONE: 128}, precision="int8")
-        params["train"]["epochs"] = 20
-        params["finetune"].update(backbone=BACKBONE, epochs=0, head_epochs=2, batch_size=8)
-        params["predict"].update(blend=0, calibrate=True, clip=[0.005, 0.995])
-        Path("params.yaml").write_text(yaml.safe_dump(params))
-        run_pipeline()
+        export_project(project, precision="int8")
     return project
 
 
