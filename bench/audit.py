@@ -38,11 +38,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dogscats.audit import near_pairs, outlier_scores, unit_rows  # noqa: E402
-from dogscats.dataset import classes_of, read_manifest  # noqa: E402
-from dogscats.feature_store import read_split, write_split  # noqa: E402
-from dogscats.predictions import read_prediction_table, read_probabilities  # noqa: E402
-from dogscats.scoring import log_loss  # noqa: E402
+from dogscats.base.scoring import log_loss  # noqa: E402
+from dogscats.data.dataset import classes_of, read_manifest  # noqa: E402
+from dogscats.data.feature_store import read_split, write_split  # noqa: E402
+from dogscats.data.predictions import read_prediction_table, read_probabilities  # noqa: E402
+from dogscats.models.audit import near_pairs, outlier_scores, unit_rows  # noqa: E402
 
 BACKBONE = "efficientnet_lite2"
 FLIPS, LEAKS, CONFLICTS = 40, 10, 5

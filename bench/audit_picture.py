@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dogscats.classifier import Classifier  # noqa: E402
-from dogscats.dataset import image_root  # noqa: E402
-from dogscats.explain import explain, overlay  # noqa: E402
+from dogscats.data.dataset import image_root  # noqa: E402
+from dogscats.product.classifier import Classifier  # noqa: E402
+from dogscats.product.explain import explain, overlay  # noqa: E402
 
 SIDE, CAPTION, PER_ROW = 200, 34, 4  # each image's side, the caption's height, pairs per row
 

@@ -29,9 +29,9 @@ def main() -> None:
         raise SystemExit("this comparison needs OpenVINO: pip install openvino==2026.4.1") from None
     import tensorflow as tf
 
-    from dogscats.backbones import get_backbone, load_feature_extractor
-    from dogscats.engine import EngineModel, to_onnx
-    from dogscats.extract import image_dataset
+    from dogscats.engine.conversion import EngineModel, to_onnx
+    from dogscats.engine.extract import image_dataset
+    from dogscats.networks.backbones import get_backbone, load_feature_extractor
 
     backbone = get_backbone(args.backbone)
     size = backbone.input_size

@@ -4,7 +4,8 @@
 
 A: images/s of the features stage's code path with its engine (features.engine, auto: ONNX Runtime on CPU), end to
    end from JPEG files on disk (decoding and HDF5 writes included), at the stage's input size (features.input_size);
-Aq: the same path in int8 (features.precision int8: the engine's model quantized, dogscats.quantize), and Bq its bare
+Aq: the same path in int8 (features.precision int8: the engine's model quantized, dogscats.engine.quantize), and Bq its
+bare
    model; with the int8 features' deviation from float32 (relative L2 per image: median, max) over every photo;
 Atf: the same path with features.engine=tensorflow (decoding through tf.data);
 B: images/s of the engine's bare model on real photos already decoded in memory (the compute bound);
@@ -47,7 +48,7 @@ def peak_rss_mb() -> float:
 
 def cpu_description() -> str:
     """The CPU's model name and its matrix flags (from /proc/cpuinfo), and the cores this process may use."""
-    from dogscats.workers import usable_cores
+    from dogscats.engine.workers import usable_cores
 
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -55,7 +56,7 @@ def cpu_description() -> str:
         info = ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    from dogscats.quantize import CPU_FLAGS
+    from dogscats.engine.quantize import CPU_FLAGS
 
     wanted = (*CPU_FLAGS, "amx_tile")
     found = " ".join(f for f in wanted if f in flags) or "none"
@@ -65,7 +66,7 @@ def cpu_description() -> str:
 def layouts(cores: int) -> list[tuple[int, int]]:
     """Today's single session (1x0: ONNX Runtime's default threads), every W x T of powers of two with W * T <= cores,
     and auto's choice."""
-    from dogscats.workers import auto_layout
+    from dogscats.engine.workers import auto_layout
 
     powers = [2**i for i in range(cores.bit_length()) if 2**i <= cores]
     fitting = [(w, t) for w in powers for t in powers if w * t <= cores]
@@ -77,11 +78,11 @@ def measure_layouts(backbone_name: str, files: list[str], params: dict, rounds: 
     through every layout in each of `rounds` rounds, the layouts' order rotated each round."""
     import h5py
 
-    from dogscats.backbones import get_backbone
-    from dogscats.engine import engine_model, probe_images
-    from dogscats.extract import build_extractor, choose_strategy, split_features
-    from dogscats.feature_store import write_split
-    from dogscats.workers import usable_cores
+    from dogscats.data.feature_store import write_split
+    from dogscats.engine.conversion import engine_model, probe_images
+    from dogscats.engine.extract import build_extractor, choose_strategy, split_features
+    from dogscats.engine.workers import usable_cores
+    from dogscats.networks.backbones import get_backbone
 
     backbone = get_backbone(backbone_name)
     strategy = choose_strategy()
@@ -126,11 +127,17 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
     import h5py
     import tensorflow as tf
 
-    from dogscats.backbones import get_backbone
-    from dogscats.engine import choose_engine, engine_feature_batches, engine_model, gpu_visible, probe_images
-    from dogscats.extract import build_extractor, choose_strategy, feature_batches, image_dataset, split_features
-    from dogscats.feature_store import write_split
-    from dogscats.images import load_resized
+    from dogscats.data.feature_store import write_split
+    from dogscats.data.images import load_resized
+    from dogscats.engine.conversion import (
+        choose_engine,
+        engine_feature_batches,
+        engine_model,
+        gpu_visible,
+        probe_images,
+    )
+    from dogscats.engine.extract import build_extractor, choose_strategy, feature_batches, image_dataset, split_features
+    from dogscats.networks.backbones import get_backbone
 
     backbone = get_backbone(backbone_name)
     strategy = choose_strategy()
@@ -197,7 +204,7 @@ def measure(modes: str, backbone_name: str, files: list[str], params: dict, roun
             speeds[mode].append(count / (time.perf_counter() - start))
     result = {"images_per_second": speeds, "peak_rss_mb": peak_rss_mb()}
     if quantized is not None:  # the int8 features against float32's, every photo
-        from dogscats.quantize import deviation
+        from dogscats.engine.quantize import deviation
 
         both = [np.concatenate(list(split_features(files, [True] * len(files), backbone, model, run_in, strategy,
                                                    params))) for run_in in (extractor, quantized)]  # fmt: skip
@@ -210,9 +217,9 @@ def int8_extractor(extractor, backbone_name: str, size: int, params: dict, files
     (cat.N.jpg, dog.N.jpg), seeded and stratified."""
     import pandas as pd
 
-    from dogscats.dataset import file_md5
-    from dogscats.extract import extraction_of
-    from dogscats.quantize import calibration_sample, int8_model
+    from dogscats.data.dataset import file_md5
+    from dogscats.engine.extract import extraction_of
+    from dogscats.engine.quantize import calibration_sample, int8_model
 
     labelled = [f for f in files if Path(f).name.split(".")[0] in ("cat", "dog")]
     manifest = pd.DataFrame({"id": [Path(f).stem for f in labelled], "file": labelled, "split": "train"})
@@ -228,8 +235,8 @@ def compare_precisions(backbone_name: str, files: list[str], params: dict, preci
     """Features of the same images at each precision: images/s and the largest deviation from float32."""
     import tensorflow as tf
 
-    from dogscats.backbones import get_backbone, load_feature_extractor
-    from dogscats.extract import dtype_policy, feature_batches, image_dataset
+    from dogscats.engine.extract import dtype_policy, feature_batches, image_dataset
+    from dogscats.networks.backbones import get_backbone, load_feature_extractor
 
     backbone = get_backbone(backbone_name)
     strategy = tf.distribute.get_strategy()
@@ -264,7 +271,7 @@ def run_child(mode: str, args: argparse.Namespace, files_list: Path, rounds: int
 def print_layouts(speeds: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
     """Each layout's median images/s and CPU time per image (what it costs when other work shares the cores), auto's
     choice marked, and how it compares with the best and with the stage before workers (1x0)."""
-    from dogscats.workers import auto_layout, usable_cores
+    from dogscats.engine.workers import auto_layout, usable_cores
 
     w, t = auto_layout(usable_cores())
     auto = f"{w}x{t}"
@@ -318,7 +325,7 @@ def main() -> None:
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from dogscats.params import load_params
+    from dogscats.base.params import load_params
 
     params = load_params()["features"]
     if args.tta:

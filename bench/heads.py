@@ -1,6 +1,6 @@
 """Benchmark the train stage's heads: trained one by one (each fold's head, then the refit head, each its own Keras
 fit with its held-out fold evaluated every epoch, as train did before issue 25) against all in one pass
-(dogscats/heads.py, as train does now). Prints each way's time and out-of-fold log loss (at the best checkpoint
+(dogscats/models/heads.py, as train does now). Prints each way's time and out-of-fold log loss (at the best checkpoint
 epoch, as train.json's oof_logloss_optimistic, and at the last epoch).
 
     python bench/heads.py --rows 2000 20000             # synthetic: two Gaussians in 1,280 dimensions
@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 
-from dogscats.determinism import set_seed
-from dogscats.feature_store import SplitFeatures, shared_classes
-from dogscats.head import EpochPredictions, checkpoint_epochs, feature_files, fit_head, load_concatenated, subset
-from dogscats.heads import fit_heads, out_of_fold
-from dogscats.params import load_params
-from dogscats.scoring import log_loss
+from dogscats.base.params import load_params
+from dogscats.base.scoring import log_loss
+from dogscats.data.feature_store import SplitFeatures, shared_classes
+from dogscats.models.determinism import set_seed
+from dogscats.models.head import EpochPredictions, checkpoint_epochs, feature_files, fit_head, load_concatenated, subset
+from dogscats.models.heads import fit_heads, out_of_fold
 
 KERAS_EPS = 1e-7
 
@@ -89,7 +89,7 @@ def main() -> None:
     params = load_params()
     cfg = params["train"] | ({"epochs": args.epochs} if args.epochs else {})
     if args.features:
-        from dogscats.dataset import folds_of, read_manifest
+        from dogscats.data.dataset import folds_of, read_manifest
 
         files = feature_files(args.features, params["backbones"])
         labelled = load_concatenated(files, "train")

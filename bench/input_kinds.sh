@@ -35,5 +35,5 @@ for raw in "$WORK/inputs/kaggle" "$WORK/inputs/folders" "$WORK/inputs/table/labe
   dvc exp run -q -S "data.raw=$raw" -S submit.labels=null
   echo "time: $(( $(date +%s) - start )) s"
   python -c 'import json; p=json.load(open("metrics/prepare.json")); q=json.load(open("metrics/predict.json")); s=json.load(open("metrics/submit.json")); print(p, {k: q[k] for k in ("cv_logloss", "cv_accuracy")}, s)'
-  PYTHONPATH=. python -m dogscats.cli classify --model models/classifier "$SHARED/test/1.jpg" "$SHARED/test/2.jpg"
+  PYTHONPATH=. python -m dogscats.product.cli classify --model models/classifier "$SHARED/test/1.jpg" "$SHARED/test/2.jpg"
 done

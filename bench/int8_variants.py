@@ -32,8 +32,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dogscats.quantize import cpu_flags  # noqa: E402
-from dogscats.scoring import log_loss  # noqa: E402
+from dogscats.base.scoring import log_loss  # noqa: E402
+from dogscats.engine.quantize import cpu_flags  # noqa: E402
 
 SIDES = (288, 320, 352)
 TRIO = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 320}

@@ -4,9 +4,9 @@ feature extractor at 320 px, on the same photos in memory:
     /work/ovenv/bin/python bench/openvino_int8.py --data ../shared/data/catsdogs [--limit 256] [--rounds 3] [--batch 32]
 
 Runs in a virtualenv with the project's requirements, openvino and nncf (not the project's own). Both int8 models are
-calibrated on the same 64 labelled photos (dogscats.quantize.calibration_sample), each seen as the extractor sees it:
-the photo and its mirror image. The ONNX Runtime int8 model is the project's (its cached file); the OpenVINO one is made
-here by nncf.quantize from the float ONNX model, its pooling (ReduceMean) and what follows left in float like the
+calibrated on the same 64 labelled photos (dogscats.engine.quantize.calibration_sample), each seen as the extractor sees
+it: the photo and its mirror image. The ONNX Runtime int8 model is the project's (its cached file); the OpenVINO one is
+made here by nncf.quantize from the float ONNX model, its pooling (ReduceMean) and what follows left in float like the
 project's. The evaluation photos are the first --limit photos outside the calibration sample, decoded and scaled once.
 Speed: photos per second of the bare model on batches of --batch photos, two inferences (views) per photo, in
 interleaved rounds whose order rotates; medians, and their ratio to ONNX Runtime float32. OpenVINO runs at f32
@@ -29,10 +29,10 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dogscats.dataset import file_md5  # noqa: E402
-from dogscats.preprocessing import lite  # noqa: E402
-from dogscats.quantize import calibration_sample, cpu_flags, deviation, int8_model  # noqa: E402
-from dogscats.workers import EngineModel, Extraction, decode_photos  # noqa: E402
+from dogscats.data.dataset import file_md5  # noqa: E402
+from dogscats.engine.quantize import calibration_sample, cpu_flags, deviation, int8_model  # noqa: E402
+from dogscats.engine.workers import EngineModel, Extraction, decode_photos  # noqa: E402
+from dogscats.networks.preprocessing import lite  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "dogscats" / "onnx"
 FLOAT = CACHE / "efficientnet_lite2-320x320x3-5f4baee1a09dd272.onnx"
@@ -150,8 +150,8 @@ def nncf_int8(float_path: Path, calibration: np.ndarray) -> tuple[object, float]
 
 
 def ort_int8(float_path: Path, sample: pd.DataFrame) -> Path:
-    """ONNX Runtime's int8 model as the features stage makes it (dogscats.quantize.int8_model, its cache), calibrated
-    on the sample's photos."""
+    """ONNX Runtime's int8 model as the features stage makes it (dogscats.engine.quantize.int8_model, its cache),
+    calibrated on the sample's photos."""
     extraction = Extraction(str(float_path), SIDE, "crop", "reduced", True, 1, 0, "lite")
     float_model = EngineModel(float_path.read_bytes(), float_path.stem, 0, float_path)
     quantized, _ = int8_model(float_model, extraction, SIDE, sample.md5.tolist(), sample.path.tolist())
@@ -175,7 +175,9 @@ def main() -> None:
     print(f"float32: {args.float_path.name}\nORT int8: {int8_path.name} (quantize.int8_model, the same photos)")
 
     x = scaled(sample.path.tolist(), args.threads)
-    calibration = np.concatenate([x, x[:, :, ::-1]])  # as dogscats.quantize.calibration_views: photos, then mirrors
+    calibration = np.concatenate(
+        [x, x[:, :, ::-1]]
+    )  # as dogscats.engine.quantize.calibration_views: photos, then mirrors
     ov_int8, seconds = nncf_int8(args.float_path, calibration)
     print(f"NNCF quantization: {len(sample)} photos x 2 views = {len(calibration)} items, {seconds:.1f} s")
 

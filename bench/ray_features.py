@@ -118,10 +118,10 @@ def per_actor(raw: Path, backbone_name: str, count: int, batch_size: int, pools:
     sys.path.insert(0, str(REPO))
     import ray
 
-    from dogscats.backbones import get_backbone
-    from dogscats.engine import engine_model, probe_images
-    from dogscats.extract import build_extractor, choose_strategy, extraction_of
-    from dogscats.ray_executor import ray_cluster, ray_feature_batches
+    from dogscats.engine.conversion import engine_model, probe_images
+    from dogscats.engine.extract import build_extractor, choose_strategy, extraction_of
+    from dogscats.engine.ray_executor import ray_cluster, ray_feature_batches
+    from dogscats.networks.backbones import get_backbone
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())["features"]
     backbone = get_backbone(backbone_name)
@@ -157,7 +157,7 @@ class _NoWork:
 def pipeline_bound(ray, rows: int, batch_size: int, actors: int, dim: int) -> None:
     """Rows/s through the same pipeline (one block a batch, preserve_order, iter_batches) with actors that do no
     work: the bound the driver and Ray Data's scheduling put on any cluster, on this machine."""
-    from dogscats.ray_executor import _data_context, _in_order
+    from dogscats.engine.ray_executor import _data_context, _in_order
 
     start = time.perf_counter()
     with _data_context(ray):

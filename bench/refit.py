@@ -12,12 +12,12 @@ import argparse
 
 import numpy as np
 
-from dogscats.dataset import folds_of, read_manifest
-from dogscats.determinism import set_seed
-from dogscats.feature_store import shared_classes
-from dogscats.head import feature_files, fit_head, load_concatenated, predict_proba, subset
-from dogscats.params import load_params
-from dogscats.scoring import accuracy, log_loss
+from dogscats.base.params import load_params
+from dogscats.base.scoring import accuracy, log_loss
+from dogscats.data.dataset import folds_of, read_manifest
+from dogscats.data.feature_store import shared_classes
+from dogscats.models.determinism import set_seed
+from dogscats.models.head import feature_files, fit_head, load_concatenated, predict_proba, subset
 
 
 def main() -> None:

@@ -2,15 +2,18 @@
 out-of-fold probabilities), exact and near duplicates (leaks across folds or into the test photos, conflicting
 labels) and outliers (far from every photo in the backbones' feature space), in data/audit.csv (one row per
 finding), an HTML page of thumbnails (a label issue's beside its class activation map for the suggested class, from
-the exported classifier: dogscats.explain) and the counts per kind."""
+the exported classifier: dogscats.product.explain) and the counts per kind."""
 
 import sys
 import time
 
 import numpy as np
 
-from dogscats.atomic import atomic_path, write_csv, write_json
-from dogscats.audit import (
+from dogscats.base.atomic import atomic_path, write_csv, write_json
+from dogscats.base.params import load_params
+from dogscats.data.dataset import classes_of, image_root, read_manifest
+from dogscats.data.predictions import read_prediction_table, read_probabilities
+from dogscats.models.audit import (
     audit_features,
     audit_html,
     cam_rows,
@@ -21,10 +24,7 @@ from dogscats.audit import (
     outlier_scores,
     outliers,
 )
-from dogscats.dataset import classes_of, image_root, read_manifest
-from dogscats.explain import page_overlays
-from dogscats.params import load_params
-from dogscats.predictions import read_prediction_table, read_probabilities
+from dogscats.product.explain import page_overlays
 
 
 def main(

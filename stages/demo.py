@@ -3,8 +3,8 @@
 import sys
 from pathlib import Path
 
-from dogscats.demo import generate_demo
-from dogscats.params import load_params
+from dogscats.base.params import load_params
+from dogscats.data.demo import generate_demo
 
 
 def main(out: str) -> None:

@@ -2,15 +2,18 @@
 recall, log loss) of the labelled images' final out-of-fold probabilities (choices made without each image's fold)
 for `dvc plots` and `dvc metrics`, and an HTML page of the worst mistakes (thumbnail, true class, its predicted
 probability), each beside its class activation map (the exported classifier's, for the class it predicted:
-dogscats.explain)."""
+dogscats.product.explain)."""
 
 import sys
 
 import numpy as np
 
-from dogscats.atomic import atomic_path, write_csv, write_json
-from dogscats.dataset import classes_of, image_paths, read_manifest
-from dogscats.evaluation import (
+from dogscats.base.atomic import atomic_path, write_csv, write_json
+from dogscats.base.params import load_params
+from dogscats.base.scoring import as_matrix, predicted_class
+from dogscats.data.dataset import classes_of, image_paths, read_manifest
+from dogscats.data.predictions import read_prediction_table, read_probabilities
+from dogscats.models.evaluation import (
     auc,
     calibration_rows,
     confusion_rows,
@@ -20,10 +23,7 @@ from dogscats.evaluation import (
     worst_mistakes,
     worst_mistakes_html,
 )
-from dogscats.explain import page_overlays
-from dogscats.params import load_params
-from dogscats.predictions import read_prediction_table, read_probabilities
-from dogscats.scoring import as_matrix, predicted_class
+from dogscats.product.explain import page_overlays
 
 
 def main(

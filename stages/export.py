@@ -1,7 +1,8 @@
 """Stage export: the trained models as one self-contained classifier, models/classifier/: classifier.onnx (for the
 engine, what dogscats.Classifier runs), classifier.keras (the same graph in Keras) and settings.json (classes, input
 sizes, decode and resize policies, and predict's blend weight, temperature and clip bounds), and cam.json (the head's
-weights over the backbones' feature maps, for class activation maps: dogscats.explain) when the head is GAP -> Dense.
+weights over the backbones' feature maps, for class activation maps: dogscats.product.explain) when the head is GAP ->
+Dense.
 
 The graph is built from what the earlier stages wrote, not from params: the preprocessing from the feature files, the
 fine-tuned models from models/finetuned's description, the choices from predict's metrics. Only the list of backbones
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import keras
 
-from dogscats.atomic import atomic_dir, save_keras_model, write_json
-from dogscats.classifier import KERAS_MODEL, ONNX_MODEL, SETTINGS
-from dogscats.explain import CAM_FILE
-from dogscats.export import (
+from dogscats.base.atomic import atomic_dir, save_keras_model, write_json
+from dogscats.base.params import load_params
+from dogscats.data.classifier_files import CAM_FILE, KERAS_MODEL, ONNX_MODEL, SETTINGS
+from dogscats.data.feature_store import shared_classes
+from dogscats.data.images import crop_side
+from dogscats.models.export import (
     cam_settings,
     check_finetuned,
     check_int8,
@@ -27,11 +30,8 @@ from dogscats.export import (
     probe_inputs,
     to_onnx,
 )
-from dogscats.feature_store import shared_classes
-from dogscats.finetune import load_finetuned, read_description
-from dogscats.head import feature_files
-from dogscats.images import crop_side
-from dogscats.params import load_params
+from dogscats.models.finetune import load_finetuned, read_description
+from dogscats.models.head import feature_files
 
 
 def mean_of(models: list[keras.Model]) -> keras.Model:

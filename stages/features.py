@@ -8,17 +8,17 @@ from contextlib import nullcontext
 import h5py
 from tqdm import tqdm
 
-from dogscats.atomic import atomic_path, write_json
-from dogscats.backbones import get_backbone
-from dogscats.dataset import classes_of, image_paths, label_index, read_manifest
-from dogscats.determinism import set_seed
-from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
-from dogscats.extract import build_extractor, choose_strategy, extraction_of, split_features
-from dogscats.feature_store import SPLITS, write_int8_model, write_preprocessing, write_split
-from dogscats.params import load_params
-from dogscats.quantize import INT8_FLAGS, METHOD, calibration_sample, cpu_flags, int8_model, resolved_precision
-from dogscats.ray_executor import import_ray, ray_cluster, ray_split_features
-from dogscats.workers import usable_cores, worker_layout
+from dogscats.base.atomic import atomic_path, write_json
+from dogscats.base.params import load_params
+from dogscats.data.dataset import classes_of, image_paths, label_index, read_manifest
+from dogscats.data.feature_store import SPLITS, write_int8_model, write_preprocessing, write_split
+from dogscats.engine.conversion import choose_engine, engine_model, gpu_visible, probe_images
+from dogscats.engine.extract import build_extractor, choose_strategy, extraction_of, split_features
+from dogscats.engine.quantize import INT8_FLAGS, METHOD, calibration_sample, cpu_flags, int8_model, resolved_precision
+from dogscats.engine.ray_executor import import_ray, ray_cluster, ray_split_features
+from dogscats.engine.workers import usable_cores, worker_layout
+from dogscats.models.determinism import set_seed
+from dogscats.networks.backbones import get_backbone
 
 
 def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: str) -> None:

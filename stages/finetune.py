@@ -12,15 +12,19 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dogscats.atomic import write_csv, write_json
-from dogscats.backbones import get_backbone, load_feature_extractor
-from dogscats.blending import best_epoch as predicts_epoch
-from dogscats.dataset import folds_of, image_paths, label_index, read_manifest
-from dogscats.determinism import set_seed
-from dogscats.engine import choose_engine, engine_model, gpu_visible, probe_images
-from dogscats.extract import engine_batches, image_batches
-from dogscats.feature_store import classes_of_file, preprocessing_of, read_split
-from dogscats.finetune import (
+from dogscats.base.atomic import write_csv, write_json
+from dogscats.base.params import load_params
+from dogscats.base.scoring import accuracy, log_loss
+from dogscats.data.dataset import folds_of, image_paths, label_index, read_manifest
+from dogscats.data.feature_store import classes_of_file, preprocessing_of, read_split
+from dogscats.data.images import centre_view, crop_side
+from dogscats.data.predictions import prob_columns, probability_table
+from dogscats.engine.conversion import choose_engine, engine_model, gpu_visible, probe_images
+from dogscats.engine.extract import engine_batches, image_batches
+from dogscats.engine.workers import Extraction, worker_layout
+from dogscats.models.blending import best_epoch as predicts_epoch
+from dogscats.models.determinism import set_seed
+from dogscats.models.finetune import (
     augmentation,
     augmented_trunk_batches,
     build_top_classifier,
@@ -36,14 +40,10 @@ from dogscats.finetune import (
     trunk_function,
     trunk_outputs,
 )
-from dogscats.head import fit_head, loss_for, predict_proba, subset
-from dogscats.images import centre_view, crop_side
-from dogscats.live import log_epoch, open_live
-from dogscats.params import load_params
-from dogscats.predictions import prob_columns, probability_table
-from dogscats.preprocessing import BACKBONE_PREPROCESSING
-from dogscats.scoring import accuracy, log_loss
-from dogscats.workers import Extraction, worker_layout
+from dogscats.models.head import fit_head, loss_for, predict_proba, subset
+from dogscats.models.live import log_epoch, open_live
+from dogscats.networks.backbones import get_backbone, load_feature_extractor
+from dogscats.networks.preprocessing import BACKBONE_PREPROCESSING
 
 CURVES = ("loss", "accuracy", "oof_logloss", "oof_logloss_tta", "oof_accuracy")  # DVCLive's files, one per figure
 PREDICT_BATCH = 256  # trunk outputs per prediction step: fewer, larger steps than the training batch

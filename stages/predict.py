@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pandas as pd
 
-from dogscats.atomic import write_csv, write_json
-from dogscats.blending import apply, choose, cross_fitted
-from dogscats.dataset import classes_of, folds_of, label_index, read_manifest
-from dogscats.params import ParamsError, clip_problem, load_params
-from dogscats.predictions import probability_table, read_prediction_table, read_probabilities
-from dogscats.scoring import accuracy, clip, log_loss
+from dogscats.base.atomic import write_csv, write_json
+from dogscats.base.params import ParamsError, clip_problem, load_params
+from dogscats.base.scoring import accuracy, clip, log_loss
+from dogscats.data.dataset import classes_of, folds_of, label_index, read_manifest
+from dogscats.data.predictions import probability_table, read_prediction_table, read_probabilities
+from dogscats.models.blending import apply, choose, cross_fitted
 
 # Each ingredient's honest (nested) figure, for the README's table: predict's settings with some choices fixed.
 INGREDIENTS = {

@@ -1,6 +1,7 @@
 """Stage prepare: apply the overrides (data/overrides.csv), check every raw image and the answer key, deal the
 labelled images into k folds (seeded, stratified), link the layout, write the manifest (image paths relative to the
-image root, data.raw's folder or its table's, so moving the photos changes no output: dogscats.dataset explains)."""
+image root, data.raw's folder or its table's, so moving the photos changes no output: dogscats.data.dataset
+explains)."""
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -9,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from dogscats.atomic import atomic_dir, write_csv, write_json
-from dogscats.dataset import (
+from dogscats.base.atomic import atomic_dir, write_csv, write_json
+from dogscats.base.params import load_params
+from dogscats.data.dataset import (
     MANIFEST_COLUMNS,
     checked_answer_key,
     classes_of,
@@ -22,9 +24,8 @@ from dogscats.dataset import (
     stratified_folds,
     write_symlink_tree,
 )
-from dogscats.images import decode_problem
-from dogscats.overrides import apply_overrides, read_overrides
-from dogscats.params import load_params
+from dogscats.data.images import decode_problem
+from dogscats.data.overrides import apply_overrides, read_overrides
 
 
 def check_image(path: str) -> tuple[str, str]:

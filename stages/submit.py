@@ -3,10 +3,10 @@ that prepare checked, if there is one. Without photos to predict it writes the h
 
 import sys
 
-from dogscats.atomic import write_json
-from dogscats.dataset import classes_of, read_answer_key, read_manifest
-from dogscats.params import load_params
-from dogscats.submission import make_submission, score_submission, write_submission
+from dogscats.base.atomic import write_json
+from dogscats.base.params import load_params
+from dogscats.data.dataset import classes_of, read_answer_key, read_manifest
+from dogscats.data.submission import make_submission, score_submission, write_submission
 
 NO_TEST = "no photos to predict (no test/ folder, or no empty labels in the table): nothing to submit"
 

@@ -2,7 +2,7 @@
 more than two classes), once per fold of the manifest: each labelled image's probabilities come from the head that
 did not see it (out of fold), and each test image's from one head refit on all labelled images (train.refit) or the
 mean of the k heads; both at about ten epochs, for predict to choose the epoch count out of fold. All the heads train
-side by side in one pass over the data (dogscats/heads.py) and are saved one by one, as heads trained alone."""
+side by side in one pass over the data (dogscats/models/heads.py) and are saved one by one, as heads trained alone."""
 
 import sys
 from pathlib import Path
@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dogscats.atomic import write_csv, write_json
-from dogscats.dataset import folds_of, read_manifest
-from dogscats.determinism import set_seed
-from dogscats.feature_store import shared_classes
-from dogscats.head import checkpoint_epochs, feature_files, load_concatenated, save_heads
-from dogscats.heads import class_weights, fit_heads, out_of_fold, single_head
-from dogscats.live import log_epoch, open_live
-from dogscats.params import load_params
-from dogscats.predictions import probability_table
-from dogscats.scoring import accuracy, log_loss
+from dogscats.base.atomic import write_csv, write_json
+from dogscats.base.params import load_params
+from dogscats.base.scoring import accuracy, log_loss
+from dogscats.data.dataset import folds_of, read_manifest
+from dogscats.data.feature_store import shared_classes
+from dogscats.data.predictions import probability_table
+from dogscats.models.determinism import set_seed
+from dogscats.models.head import checkpoint_epochs, feature_files, load_concatenated, save_heads
+from dogscats.models.heads import class_weights, fit_heads, out_of_fold, single_head
+from dogscats.models.live import log_epoch, open_live
 
 HEAD_KEYS = ("hidden", "dropout", "optimizer", "learning_rate")  # train's params that make a head
 
@@ -42,9 +42,9 @@ def main(
     labelled, test = load_concatenated(files, "train"), load_concatenated(files, "test")
     folds = folds_of(read_manifest(manifest_path), labelled.ids, manifest_path)
 
-    # All the heads train in one pass (dogscats/heads.py): each fold's head on the rows outside its fold, and with
-    # train.refit one head on every labelled image, to predict the test images rather than the fold heads' mean (out
-    # of fold one level down the refit scores better: bench/refit.py, docs/honest.md). Each head's predictions are
+    # All the heads train in one pass (dogscats/models/heads.py): each fold's head on the rows outside its fold, and
+    # with train.refit one head on every labelled image, to predict the test images rather than the fold heads' mean
+    # (out of fold one level down the refit scores better: bench/refit.py, docs/honest.md). Each head's predictions are
     # kept at about ten epochs, for predict to choose the epoch count out of fold; the saved heads are those at the
     # epoch with the lowest out-of-fold log loss. DVCLive gets each head's curves after every epoch: its training
     # loss and its held-out fold's log loss. With train.class_weight balanced each row's training loss is weighted by

@@ -331,7 +331,7 @@ def test_each_input_kind_runs_end_to_end_with_dvc_exp_run_and_its_classifier_cla
         submitted = json.loads((path / "metrics/submit.json").read_text())
         assert submitted["n_test"] == n_test and ("note" in submitted) == (n_test == 0), kind
         photo = next(raw.parent.rglob("*.jpg") if kind == "table" else raw.rglob("*.jpg"))
-        out = _run(path, "python", "-m", "dogscats.cli", "classify", "--model", "models/classifier", str(photo))
+        out = _run(path, "python", "-m", "dogscats.product.cli", "classify", "--model", "models/classifier", str(photo))
         header, row = out.strip().splitlines()[-2:]
         assert header == ",".join(["path", *(f"p_{c}" for c in classes), "class"]), (kind, out)
         assert row.split(",")[0] == str(photo) and row.split(",")[-1] in classes, (kind, out)

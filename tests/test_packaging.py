@@ -34,7 +34,7 @@ def test_the_declared_python_range_is_what_the_dependencies_support():
 def test_every_third_party_import_is_pinned():
     distributions = packages_distributions()
     imported = set()
-    for path in [*(REPO / "dogscats").glob("*.py"), *(REPO / "stages").glob("*.py")]:
+    for path in [*(REPO / "dogscats").rglob("*.py"), *(REPO / "stages").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {alias.name.split(".")[0] for alias in node.names}

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dogscats.params import check_params
+from dogscats.base.params import check_params
 from stages import features, finetune, predict, prepare, train
 
 from .conftest import PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from dogscats.params import ParamsError
-from dogscats.scoring import log_loss
+from dogscats.base.params import ParamsError
+from dogscats.base.scoring import log_loss
 from stages import evaluate, export, features, finetune, predict, prepare, submit, train
 
 from .conftest import (

@@ -1,0 +1,153 @@
+"""The `dogscats` console command: `dogscats classify PATH... [--model DIR] [--out FILE] [--workers auto|WxT]
+[--explain DIR]`.
+
+Writes CSV, one row per image: path, p_<class> per class in the model's order, and class (the most probable, as the
+pipeline decides: with two classes, the second from p = 0.5 on); when a file cannot be read, a last column, error,
+says why, and its probabilities are empty. Exit status 0, 1 when a row has an error, 2 for bad arguments or a model
+folder that is not an exported classifier (one line on stderr). --explain DIR also writes, per readable image, DIR/<its
+name without suffix>.cam.png: the image as the network saw it with the class activation map of its predicted class
+drawn over it (dogscats.product.explain)."""
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dogscats.base.atomic import atomic_path
+from dogscats.base.scoring import predicted_class
+from dogscats.engine.workers import worker_layout
+from dogscats.product.classifier import Classifier, ModelError, image_files
+from dogscats.product.explain import explain, load_cam_head, overlay
+
+PROGRESS_FROM = 5  # images: a progress bar on stderr for more than this many
+BATCH = 16
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand, classify."""
+    main = argparse.ArgumentParser(prog="dogscats", description="Use a classifier exported by the dogscats pipeline.")
+    commands = main.add_subparsers(dest="command", required=True)
+    classify = commands.add_parser("classify", help="class probabilities of image files, as CSV")
+    classify.add_argument("paths", nargs="+", type=Path, help="image files, or folders searched recursively")
+    classify.add_argument("--model", type=Path, default=Path("models/classifier"), help="default: models/classifier")
+    classify.add_argument("--out", type=Path, help="write the CSV here (default: stdout)")
+    classify.add_argument(
+        "--workers",
+        type=layout,
+        default="auto",
+        help="WxT: W worker processes of T threads each (e.g. 2x1), or auto (default): one per core",
+    )
+    classify.add_argument(
+        "--explain",
+        type=Path,
+        metavar="DIR",
+        help="also write DIR/<image name>.cam.png per image: where in the photo the evidence for its class lies (a"
+        " class activation map over the image as the network saw it; a second pass over the images)",
+    )
+    return main
+
+
+def layout(text: str) -> str:
+    """A --workers value, checked (argparse reports the error and exits with status 2)."""
+    try:
+        worker_layout(text, cores=1, memory=0)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def workers_for(setting: str, files: int) -> tuple[int, int]:
+    """(W, T) for classifying `files` files: no more workers than batches; one worker takes every thread."""
+    workers, threads = worker_layout(setting)
+    used = max(1, min(workers, -(-files // BATCH)))
+    return (used, threads) if used > 1 else (1, workers * threads)
+
+
+def rows(
+    model: Classifier, paths: list[Path], progress: bool, workers: tuple[int, int] = (1, 0)
+) -> tuple[list[list[str]], int]:
+    """The CSV rows for the paths, and how many have an error; workers (W, T) as Classifier.batches takes them."""
+    out, errors = [], 0
+    with tqdm(total=len(paths), desc="classify", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for batch_rows, batch_errors, probabilities in model.batches(paths, BATCH, workers):
+            good = zip(probabilities, predicted_class(probabilities), strict=True)
+            for i, error in zip(batch_rows, batch_errors, strict=True):
+                if error:
+                    out.append([str(paths[i]), *[""] * len(model.classes), "", error])
+                    errors += 1
+                else:
+                    p, predicted = next(good)
+                    out.append([str(paths[i]), *(f"{v:.8g}" for v in p), model.classes[predicted], ""])
+            bar.update(len(batch_rows))
+    return out, errors
+
+
+def overlay_names(paths: list[Path]) -> list[str]:
+    """Each image's overlay file name: <name without suffix>.cam.png, and _<position> before .cam for a name taken."""
+    names, taken = [], set()
+    for i, path in enumerate(paths):
+        name = f"{path.stem}.cam.png"
+        names.append(name if name not in taken else f"{path.stem}_{i}.cam.png")
+        taken.add(names[-1])
+    return names
+
+
+def write_overlays(model: Classifier, paths: list[Path], table: list[list[str]], folder: Path, progress: bool) -> None:
+    """Per readable image (its row has no error), its overlay (the map of the class in its row) in the folder."""
+    readable = [
+        (path, name, model.classes.index(row[-2]))
+        for path, name, row in zip(paths, overlay_names(paths), table, strict=True)
+        if not row[-1]
+    ]
+    with tqdm(total=len(readable), desc="explain", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(readable), BATCH):
+            batch = readable[start : start + BATCH]
+            explained = explain(model, [path for path, _, _ in batch], [target for _, _, target in batch])
+            for (_, name, _), explanation in zip(batch, explained, strict=True):
+                with atomic_path(folder / name, suffix=".png") as tmp:
+                    overlay(explanation.image, explanation.cam).save(tmp, format="PNG")
+            bar.update(len(batch))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status."""
+    args = parser().parse_args(argv)
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"dogscats classify: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    paths = image_files(args.paths)
+    try:
+        workers = workers_for(args.workers, len(paths))
+        model = Classifier.load(args.model, threads=workers[1] if workers[0] == 1 else 1)  # workers load their own
+        if args.explain:
+            load_cam_head(args.model)  # before any work: a classifier without maps stops here
+        table, errors = rows(model, paths, len(paths) > PROGRESS_FROM, workers)
+        if args.explain:
+            write_overlays(model, paths, table, args.explain, len(paths) > PROGRESS_FROM)
+    except ModelError as err:  # a model folder that does not load, or a graph that fails as it runs: nothing written
+        print(f"dogscats classify: {err}", file=sys.stderr)
+        return 2
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    header = ["path", *(f"p_{c}" for c in model.classes), "class"]
+    writer.writerow(header + ["error"] if errors else header)  # the error column only when a file has one
+    writer.writerows(row if errors else row[:-1] for row in table)
+    if args.out:
+        with atomic_path(args.out, suffix=args.out.suffix or ".csv") as tmp:
+            tmp.write_text(text.getvalue())
+    else:
+        sys.stdout.write(text.getvalue())
+    if errors:
+        print(
+            f"dogscats classify: {errors} of {len(paths)} file(s) could not be read (see the error column)",
+            file=sys.stderr,
+        )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The raw Kaggle layout, the stratified folds and the symlink tree."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dogscats.data.dataset import (
+    checked_answer_key,
+    classes_of,
+    image_paths,
+    image_root,
+    label_index,
+    scan_raw,
+    stratified_folds,
+)
+
+from ..conftest import make_kaggle_layout, write_image
+
+
+def test_scan_reads_labels_and_numeric_test_ids(kaggle_raw):
+    write_image(kaggle_raw / "test" / "007.jpg", (1, 2, 3))
+    frame, skipped = scan_raw(kaggle_raw)
+    train = frame[frame.split == "train"]
+    assert sorted(train.label.unique()) == ["cat", "dog"] and len(train) == 20
+    assert train.set_index("id").loc["dog.3", "label"] == "dog"
+    assert "7" in set(frame[frame.split == "test"].id)
+    assert skipped == []
+
+
+def test_names_without_a_label_are_skipped_and_listed(kaggle_raw):
+    puppy = write_image(kaggle_raw / "train" / "puppy.jpg", (1, 2, 3))
+    frame, skipped = scan_raw(kaggle_raw)
+    assert "train/puppy.jpg" not in set(frame.source)
+    assert [f for f, _ in skipped] == ["train/puppy.jpg"]  # relative to data.raw, as the manifest's sources
+    assert puppy == kaggle_raw / skipped[0][0]
+
+
+def test_upper_case_names_are_read(kaggle_raw):
+    write_image(kaggle_raw / "train" / "Cat.101.JPG", (1, 2, 3))
+    write_image(kaggle_raw / "train" / "DOG.102.JPEG", (1, 2, 3))
+    write_image(kaggle_raw / "test" / "77.JPG", (1, 2, 3))
+    frame, skipped = scan_raw(kaggle_raw)
+    ids = frame.set_index("id")
+    assert ids.loc["cat.101", "label"] == "cat" and ids.loc["dog.102", "label"] == "dog"
+    assert ids.loc["77", "split"] == "test" and skipped == []
+
+
+def test_duplicate_test_ids_stop_with_the_file_names(kaggle_raw):
+    write_image(kaggle_raw / "test" / "01.jpg", (1, 2, 3))  # the same id as 1.jpg
+    with pytest.raises(ValueError, match=r"duplicate ids.*: test id 1: \S*test/01\.jpg and \S*test/1\.jpg$"):
+        scan_raw(kaggle_raw)
+
+
+def test_duplicate_training_ids_stop(kaggle_raw):
+    write_image(kaggle_raw / "train" / "Cat.1.JPG", (1, 2, 3))  # cat.1.jpg, in other case
+    with pytest.raises(ValueError, match=r"train id cat\.1: \S*train/Cat\.1\.JPG and \S*train/cat\.1\.jpg$"):
+        scan_raw(kaggle_raw)
+
+
+def test_a_test_folder_without_train_stops_with_the_fix(tmp_path):
+    make_kaggle_layout(tmp_path)
+    shutil.rmtree(tmp_path / "train")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: a test/ folder but no train/ folder")):
+        scan_raw(tmp_path)
+
+
+@pytest.mark.parametrize("remove", ["folder", "photos"])
+def test_the_test_folder_is_optional(kaggle_raw, remove):
+    if remove == "folder":
+        shutil.rmtree(kaggle_raw / "test")
+    else:
+        for f in (kaggle_raw / "test").iterdir():
+            f.unlink()
+    frame, skipped = scan_raw(kaggle_raw)
+    assert set(frame.split) == {"train"} and len(frame) == 20 and skipped == []
+
+
+def test_empty_class_stops(kaggle_raw):
+    for f in (kaggle_raw / "train").glob("dog.*"):
+        f.unlink()
+    with pytest.raises(ValueError, match="no dog images"):
+        scan_raw(kaggle_raw)
+
+
+def test_the_manifests_paths_are_relative_to_data_raw_so_a_copy_scans_the_same(kaggle_raw, tmp_path):
+    copy = shutil.copytree(kaggle_raw, tmp_path / "elsewhere" / "photos")
+    frame, _ = scan_raw(kaggle_raw)
+    assert frame.equals(scan_raw(copy)[0])  # the same photos in another folder: the same rows
+    assert frame.set_index("id").source[["cat.1", "1"]].tolist() == ["train/cat.1.jpg", "test/1.jpg"]
+    paths = image_paths(frame, copy)
+    assert paths[0] == str(copy / frame.source[0]) and all(os.path.isfile(p) for p in paths)
+
+
+def test_folds_are_stratified_seeded_and_balanced():
+    labels = pd.Series(["cat"] * 101 + ["dog"] * 50)
+    folds = stratified_folds(labels, 5, seed=1)
+    assert sorted(set(folds)) == [1, 2, 3, 4, 5]
+    assert np.bincount(folds)[1:].tolist() == [31, 30, 30, 30, 30]  # sizes differ by one at most
+    for label, size in (("cat", 101), ("dog", 50)):
+        per_fold = np.bincount(folds[labels == label], minlength=6)[1:]
+        assert per_fold.sum() == size and per_fold.max() - per_fold.min() <= 1  # each class's share in every fold
+    np.testing.assert_array_equal(folds, stratified_folds(labels, 5, seed=1))
+    assert not np.array_equal(folds, stratified_folds(labels, 5, seed=2))
+
+
+def test_a_class_smaller_than_the_fold_count_lands_in_some_folds():
+    labels = pd.Series(["cat"] * 10 + ["dog"] * 2)
+    folds = stratified_folds(labels, 5, seed=0)
+    assert len(set(folds[labels == "dog"])) == 2 and sorted(set(folds)) == [1, 2, 3, 4, 5]
+
+
+def test_label_index_is_dog_one_cat_zero_unknown_minus_one():
+    assert label_index(pd.Series(["cat", "dog", ""]), ["cat", "dog"]).tolist() == [0, 1, -1]
+
+
+def test_the_symlink_tree_can_be_rebuilt_from_the_manifest(kaggle_raw, tmp_path):
+    frame, _ = scan_raw(kaggle_raw)
+    frame.to_csv(tmp_path / "split.csv", index=False)
+    tree = tmp_path / "prepared"
+    command = [sys.executable, "-m", "dogscats.data.dataset", str(tmp_path / "split.csv"), str(tree), str(kaggle_raw)]
+    subprocess.run(command, check=True)
+    links = sorted(p for p in tree.rglob("*") if p.is_symlink())
+    assert len(links) == len(frame) and all(os.readlink(p)[0] != "/" for p in links)
+    assert (tree / "train" / "cat" / "cat.1.jpg").resolve() == (kaggle_raw / "train" / "cat.1.jpg").resolve()
+    assert (tree / "test" / "1.jpg").read_bytes() == (kaggle_raw / "test" / "1.jpg").read_bytes()
+
+
+def make_folder_layout(root, classes=("bird", "cat", "dog"), per_class=5, n_test=4):
+    """train/<class>/<name>.jpg and test/<id>.jpg, the folder-per-class layout."""
+    for label in classes:
+        for n in range(per_class):
+            write_image(root / "train" / label / f"img{n}.jpg", (40 * len(label), 60, 200))
+    for n in range(n_test):
+        write_image(root / "test" / f"t{n}.jpg", (1, 2, 3))
+    return root
+
+
+def test_folder_per_class_layout_takes_the_classes_from_the_folders(tmp_path):
+    raw = make_folder_layout(tmp_path)
+    write_image(raw / "train" / "stray.jpg", (1, 2, 3))
+    (raw / "train" / "cat" / "._img0.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # hidden: not read
+    (raw / "test" / "._t0.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    frame, skipped = scan_raw(raw)
+    train = frame[frame.split == "train"]
+    assert classes_of(train.label) == ["bird", "cat", "dog"] and len(train) == 15
+    assert train.set_index("id").loc["bird/img3", "label"] == "bird"
+    assert sorted(frame[frame.split == "test"].id) == ["t0", "t1", "t2", "t3"]
+    assert skipped == [("train/stray.jpg", "not in a class folder")]
+    assert train.set_index("id").loc["bird/img3", "source"] == "train/bird/img3.jpg"
+    folds = stratified_folds(train.label.reset_index(drop=True), 5, seed=0)
+    assert [len(set(folds[train.label.to_numpy() == c])) for c in ("bird", "cat", "dog")] == [5, 5, 5]
+    assert label_index(pd.Series(["dog", "bird", ""]), classes_of(train.label)).tolist() == [2, 0, -1]
+
+
+def test_an_empty_class_folder_or_a_single_class_stops(tmp_path):
+    raw = make_folder_layout(tmp_path)
+    (raw / "train" / "fish").mkdir()
+    with pytest.raises(ValueError, match="no fish images"):
+        scan_raw(raw)
+    (raw / "train" / "fish").rmdir()
+    (raw / "train" / "bird").rename(raw / "train" / "label")
+    with pytest.raises(ValueError, match=r"class \(folder\) 'label' would clash with the submission's columns"):
+        scan_raw(raw)
+    shutil.rmtree(raw / "train")
+    make_folder_layout(raw, classes=("cat",))
+    with pytest.raises(ValueError, match=r"1 class\(es\) \(cat\); classification needs two or more"):
+        scan_raw(raw)
+
+
+def test_an_answer_key_label_that_is_a_class_name_and_an_index_is_the_name(tmp_path):
+    (tmp_path / "key.csv").write_text("id,label\na,1\nb,0\nc,2\n")
+    key = checked_answer_key(tmp_path / "key.csv", tmp_path, ["c", "b", "a"], ["1", "2"])
+    assert key.values.tolist() == [["c", "2"], ["b", "1"], ["a", "1"]]  # in test id order; "0" is the index of "1"
+
+
+def test_folds_of_follows_the_given_order_and_stops_on_a_stale_output():
+    from dogscats.data.dataset import folds_of
+
+    manifest = pd.DataFrame(
+        {"id": ["a", "b", "c", "t"], "split": ["train", "train", "train", "test"], "fold": [1, 2, 3, 0]}
+    )
+    assert folds_of(manifest, ["c", "a", "b"], "split.csv").tolist() == [3, 1, 2]
+    with pytest.raises(ValueError, match="split.csv: its labelled images differ"):
+        folds_of(manifest, ["a", "b"], "split.csv")  # one labelled image missing: features of an older manifest
+    with pytest.raises(ValueError, match="split.csv: its labelled images differ"):
+        folds_of(manifest, ["a", "b", "x"], "split.csv")
+
+
+def _table(root: Path, text: str) -> Path:
+    """A table at root/labels.csv, and a photo for each of a.jpg, b.jpg, c.jpg, d.jpg, sub/e.jpg."""
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "sub/e.jpg"):
+        write_image(root / name, (1, 2, 3))
+    (root / "labels.csv").write_text(text)
+    return root / "labels.csv"
+
+
+def test_a_table_gives_ids_labels_splits_and_sources_relative_to_its_folder(tmp_path):
+    table = _table(tmp_path, "path,label\na.jpg,cat\nb.jpg,dog\n sub/e.jpg ,cat\nd.jpg,\n")
+    frame, skipped = scan_raw(table)
+    assert frame.values.tolist() == [
+        ["a.jpg", "cat", "train", "a.jpg"],
+        ["b.jpg", "dog", "train", "b.jpg"],
+        ["sub/e.jpg", "cat", "train", "sub/e.jpg"],
+        ["d.jpg", "", "test", "d.jpg"],
+    ]
+    assert skipped == [] and image_root(table) == tmp_path and image_root(tmp_path) == tmp_path
+    assert image_paths(frame, table)[2] == str(tmp_path / "sub" / "e.jpg")
+    table.write_text("id,path,label,split\n1,a.jpg,cat,train\n2,b.jpg,dog,\n3,c.jpg,dog,test\n4,d.jpg,,test\n")
+    frame, _ = scan_raw(table)
+    assert frame.id.tolist() == ["1", "2", "3", "4"] and frame.label.tolist() == ["cat", "dog", "", ""]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,label\na.jpg,cat\n", "missing column(s) path"),
+        ("path,label\na.jpg,cat\nb.jpg,dog\nx.jpg,dog\n", f"line 4: {'{root}'}/x.jpg does not exist"),
+        ("id,path,label\n1,a.jpg,cat\n2,b.jpg,dog\n1,c.jpg,dog\n", "line 4: id '1' is on line 2 too"),
+        ("id,path,label\n1,a.jpg,cat\n2,b.jpg,dog\n3,a.jpg,dog\n", "line 4: path 'a.jpg' is on line 2 too"),
+        ("path,label,split\na.jpg,cat,train\nb.jpg,dog,valid\n", "line 3: split 'valid' is neither train nor test"),
+        ("path,label,split\na.jpg,cat,train\nb.jpg,,train\n", "line 3: split train with an empty label"),
+        ("path,label\na.jpg,cat\nb.jpg,cat\nc.jpg,\n", "1 class(es) (cat); classification needs two or more"),
+        ("path,label\n/a.jpg,cat\n", "line 2: path '/a.jpg' must be relative to the table's folder"),
+    ],
+)
+def test_a_bad_table_stops_naming_the_file_and_line(tmp_path, text, message):
+    table = _table(tmp_path, text)
+    with pytest.raises(
+        (ValueError, FileNotFoundError), match=re.escape(f"{table}") + ".*" + re.escape(message.format(root=tmp_path))
+    ):
+        scan_raw(table)
+
+
+def test_class_folders_at_the_top_are_labelled_photos_with_none_to_predict(tmp_path):
+    for label in ("bird", "cat", "dog"):
+        for n in range(2):
+            write_image(tmp_path / label / f"{n}.jpg", (1, 2, 3))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    frame, skipped = scan_raw(tmp_path)
+    assert frame.id.tolist() == ["bird/0", "bird/1", "cat/0", "cat/1", "dog/0", "dog/1"]
+    assert set(frame.split) == {"train"} and frame.source[0] == "bird/0.jpg"
+    assert skipped == [("notes.txt", "not in a class folder")]

@@ -1,0 +1,76 @@
+"""The layers (docs/architecture.md): the import contract in pyproject.toml holds, and breaks when a module imports
+across it; every stage in dvc.yaml depends on every module it runs."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+import yaml
+
+from .conftest import REPO
+
+LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
+# The params' checks decide whether a stage runs, not what it writes: a stage does not rerun when they change (the
+# params themselves are tracked by each stage's `params:`), and the modules reached only through them are not its deps.
+PARAMS_CHECKS = {"dogscats.base.params", "dogscats.base.schema", "dogscats.base.vocabulary"}
+
+
+def _lint_imports(project: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([LINT_IMPORTS, "--no-cache"], cwd=project, capture_output=True, text=True)
+
+
+def test_the_import_contract_holds():
+    result = _lint_imports(REPO)
+    assert result.returncode == 0 and "3 kept, 0 broken" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("product/cli.py", "import keras", "The product imports no TensorFlow, Keras, tf2onnx or SciPy"),
+        ("product/classifier.py", "from dogscats.models.blending import choose", "The product imports no Tens"),
+        ("base/scoring.py", "from dogscats.data import images", "The base imports no layer above it"),
+        ("engine/workers.py", "from dogscats.models import head", "Stages over product over models over engine"),
+        ("networks/backbones.py", "from dogscats.data import images", "Stages over product over models over engine"),
+    ],
+)
+def test_the_import_contract_breaks_when_a_module_imports_across_it(tmp_path, module, line, broken):
+    for name in ("dogscats", "stages"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    path = tmp_path / "dogscats" / module
+    path.write_text(f"{line}\n{path.read_text()}")
+    result = _lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{broken}" in result.stdout and "BROKEN" in result.stdout.split(broken, 1)[1].splitlines()[0]
+    assert f"dogscats.{module[:-3].replace('/', '.')}" in result.stdout  # the report names the module
+
+
+def _modules_run_by(graph: grimp.ImportGraph, script: str) -> set[str]:
+    """The dogscats modules a stage script imports, directly or through others, but not through the params' checks."""
+    seen, todo = set(), [script]
+    while todo:
+        for module in graph.find_modules_directly_imported_by(todo.pop()):
+            if module.startswith("dogscats.") and module not in seen:
+                seen.add(module)
+                if module not in PARAMS_CHECKS:
+                    todo.append(module)
+    return seen - PARAMS_CHECKS
+
+
+def test_each_stage_depends_on_every_module_it_runs():
+    graph = grimp.build_graph("dogscats", "stages", cache_dir=None)
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        stage = stage.get("do", stage)  # a foreach stage's definition
+        files = {}
+        for module in _modules_run_by(graph, f"stages.{name}"):
+            path = Path(*module.split("."))
+            files[module] = path / "__init__.py" if (REPO / path).is_dir() else path.with_suffix(".py")
+        listed = {Path(dep) for dep in stage["deps"] if dep.startswith("dogscats/")}
+        wanted = {path for path in files.values() if path.name != "__init__.py"}  # a layer's __init__ is a docstring
+        assert listed == wanted, (
+            f"{name}: missing {sorted(map(str, wanted - listed))}, not run {sorted(map(str, listed - wanted))}"
+        )
