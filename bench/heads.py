@@ -1,7 +1,7 @@
 """Benchmark the train stage's heads: trained one by one (each fold's head, then the refit head, each its own Keras
 fit with its held-out fold evaluated every epoch, as train did before issue 25) against all in one pass
-(dogscats/models/heads.py, as train does now). Prints each way's time and out-of-fold log loss (at the best checkpoint
-epoch, as train.json's oof_logloss_optimistic, and at the last epoch).
+(dogscats/models/fold_heads.py, as train does now). Prints each way's time and out-of-fold log loss (at the best
+checkpoint epoch, as train.json's oof_logloss_optimistic, and at the last epoch).
 
     python bench/heads.py --rows 2000 20000             # synthetic: two Gaussians in 1,280 dimensions
     python bench/heads.py --features data/features --manifest data/split.csv   # the stored features (params.yaml)
@@ -18,9 +18,9 @@ import numpy as np
 from dogscats.base.params import load_params
 from dogscats.base.scoring import log_loss
 from dogscats.data.feature_store import SplitFeatures, shared_classes
-from dogscats.models.determinism import set_seed
+from dogscats.models.fold_heads import fit_heads, out_of_fold
 from dogscats.models.head import EpochPredictions, checkpoint_epochs, feature_files, fit_head, load_concatenated, subset
-from dogscats.models.heads import fit_heads, out_of_fold
+from dogscats.networks.determinism import set_seed
 
 KERAS_EPS = 1e-7
 

@@ -16,8 +16,8 @@ from dogscats.base.params import load_params
 from dogscats.base.scoring import accuracy, log_loss
 from dogscats.data.dataset import folds_of, read_manifest
 from dogscats.data.feature_store import shared_classes
-from dogscats.models.determinism import set_seed
 from dogscats.models.head import feature_files, fit_head, load_concatenated, predict_proba, subset
+from dogscats.networks.determinism import set_seed
 
 
 def main() -> None:

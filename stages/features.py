@@ -17,8 +17,8 @@ from dogscats.engine.extract import build_extractor, choose_strategy, extraction
 from dogscats.engine.quantize import INT8_FLAGS, METHOD, calibration_sample, cpu_flags, int8_model, resolved_precision
 from dogscats.engine.ray_executor import import_ray, ray_cluster, ray_split_features
 from dogscats.engine.workers import usable_cores, worker_layout
-from dogscats.models.determinism import set_seed
 from dogscats.networks.backbones import get_backbone
+from dogscats.networks.determinism import set_seed
 
 
 def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: str) -> None:

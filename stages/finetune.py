@@ -23,7 +23,6 @@ from dogscats.engine.conversion import choose_engine, engine_model, gpu_visible,
 from dogscats.engine.extract import engine_batches, image_batches
 from dogscats.engine.workers import Extraction, worker_layout
 from dogscats.models.blending import best_epoch as predicts_epoch
-from dogscats.models.determinism import set_seed
 from dogscats.models.finetune import (
     augmentation,
     augmented_trunk_batches,
@@ -43,6 +42,7 @@ from dogscats.models.finetune import (
 from dogscats.models.head import fit_head, loss_for, predict_proba, subset
 from dogscats.models.live import log_epoch, open_live
 from dogscats.networks.backbones import get_backbone, load_feature_extractor
+from dogscats.networks.determinism import set_seed
 from dogscats.networks.preprocessing import BACKBONE_PREPROCESSING
 
 CURVES = ("loss", "accuracy", "oof_logloss", "oof_logloss_tta", "oof_accuracy")  # DVCLive's files, one per figure

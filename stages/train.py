@@ -2,7 +2,8 @@
 more than two classes), once per fold of the manifest: each labelled image's probabilities come from the head that
 did not see it (out of fold), and each test image's from one head refit on all labelled images (train.refit) or the
 mean of the k heads; both at about ten epochs, for predict to choose the epoch count out of fold. All the heads train
-side by side in one pass over the data (dogscats/models/heads.py) and are saved one by one, as heads trained alone."""
+side by side in one pass over the data (dogscats/models/fold_heads.py) and are saved one by one, as heads trained
+alone."""
 
 import sys
 from pathlib import Path
@@ -16,10 +17,10 @@ from dogscats.base.scoring import accuracy, log_loss
 from dogscats.data.dataset import folds_of, read_manifest
 from dogscats.data.feature_store import shared_classes
 from dogscats.data.predictions import probability_table
-from dogscats.models.determinism import set_seed
+from dogscats.models.fold_heads import class_weights, fit_heads, out_of_fold, single_head
 from dogscats.models.head import checkpoint_epochs, feature_files, load_concatenated, save_heads
-from dogscats.models.heads import class_weights, fit_heads, out_of_fold, single_head
 from dogscats.models.live import log_epoch, open_live
+from dogscats.networks.determinism import set_seed
 
 HEAD_KEYS = ("hidden", "dropout", "optimizer", "learning_rate")  # train's params that make a head
 
@@ -42,8 +43,8 @@ def main(
     labelled, test = load_concatenated(files, "train"), load_concatenated(files, "test")
     folds = folds_of(read_manifest(manifest_path), labelled.ids, manifest_path)
 
-    # All the heads train in one pass (dogscats/models/heads.py): each fold's head on the rows outside its fold, and
-    # with train.refit one head on every labelled image, to predict the test images rather than the fold heads' mean
+    # All the heads train in one pass (dogscats/models/fold_heads.py): each fold's head on the rows outside its fold,
+    # and with train.refit one head on every labelled image, to predict the test images rather than the fold heads' mean
     # (out of fold one level down the refit scores better: bench/refit.py, docs/honest.md). Each head's predictions are
     # kept at about ten epochs, for predict to choose the epoch count out of fold; the saved heads are those at the
     # epoch with the lowest out-of-fold log loss. DVCLive gets each head's curves after every epoch: its training

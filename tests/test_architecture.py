@@ -1,9 +1,14 @@
 """The layers (docs/architecture.md): the import contract in pyproject.toml holds, and breaks when a module imports
 across it; every stage in dvc.yaml depends on every module it runs."""
 
+import ast
+import hashlib
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import grimp
@@ -74,3 +79,28 @@ def test_each_stage_depends_on_every_module_it_runs():
         assert listed == wanted, (
             f"{name}: missing {sorted(map(str, wanted - listed))}, not run {sorted(map(str, listed - wanted))}"
         )
+
+
+def test_each_layer_package_holds_only_its_docstring():
+    for init in (REPO / "dogscats").glob("*/__init__.py"):
+        body = ast.parse(init.read_text()).body
+        assert len(body) == 1 and isinstance(body[0].value, ast.Constant), f"{init}: code here is in no stage's deps"
+
+
+def test_the_product_imports_only_what_pip_install_brings():
+    graph = grimp.build_graph("dogscats", include_external_packages=True, cache_dir=None)
+    imported = {m for m in graph.find_upstream_modules("dogscats.product", as_package=True) if "." not in m}
+    external = imported - set(sys.stdlib_module_names) - {"dogscats"}
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~\[ ]", requirement)[0].lower() for requirement in declared}
+    distributions = packages_distributions()
+    assert external and {m for m in external if not {d.lower() for d in distributions[m]} & names} == set()
+
+
+def test_dvc_lock_records_the_code_as_it_is():
+    """dvc.lock is committed after every change to a stage's code (else a fresh clone's `dvc repro` reruns it)."""
+    for name, stage in yaml.safe_load((REPO / "dvc.lock").read_text())["stages"].items():
+        for dep in stage["deps"]:
+            if dep["path"].endswith(".py"):
+                found = hashlib.md5((REPO / dep["path"]).read_bytes()).hexdigest()
+                assert found == dep["md5"], f"{name}: {dep['path']} changed since dvc.lock; run dvc repro and commit"

@@ -17,6 +17,7 @@ from dogscats.base.vocabulary import (
     DECODE_POLICIES,
     ENGINES,
     EXECUTORS,
+    LAYOUT,
     LAYOUT_HELP,
     ONNXRUNTIME_PRECISIONS,
     OPTIMIZERS,
@@ -24,7 +25,6 @@ from dogscats.base.vocabulary import (
     PRECISIONS,
     RESIZE_POLICIES,
     WEIGHTS,
-    parse_layout,
 )
 
 PARAMS_FILE = Path("params.yaml")
@@ -73,10 +73,8 @@ class Features(Section):
     @field_validator("workers", mode="plain")
     @classmethod
     def _workers(cls, value: Any) -> Any:
-        try:
-            parse_layout(value)
-        except ValueError:
-            raise ValueError(LAYOUT_HELP) from None
+        if value != AUTO and not LAYOUT.fullmatch(str(value)):
+            raise ValueError(LAYOUT_HELP)
         return value
 
     @field_validator("crops", mode="before")

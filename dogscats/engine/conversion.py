@@ -8,8 +8,6 @@ days are deleted."""
 
 import hashlib
 import json
-import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,7 +17,11 @@ import numpy as np
 
 from dogscats.base.atomic import atomic_path
 from dogscats.base.vocabulary import ENGINES, ONNXRUNTIME_PRECISIONS
-from dogscats.engine.workers import EngineModel, batch_features  # the session runs without TensorFlow, in workers too
+from dogscats.engine.workers import (  # the session runs without TensorFlow, in workers too
+    EngineModel,
+    batch_features,
+    cached_engine_model,
+)
 from dogscats.networks.backbones import weights_cache_dir
 
 OPSET = 17
@@ -95,13 +97,8 @@ def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None =
     cache_dir = cache_dir or weights_cache_dir() / "onnx"
     shape = "x".join(str(d) for d in model.input.shape[1:])
     cached = cache_dir / f"{model.name}-{shape}-{model_key(model)}.onnx"
-    if cached.exists():
-        try:
-            converted = EngineModel(cached.read_bytes(), model.name, threads, cached)
-            os.utime(cached)  # last used now: kept by remove_unused
-            return converted
-        except Exception as err:  # ONNX Runtime raises its own types for a damaged file: convert again
-            print(f"warning: {cached}: {err}; converting the model again", file=sys.stderr)
+    if (converted := cached_engine_model(cached, model.name, threads)) is not None:
+        return converted
     try:
         onnx_bytes = to_onnx(model, ["x"])
     except RuntimeError as err:

@@ -13,9 +13,17 @@ import tensorflow as tf
 
 from dogscats.base.vocabulary import PRECISIONS
 from dogscats.data.images import crop_side, view_slices
-from dogscats.engine.conversion import EngineModel, engine_feature_batches
+from dogscats.engine.conversion import engine_feature_batches
 from dogscats.engine.quantize import INT8_FLAGS, cpu_flags
-from dogscats.engine.workers import Extraction, extract_photos, image_batches, load_or_blank, open_session, ordered_map
+from dogscats.engine.workers import (
+    EngineModel,
+    Extraction,
+    extract_photos,
+    image_batches,
+    load_or_blank,
+    open_session,
+    ordered_map,
+)
 from dogscats.networks.backbones import Backbone, load_feature_extractor
 from dogscats.networks.preprocessing import BACKBONE_PREPROCESSING, PREPROCESSING
 

@@ -13,7 +13,6 @@ ONNX Runtime (with onnx), not TensorFlow."""
 
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from dogscats.base.atomic import atomic_path
-from dogscats.engine.workers import EngineModel, Extraction, decode_photos, view_slices
+from dogscats.data.images import view_slices
+from dogscats.engine.workers import EngineModel, Extraction, cached_engine_model, decode_photos
 from dogscats.networks.preprocessing import PREPROCESSING
 
 CALIBRATION_PHOTOS = 64  # labelled photos whose activations set the int8 ranges
@@ -166,13 +166,12 @@ def int8_model(
     float_path = Path(float_model.path)
     views = calibration_views(extraction, paths, size)
     cached = float_path.with_name(f"{float_path.stem}-int8-{quantization_key(float_path, md5s, views)}.onnx")
-    if cached.exists():
-        os.utime(cached)  # last used now: kept by engine.remove_unused
-    else:
+    threads = float_model.session.get_session_options().intra_op_num_threads
+    quantized = cached_engine_model(cached, float_model.name, threads)
+    if quantized is None:
         with atomic_path(cached, suffix=".onnx") as tmp:
             quantize(float_path, views, tmp)
-    threads = float_model.session.get_session_options().intra_op_num_threads
-    quantized = EngineModel(cached.read_bytes(), float_model.name, threads, cached)
+        quantized = EngineModel(cached.read_bytes(), float_model.name, threads, cached)
     chunks = [views[i : i + CALIBRATION_BATCH] for i in range(0, len(views), CALIBRATION_BATCH)]  # bounded memory
     reference, found = (np.concatenate([run(chunk) for chunk in chunks]) for run in (float_model, quantized))
     return quantized, deviation(reference, found)

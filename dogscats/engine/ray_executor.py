@@ -39,6 +39,12 @@ def import_ray() -> Any:
     return ray
 
 
+def runtime_env() -> dict:
+    """Ray's runtime environment: the whole dogscats package travels with the job, so a node runs this very code (it
+    needs the same packages installed, not a checkout)."""
+    return {"py_modules": [str(Path(__file__).parents[1])]}  # dogscats/, not this layer's engine/
+
+
 @contextmanager
 def ray_cluster(**init_args: Any) -> Iterator[Any]:
     """Ray for the block: as it is when already initialised; else the cluster at RAY_ADDRESS or one `ray start`ed on
@@ -47,10 +53,8 @@ def ray_cluster(**init_args: Any) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    # The package travels with the job, so a node runs this very code: it needs the same packages, not a checkout.
-    package = {"py_modules": [str(Path(__file__).parent)]}
     # ERROR: Ray's start-up warnings (token authentication and the like) would drown the stage's few lines.
-    context = ray.init(include_dashboard=False, logging_level=logging.ERROR, runtime_env=package, **init_args)
+    context = ray.init(include_dashboard=False, logging_level=logging.ERROR, runtime_env=runtime_env(), **init_args)
     try:
         yield ray
     finally:

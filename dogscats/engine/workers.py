@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dogscats.base.vocabulary import parse_layout
+from dogscats.base.vocabulary import AUTO, LAYOUT, LAYOUT_HELP
 from dogscats.data.images import load_resized, view_slices
 from dogscats.networks.preprocessing import PREPROCESSING
 
@@ -60,6 +60,20 @@ class EngineModel:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The model's output for a batch."""
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def cached_engine_model(path: Path, name: str, threads: int = 0) -> EngineModel | None:
+    """The engine model cached at path, marked as used now (kept by conversion.remove_unused); None when there is
+    none, or when the file is damaged (with a warning: its maker makes it again)."""
+    if not path.exists():
+        return None
+    try:
+        model = EngineModel(path.read_bytes(), name, threads, path)
+    except Exception as err:  # ONNX Runtime raises its own types for a damaged file
+        print(f"warning: {path}: {err}; making it again", file=sys.stderr)
+        return None
+    os.utime(path)
+    return model
 
 
 @dataclass(frozen=True)
@@ -208,6 +222,16 @@ def available_memory() -> int | None:
         return int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return None
+
+
+def parse_layout(setting: str) -> tuple[int, int] | None:
+    """(W, T) of a WxT setting such as 2x1, None for auto; ValueError for anything else."""
+    if setting == AUTO:
+        return None
+    match = LAYOUT.fullmatch(str(setting))
+    if not match:
+        raise ValueError(f"{LAYOUT_HELP}, got {setting!r}")
+    return int(match[1]), int(match[2])
 
 
 def auto_layout(cores: int, memory: int | None = None) -> tuple[int, int]:

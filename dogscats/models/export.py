@@ -19,9 +19,9 @@ from dogscats.engine.conversion import engine_model, probe_images
 from dogscats.engine.conversion import to_onnx as engine_to_onnx
 from dogscats.engine.quantize import with_int8_backbone
 from dogscats.engine.workers import EngineModel, batch_features
-from dogscats.models.determinism import set_seed
 from dogscats.models.finetune import Finetuned
 from dogscats.networks.backbones import get_backbone, load_feature_extractor
+from dogscats.networks.determinism import set_seed
 from dogscats.networks.preprocessing import BACKBONE_PREPROCESSING, PREPROCESSING
 
 SHARED = ("resize", "decode", "tta", "crops", "weights", "pooling", "precision")  # one policy for every backbone

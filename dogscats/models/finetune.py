@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from dogscats.base.atomic import atomic_dir, save_keras_model, write_json
+from dogscats.base.scoring import as_probabilities
 from dogscats.data.feature_store import SplitFeatures, backbone_of, read_split
-from dogscats.models.head import probabilities
 
 # Layer-name prefix of one block: blockN_ (EfficientNet-Lite, VGG16, Xception), blockNx_ (EfficientNetV2),
 # convS_blockN_ (ResNet50).
@@ -200,12 +200,12 @@ def fold_probabilities(
     """Out-of-fold class probabilities of the labelled images (classifiers[i] on fold fold_ids[i]), plain and averaged
     with the mirror image's; and the test images' averaged over the classifiers, plain and mirrored."""
 
-    n_classes = probabilities(keras.ops.convert_to_numpy(classifiers[0](maps[0][:1], training=False))).shape[1]
+    n_classes = as_probabilities(keras.ops.convert_to_numpy(classifiers[0](maps[0][:1], training=False))).shape[1]
 
     def proba(classifier: keras.Model, x: np.ndarray) -> np.ndarray:
         if not len(x):
             return np.zeros((0, n_classes))
-        return probabilities(classifier.predict(x, batch_size=batch_size, verbose=0))
+        return as_probabilities(classifier.predict(x, batch_size=batch_size, verbose=0))
 
     oof, oof_mirror = np.zeros((len(folds), n_classes)), np.zeros((len(folds), n_classes))
     test, test_mirror = np.zeros((len(test_maps[0]), n_classes)), np.zeros((len(test_maps[0]), n_classes))

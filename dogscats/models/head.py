@@ -7,7 +7,7 @@ import keras
 import numpy as np
 
 from dogscats.base.atomic import atomic_dir, save_keras_model
-from dogscats.base.scoring import as_probabilities as probabilities  # also finetune's
+from dogscats.base.scoring import as_probabilities
 from dogscats.data import feature_store
 
 
@@ -88,7 +88,7 @@ def subset(rows: feature_store.SplitFeatures, index: np.ndarray) -> feature_stor
 
 def predict_proba(model: keras.Model, features: np.ndarray) -> np.ndarray:
     """(N, K) class probabilities, as float64."""
-    return probabilities(model.predict(features, batch_size=1024, verbose=0))
+    return as_probabilities(model.predict(features, batch_size=1024, verbose=0))
 
 
 def save_heads(models: list[keras.Model], out: Path, refit: keras.Model | None = None) -> None:

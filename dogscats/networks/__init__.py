@@ -1,2 +1,2 @@
 """The frozen networks: the backbone registry, the EfficientNet-Lite port and its weights reader, each family's pixel
-preprocessing. Imports the base only."""
+preprocessing, seeding. Imports the base only."""

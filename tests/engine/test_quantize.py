@@ -17,11 +17,14 @@ from dogscats.engine.quantize import (
     METHOD,
     backbone_match,
     calibration_sample,
+    int8_model,
     pooling_and_after,
     resolved_precision,
 )
+from dogscats.engine.workers import EngineModel, Extraction
 from dogscats.product.classifier import Classifier
 
+from ..conftest import write_image
 from ..product.test_classifier import BACKBONE, export_project
 
 
@@ -87,6 +90,44 @@ def test_the_pooling_and_everything_after_it_stay_float():
         helper.make_node("Flatten", ["g"], ["y"], "flatten"),
     ]
     assert pooling_and_after(_graph(excitation, [_weight("w", 0)])) == ["flatten", "pool"]
+
+
+def _tiny_network(path: Path) -> EngineModel:
+    """A float network as the engine's: photos (N, 8, 8, 3) -> a 1x1 convolution, ReLU, average pooling -> (N, 4)."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], "nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "w"], ["c"], "conv"),
+        helper.make_node("Relu", ["c"], ["r"], "relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], "pool"),
+        helper.make_node("Flatten", ["g"], ["y"], "flatten"),
+    ]
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 1, 1)).astype(np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph(nodes, "tiny", [x], [y], [w])
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return EngineModel(path.read_bytes(), "tiny", 1, path)
+
+
+def test_the_int8_network_is_cached_by_content_and_a_damaged_file_is_made_again(tmp_path, capsys):
+    float_model = _tiny_network(tmp_path / "tiny.onnx")
+    colours = [(200, 60, 40), (40, 60, 200), (90, 200, 90), (30, 30, 30)]
+    paths = [str(write_image(tmp_path / "photos" / f"{n}.jpg", c, (16, 12))) for n, c in enumerate(colours)]
+    extraction = Extraction(str(float_model.path), 8, "squash", "full", True, 1, 1, "lite")
+    first, gap = int8_model(float_model, extraction, 8, ["a", "b", "c", "d"], paths)
+    made = first.path.read_bytes()
+    assert first.path.parent == tmp_path and first.path.name.startswith("tiny-int8-")
+    assert {node.op_type for node in onnx.load(first.path).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    assert 0 <= gap["median"] <= gap["max"] < 0.5  # the int8 features follow the float ones
+
+    again, _ = int8_model(float_model, extraction, 8, ["a", "b", "c", "d"], paths)
+    assert again.path == first.path and capsys.readouterr().err == ""  # from the cache
+    other, _ = int8_model(float_model, extraction, 8, ["a", "b", "c", "e"], paths)
+    assert other.path != first.path  # other calibration photos: another int8 network
+
+    first.path.write_bytes(made[: len(made) // 2])  # damaged
+    remade, _ = int8_model(float_model, extraction, 8, ["a", "b", "c", "d"], paths)
+    assert "making it again" in capsys.readouterr().err and remade.path.read_bytes() == made  # and deterministic
 
 
 def test_the_match_finds_the_engines_network_inside_a_larger_graph_and_refuses_other_weights():

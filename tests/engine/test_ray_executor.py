@@ -219,3 +219,8 @@ def test_the_features_stage_on_ray_writes_the_local_executors_file(kaggle_raw, i
                 assert local[split][key][:].tolist() == on_ray[split][key][:].tolist()
             np.testing.assert_allclose(on_ray[split]["features"][:], local[split]["features"][:], rtol=0, atol=1e-6)
     assert Path("local.json").read_text() == Path("ray.json").read_text()
+
+
+def test_the_whole_package_travels_with_a_ray_job():
+    (package,) = ray_executor.runtime_env()["py_modules"]
+    assert Path(package) == REPO / "dogscats" and (Path(package) / "engine" / "workers.py").is_file()

@@ -16,7 +16,6 @@ from dogscats.data.feature_store import write_preprocessing
 from dogscats.data.images import centre_view, crop_side, load_resized
 from dogscats.engine.conversion import engine_feature_batches
 from dogscats.models.calibration import final_p
-from dogscats.models.determinism import set_seed
 from dogscats.models.export import canonical_onnx, check_preprocessing, classifier_graph
 from dogscats.models.finetune import (
     Finetuned,
@@ -27,6 +26,7 @@ from dogscats.models.finetune import (
 )
 from dogscats.models.head import build_head
 from dogscats.networks.backbones import get_backbone, load_feature_extractor
+from dogscats.networks.determinism import set_seed
 from dogscats.product.classifier import Classifier
 from dogscats.product.cli import main as cli
 from dogscats.product.explain import explain

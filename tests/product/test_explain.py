@@ -16,10 +16,10 @@ from PIL import Image
 from dogscats.base.atomic import write_json
 from dogscats.data.classifier_files import CAM_FILE, OUTPUTS
 from dogscats.engine.conversion import to_onnx as engine_to_onnx
-from dogscats.models.determinism import set_seed
 from dogscats.models.evaluation import worst_mistakes_html
 from dogscats.models.export import cam_settings, canonical_onnx, classifier_graph, to_onnx
 from dogscats.models.head import build_head
+from dogscats.networks.determinism import set_seed
 from dogscats.product.classifier import Classifier, ModelError
 from dogscats.product.cli import main as cli
 from dogscats.product.explain import explain, overlay, overlay_data_uris, page_overlays

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dogscats.models.determinism import set_seed
-from dogscats.models.head import build_head, predict_proba
-from dogscats.models.heads import (
+from dogscats.models.fold_heads import (
     ByteDropout,
     build_heads,
     class_weights,
@@ -20,6 +18,8 @@ from dogscats.models.heads import (
     train_heads,
     training_rows,
 )
+from dogscats.models.head import build_head, predict_proba
+from dogscats.networks.determinism import set_seed
 
 FOLDS = np.array([1, 2, 3] * 10)
 
