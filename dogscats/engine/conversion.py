@@ -22,7 +22,7 @@ from dogscats.engine.workers import (  # the session runs without TensorFlow, in
     batch_features,
     cached_engine_model,
 )
-from dogscats.networks.backbones import weights_cache_dir
+from dogscats.networks.backbones import cache_root
 
 OPSET = 17
 UNUSED_DAYS = 30  # a cached conversion unused this long is deleted when another is written
@@ -94,7 +94,7 @@ def to_onnx(model: keras.Model, input_names: list[str] | None = None) -> bytes:
 def engine_model(model: keras.Model, probe: np.ndarray, cache_dir: Path | None = None, threads: int = 0) -> EngineModel:
     """The model in the engine with `threads` intra-op threads (0: ONNX Runtime's default): loaded from the cache, or
     converted, checked on the probe batch and cached; its path is the cached file (what worker processes load)."""
-    cache_dir = cache_dir or weights_cache_dir() / "onnx"
+    cache_dir = cache_dir or cache_root() / "onnx"
     shape = "x".join(str(d) for d in model.input.shape[1:])
     cached = cache_dir / f"{model.name}-{shape}-{model_key(model)}.onnx"
     if (converted := cached_engine_model(cached, model.name, threads)) is not None:

@@ -61,8 +61,8 @@ def keras_weights_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
 
 
-def weights_cache_dir() -> Path:
-    """Where the converted EfficientNet-Lite weights are cached (DOGSCATS_CACHE overrides)."""
+def cache_root() -> Path:
+    """The root of the caches: converted EfficientNet-Lite weights, and onnx/ the engine's models (DOGSCATS_CACHE)."""
     default = Path.home() / ".cache" / "dogscats"
     return Path(os.environ.get("DOGSCATS_CACHE", default)).expanduser()
 
@@ -126,7 +126,7 @@ def feature_map_model(name: str, weights: str | None, input_size: int) -> keras.
     if name in efficientnet_lite.LITE_VARIANTS:
         classifier = efficientnet_lite.build_efficientnet_lite(name, input_size)
         if weights == "imagenet":  # convolution weights do not depend on the input size
-            classifier.set_weights(efficientnet_lite.load_imagenet_classifier(name, weights_cache_dir()).get_weights())
+            classifier.set_weights(efficientnet_lite.load_imagenet_classifier(name, cache_root()).get_weights())
         return keras.Model(classifier.input, classifier.get_layer("avg_pool").input, name=name)
     return _keras_app_model(name, weights, input_size)
 
