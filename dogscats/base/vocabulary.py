@@ -8,11 +8,7 @@ AUTO = "auto"
 ENGINES = ("auto", "tensorflow", "onnxruntime")  # features.engine: dogscats.engine.conversion
 EXECUTORS = ("local", "ray")  # features.executor
 PRECISIONS = ("float32", "bfloat16", "float16", "int8", "auto")  # features.precision: extract.py, quantize.py
-ONNXRUNTIME_PRECISIONS = (
-    "float32",
-    "int8",
-    "auto",
-)  # what the onnxruntime engine runs (int8: dogscats.engine.quantize)
+ONNXRUNTIME_PRECISIONS = ("float32", "int8", "auto")  # what the onnxruntime engine runs (int8: engine/quantize.py)
 POOLINGS = ("avg", "max", "flatten")  # features.pooling: dogscats.networks.backbones
 WEIGHTS = ("imagenet", None)  # features.weights (None: random, for tests): dogscats.networks.backbones
 CLASS_WEIGHTS = ("none", "balanced")  # train.class_weight
