@@ -66,10 +66,11 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
         progress = tqdm(total=len(manifest), desc=f"features@{backbone.name}", unit="img")
         splits = [manifest[manifest.split == split] for split in SPLITS]
         photos = [(image_paths(rows, raw), (rows.problem == "").tolist()) for rows in splits]
+        nodes: set[str] = set()  # the Ray nodes that computed features
         if on_ray:  # one pipeline (one pool of actors) for both splits
             threads = workers[1] or usable_cores()  # an actor reserves its threads' CPUs: a number, not the default
             extraction = extraction_of(extractor, backbone.name, size, params, threads)
-            per_split = ray_split_features(extraction, photos, params["batch_size"])
+            per_split = ray_split_features(extraction, photos, params["batch_size"], nodes)
         else:
             per_split = (
                 split_features(*split, backbone, model, extractor, strategy, params, workers) for split in photos
@@ -81,7 +82,7 @@ def main(backbone_name: str, manifest_path: str, out_path: str, metrics_path: st
     seconds = time.perf_counter() - start
     speed = len(manifest) / seconds
     layout = f", {workers[0]}x{workers[1] or 'default'} workers" if extractor is not None else ""
-    layout = f", on Ray, actors of {extraction.threads} thread(s)" if on_ray else layout
+    layout = f", on {len(nodes)} Ray node(s), actors of {extraction.threads} thread(s)" if on_ray else layout
     usable = int((manifest.problem == "").sum())
     write_json(metrics_path, {"images": len(manifest), "usable": usable, "dim": dim, **quantized})
     print(

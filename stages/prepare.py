@@ -14,18 +14,20 @@ from dogscats.base.atomic import atomic_dir, write_csv, write_json
 from dogscats.base.params import load_params
 from dogscats.data.dataset import (
     MANIFEST_COLUMNS,
+    check_link_tree,
     checked_answer_key,
     classes_of,
     file_md5,
     image_paths,
     image_root,
-    link_path,
+    link_paths,
     scan_raw,
     stratified_folds,
     write_symlink_tree,
 )
 from dogscats.data.images import decode_problem
 from dogscats.data.overrides import apply_overrides, read_overrides
+from dogscats.data.untrusted import DataError
 
 
 def check_image(path: str) -> tuple[str, str]:
@@ -58,7 +60,7 @@ def main(
     n_train = int((images.split == "train").sum())
     n_bad_train = int(((images.split == "train") & (images.problem != "")).sum())
     if n_bad_train > prep["max_bad_fraction"] * n_train:
-        raise ValueError(
+        raise DataError(
             f"{n_bad_train} of {n_train} training images cannot be used, more than prepare.max_bad_fraction"
             f" ({prep['max_bad_fraction']}); the reasons are in {report_path}"
         )
@@ -66,7 +68,7 @@ def main(
     images = images[(images.split == "test") | (images.problem == "")].reset_index(drop=True)
     train = images.split == "train"
     if prep["folds"] > train.sum():
-        raise ValueError(f"prepare.folds is {prep['folds']}, but {raw} has {train.sum()} usable labelled images")
+        raise DataError(f"prepare.folds is {prep['folds']}, but {raw} has {train.sum()} usable labelled images")
     images["fold"] = 0
     images.loc[train, "fold"] = stratified_folds(images.label[train], prep["folds"], prep["seed"])
     for label, count in images.label[train].value_counts().sort_index().items():
@@ -78,8 +80,8 @@ def main(
                 file=sys.stderr,
             )
     out = Path(out_dir)
-    rows = zip(images.source, images.split, images.label, strict=True)
-    images["file"] = [str(link_path(*row, out, raw.suffix.lower() == ".csv")) for row in rows]
+    check_link_tree(out)
+    images["file"] = [str(link) for link in link_paths(images, out)]
     with atomic_dir(out) as tmp:  # a sibling of out, so the relative links stay valid after the rename
         write_symlink_tree(images, raw, tmp)
     write_csv(manifest_path, images[MANIFEST_COLUMNS])
@@ -95,4 +97,7 @@ def main(
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    try:
+        main(*sys.argv[1:])
+    except DataError as err:  # the user's data breaks a rule: one line naming the file, line and rule
+        sys.exit(f"prepare: {err}")

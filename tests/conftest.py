@@ -1,5 +1,6 @@
 """Shared fixtures: tiny generated images in the Kaggle layout, and a params.yaml to run stages against."""
 
+import os
 import zlib
 from pathlib import Path
 
@@ -7,6 +8,10 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+# Ray started by the tests listens on 127.0.0.1 only (on Linux it listens on every interface unless told it is not a
+# cluster); read by Ray when it is imported, so set before any test imports it. The stages' subprocesses inherit it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -153,15 +153,19 @@ class Predict(Section):
         return value
 
 
+# Photos a page shows (thumbnails inline, maps computed in batches): 1,000 keeps a page near 10 MB.
+PagePhotos = Annotated[int, Field(ge=0, le=1000)]
+
+
 class Evaluate(Section):
-    worst_mistakes: NonNegative
+    worst_mistakes: PagePhotos
 
 
 class Audit(Section):
     near_duplicate: Annotated[float, Field(gt=0, le=1)]
     outlier_neighbours: AtLeastOne
     outlier_fence: Annotated[float, Field(ge=0)]
-    show: NonNegative
+    show: PagePhotos
 
 
 class Submit(Section):

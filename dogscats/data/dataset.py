@@ -29,6 +29,17 @@ import numpy as np
 import pandas as pd
 
 from dogscats.base.atomic import atomic_dir
+from dogscats.data.untrusted import (
+    DataError,
+    MissingDataError,
+    check_class_name,
+    check_id,
+    check_inside,
+    is_file,
+    link_name,
+    read_table,
+    text_problem,
+)
 
 CLASSES = ("cat", "dog")  # the Kaggle layout's classes
 TRAIN_NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
@@ -38,20 +49,24 @@ IMAGE_NAME = re.compile(r"^([^.].*)\.(jpe?g|png|gif|webp|bmp)$", re.IGNORECASE)
 MANIFEST_COLUMNS = ["id", "file", "label", "split", "fold", "source", "problem", "md5"]
 
 
+def is_table(raw: Path | str) -> bool:
+    """Whether data.raw names a CSV table (else a folder)."""
+    return Path(raw).suffix.lower() == ".csv"
+
+
 def image_root(raw: Path | str) -> Path:
     """The folder the manifest's sources are relative to: data.raw itself, or a table's folder."""
-    raw = Path(raw)
-    return raw.parent if raw.suffix.lower() == ".csv" else raw
+    return Path(raw).parent if is_table(raw) else Path(raw)
 
 
 def scan_raw(raw: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Read the raw data in any layout, or a table: a frame of (id, label, split, source) rows, and (file, reason)
     for the files that were skipped (no label in the name, not in a class folder); sources and files relative to
     image_root(raw)."""
-    if raw.suffix.lower() == ".csv" and raw.is_file():
+    if is_table(raw) and raw.is_file():
         return scan_table(raw), []
     if not raw.is_dir():
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"data.raw: {raw.absolute()} is not a folder or a .csv table. A relative path is read from the project's"
             f" root; experiments run with --queue or --temp run in a copy of the project under .dvc/tmp/exps, where it"
             f" points elsewhere: give them an absolute path, e.g. -S data.raw=$(realpath {raw})"
@@ -77,11 +92,11 @@ def _scan_top_class_folders(raw: Path) -> tuple[pd.DataFrame, list[tuple[str, st
     """A folder of class folders (<class>/*.jpg, no train/): every photo labelled, none to predict."""
     class_dirs = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
     if any(p.name == "test" for p in class_dirs):
-        raise ValueError(f"{raw}: a test/ folder but no train/ folder; put the labelled photos in train/")
+        raise DataError(f"{raw}: a test/ folder but no train/ folder; put the labelled photos in train/")
     rows, skipped = _scan_class_folders(raw, class_dirs, raw)
     frame = pd.DataFrame(rows, columns=["id", "label", "split", "source"])
     if not class_dirs:
-        raise FileNotFoundError(f"{raw}: no train/ folder and no class folders; see data.raw in README.md")
+        raise MissingDataError(f"{raw}: no train/ folder and no class folders; see data.raw in README.md")
     _check_structure(frame, raw, raw, [p.name for p in class_dirs])
     return frame, skipped
 
@@ -91,43 +106,57 @@ TABLE_SPLITS = ("train", "test")
 
 def scan_table(table: Path) -> pd.DataFrame:
     """A CSV table's (id, label, split, source) rows: path,label (an empty label: a photo to predict), optionally
-    split and id, checked row by row; sources relative to the table's folder."""
-    rows = pd.read_csv(table, dtype=str, keep_default_na=False)
-    missing = sorted({"path", "label"} - set(rows.columns))
-    if missing:
-        raise ValueError(f"{table}: missing column(s) {', '.join(missing)}; a table needs path,label (split, id)")
-    rows = rows.apply(lambda column: column.str.strip())
-    line = rows.index + 2  # the file's line: the header is line 1
-    split = rows["split"] if "split" in rows else pd.Series("", index=rows.index)
-    for n, value in zip(line, split, strict=True):
-        if value not in ("", *TABLE_SPLITS):
-            raise ValueError(f"{table}, line {n}: split {value!r} is neither train nor test (nor empty)")
-    split = split.where(split != "", np.where(rows.label == "", "test", "train"))
-    for n, value, label in zip(line, split, rows.label, strict=True):
-        if value == "train" and not label:
-            raise ValueError(f"{table}, line {n}: split train with an empty label; give it a label, or split test")
-    root = table.parent
-    for n, path in zip(line, rows.path, strict=True):
-        if not path or Path(path).is_absolute():
-            raise ValueError(f"{table}, line {n}: path {path!r} must be relative to the table's folder ({root})")
-        if not (root / path).is_file():
-            raise FileNotFoundError(f"{table}, line {n}: {root / path} does not exist")
-    ids = rows["id"] if "id" in rows else rows.path.map(lambda p: Path(p).as_posix())
-    for n, id_, twice in zip(line, ids, ids.duplicated(keep="first"), strict=True):
-        if twice or not id_:
-            first = line[(ids == id_).to_numpy()][0]
-            raise ValueError(f"{table}, line {n}: id {id_!r} " + ("is empty" if not id_ else f"is on line {first} too"))
-    sources = pd.Series([Path(path).as_posix() for path in rows.path], index=rows.index)
-    for n, source, twice in zip(line, sources, sources.duplicated(keep="first"), strict=True):
-        if twice:
-            raise ValueError(
-                f"{table}, line {n}: path {source!r} is on line {line[(sources == source).to_numpy()][0]} too"
-            )
-    frame = pd.DataFrame(
-        {"id": ids, "label": rows.label.where(split == "train", ""), "split": split, "source": sources}
-    )
+    split and id, checked row by row; sources relative to the table's folder. A test row's label is not a class
+    (table_answer_key reads it)."""
+    rows = _table_rows(table)
+    frame = rows.assign(label=rows.label.where(rows.split == "train", ""))
     _check_structure(frame, table, table, classes_of(frame.label[frame.split == "train"]))
     return frame.reset_index(drop=True)
+
+
+def table_answer_key(table: Path) -> pd.DataFrame:
+    """The answer key a table carries: its test rows' labels (id, label; empty where a row has none)."""
+    rows = _table_rows(table)
+    return rows[rows.split == "test"][["id", "label"]].reset_index(drop=True)
+
+
+def _table_rows(table: Path) -> pd.DataFrame:
+    """A table's rows (id, label, split, source), indexed by line, each checked: a known split, a label where the
+    split is train and every label a plain class name, a path that lies in the table's folder (symlinks resolved)
+    and exists, ids and paths distinct; DataError naming the table, the line and the rule."""
+    rows = read_table(table)
+    missing = sorted({"path", "label"} - set(rows.columns))
+    if missing:
+        raise DataError(f"{table}: missing column(s) {', '.join(missing)}; a table needs path,label (split, id)")
+    split = rows["split"] if "split" in rows else pd.Series("", index=rows.index)
+    for n, value in split.items():
+        if value not in ("", *TABLE_SPLITS):
+            raise DataError(f"{table}, line {n}: split {value!r} is neither train nor test (nor empty)")
+    split = split.where(split != "", np.where(rows.label == "", "test", "train"))
+    for n, value, label in zip(rows.index, split, rows.label, strict=True):
+        if value == "train" and not label:
+            raise DataError(f"{table}, line {n}: split train with an empty label; give it a label, or split test")
+        if label:
+            check_class_name(label, f"{table}, line {n}")
+    root = table.parent
+    for n, path in rows.path.items():
+        problem = "is empty" if not path else text_problem(path)
+        if problem or Path(path).is_absolute():
+            rule = problem or "is absolute"
+            raise DataError(f"{table}, line {n}: path {path!r} {rule}; it must be relative to the table's folder")
+        check_inside(root / path, root, f"{table}, line {n}")
+        if not is_file(root / path):
+            raise MissingDataError(f"{table}, line {n}: {str(root / path)!r} does not exist")
+    ids = rows["id"] if "id" in rows else rows.path.map(lambda p: Path(p).as_posix())
+    for n, id_, twice in zip(rows.index, ids, ids.duplicated(keep="first"), strict=True):
+        check_id(id_, f"{table}, line {n}")
+        if twice:
+            raise DataError(f"{table}, line {n}: id {id_!r} is on line {ids.index[ids == id_][0]} too")
+    sources = pd.Series([Path(path).as_posix() for path in rows.path], index=rows.index)
+    for n, source, twice in zip(rows.index, sources, sources.duplicated(keep="first"), strict=True):
+        if twice:
+            raise DataError(f"{table}, line {n}: path {source!r} is on line {sources.index[sources == source][0]} too")
+    return pd.DataFrame({"id": ids, "label": rows.label, "split": split, "source": sources})
 
 
 def _relative(path: Path, raw: Path) -> str:
@@ -166,24 +195,26 @@ def _scan_class_folders(
 
 
 def _check_structure(frame: pd.DataFrame, raw: Path, where: Path, classes: list[str]) -> None:
-    """Stop on problems no amount of skipping fixes: fewer than two classes, an empty class, duplicate ids; where
-    names the folder or table the classes come from."""
+    """Stop on problems no amount of skipping fixes: fewer than two classes, a class that is not a plain name or is
+    empty, an id that cannot be written, duplicate ids; where names the folder or table the classes come from."""
     train = frame[frame.split == "train"]
+    for label in classes:
+        check_class_name(label, str(where))
     if len(classes) < 2:
-        raise ValueError(f"{where}: {len(classes)} class(es) ({', '.join(classes)}); classification needs two or more")
+        raise DataError(f"{where}: {len(classes)} class(es) ({', '.join(classes)}); classification needs two or more")
     reserved = sorted(set(classes) & {"id", "label"})
     if reserved:
-        raise ValueError(
-            f"{where}: class (folder) {reserved[0]!r} would clash with the submission's columns; rename it"
-        )
+        raise DataError(f"{where}: class (folder) {reserved[0]!r} would clash with the submission's columns; rename it")
     for label in classes:
         if not (train.label == label).any():
-            raise ValueError(f"{where}: no {label} images")
+            raise DataError(f"{where}: no {label} images")
+    for id_, source in zip(frame.id, frame.source, strict=True):
+        check_id(id_, repr(str(image_root(raw) / source)))
     duplicated = frame[frame.duplicated(["split", "id"], keep=False)].assign(path=lambda f: image_paths(f, raw))
     dup = duplicated.groupby(["split", "id"]).path.apply(" and ".join)
     if len(dup):
         named = "; ".join(f"{split} id {id_}: {files}" for (split, id_), files in dup.head(10).items())
-        raise ValueError(f"duplicate ids (one file per id, please): {named}")
+        raise DataError(f"duplicate ids (one file per id, please): {named}")
 
 
 def classes_of(labels: pd.Series) -> list[str]:
@@ -212,23 +243,47 @@ def image_paths(manifest: pd.DataFrame, raw: Path | str) -> list[str]:
     return [str(root / source) for source in manifest.source]
 
 
-def link_path(source: str, split: str, label: str, out: Path, table: bool = False) -> Path:
-    """Where an image appears in the symlink tree: train/<class>/ or test/, under its file name (a table's photos:
-    their whole path, / as __, since two folders may hold the same name)."""
-    name = source.replace("/", "__") if table else Path(source).name
+def link_path(id_: str, source: str, split: str, label: str, out: Path) -> Path:
+    """Where a photo appears in the symlink tree: train/<class>/ or test/, named by its id (untrusted.link_name:
+    unique whatever the layout, so a relabelled photo never takes another's place) and its file's suffix."""
+    name = link_name(id_, source)
     return out / split / name if split == "test" else out / split / label / name
+
+
+def check_link_tree(out: Path) -> None:
+    """Stop unless out is missing or a symlink tree (folders and links only): writing a tree replaces it whole."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DataError(f"{out}: not a folder; the symlink tree is written to a new folder or over an earlier tree")
+    for folder, _, files in os.walk(out):
+        stray = next((Path(folder) / name for name in files if not (Path(folder) / name).is_symlink()), None)
+        if stray:
+            raise DataError(
+                f"{out}: holds {str(stray)!r}, which is not a link; the symlink tree replaces its folder whole, so"
+                " give a new folder or an earlier tree's"
+            )
+
+
+def link_paths(manifest: pd.DataFrame, out: Path) -> list[Path]:
+    """Every photo's link in the symlink tree under out (link_path), checked: plain class names, and no two photos
+    on one link."""
+    for label in classes_of(manifest.label):
+        check_class_name(label, "the manifest")
+    rows = zip(manifest.id, manifest.source, manifest.split, manifest.label, strict=True)
+    links = [link_path(*row, out) for row in rows]
+    twice = pd.Series(links, dtype=object).duplicated(keep=False).to_numpy()
+    if twice.any():
+        ids = ", ".join(repr(id_) for id_ in manifest.id[twice][:4])
+        raise DataError(f"the photos {ids} would share the link {links[int(np.argmax(twice))]}; rename one")
+    return links
 
 
 def write_symlink_tree(manifest: pd.DataFrame, raw: Path | str, out: Path) -> None:
     """Link every image (found under raw, data.raw's folder) into the seed layout under out, with relative symlinks
     (nothing is copied)."""
-    classes = classes_of(manifest.label)
-    for sub in [f"{split}/{label}" for split in ("train",) for label in classes] + ["test"]:
+    links = link_paths(manifest, out)  # checked before any folder is made
+    for sub in [f"train/{label}" for label in classes_of(manifest.label)] + ["test"]:
         (out / sub).mkdir(parents=True, exist_ok=True)
-    rows = zip(manifest.source, image_paths(manifest, raw), manifest.split, manifest.label, strict=True)
-    table = Path(raw).suffix.lower() == ".csv"
-    for source, path, split, label in rows:
-        link = link_path(source, split, label, out, table)
+    for link, path in zip(links, image_paths(manifest, raw), strict=True):
         link.symlink_to(os.path.relpath(Path(path).resolve(), link.parent.resolve()))
 
 
@@ -271,30 +326,40 @@ def read_answer_key(path: Path | str) -> pd.DataFrame:
     """An answer key: id,label (a class name, or its index: two classes, 1 = dog), ids and labels as strings."""
     key = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(key.columns[:2]) != ["id", "label"]:
-        raise ValueError(f"{path}: an answer key needs the columns id,label")
+        raise DataError(f"{path}: an answer key needs the columns id,label")
     return key[["id", "label"]]
 
 
 def checked_answer_key(path: Path, raw: Path, test_ids: list[str], classes: list[str]) -> pd.DataFrame:
-    """The answer key (submit.labels) with class names for labels, in test id order, checked: inside data.raw (which
-    DVC tracks, so editing the key reruns the scoring), one row per test id, every label a class name or index (a
-    label that is both, with classes named by digits, is the name)."""
-    if not path.resolve().is_relative_to(image_root(raw).resolve()):
-        raise ValueError(
+    """The answer key (submit.labels) with class names for labels, in test id order, checked: a file DVC tracks
+    through data.raw, so that editing it reruns the scoring (a file inside the data.raw folder, or for a table the
+    table itself, its test rows' labels: DVC tracks a table alone), one row per test id, every label a class name or
+    index (a label that is both, with classes named by digits, is the name)."""
+    if is_table(raw):
+        if path.resolve() != raw.resolve():
+            raise DataError(
+                f"submit.labels: {path}: with a table as data.raw ({raw}) DVC tracks the table alone, so the answer"
+                " key is the table itself: give the photos to predict their labels there (split test) and set"
+                " submit.labels to the table"
+            )
+        key = table_answer_key(raw)
+    elif not path.resolve().is_relative_to(image_root(raw).resolve()):
+        raise DataError(
             f"submit.labels: {path} lies outside data.raw ({raw}); DVC tracks data.raw, so keep the answer key in it"
         )
-    key = read_answer_key(path)
+    else:
+        key = read_answer_key(path)
     duplicated = sorted(set(key.id[key.id.duplicated()]))
     missing, extra = sorted(set(test_ids) - set(key.id)), sorted(set(key.id) - set(test_ids))
     if duplicated or missing or extra:
-        raise ValueError(
+        raise DataError(
             f"{path}: the answer key needs one row per test image; ids twice {duplicated[:10]}, test ids missing"
             f" {missing[:10]}, ids not in test/ {extra[:10]}"
         )
     names = {str(i): name for i, name in enumerate(classes)} | {name: name for name in classes}  # a name wins
     unknown = sorted(set(key.label) - set(names))
     if unknown:
-        raise ValueError(f"{path}: labels {unknown[:10]} are neither class names nor indices ({', '.join(classes)})")
+        raise DataError(f"{path}: labels {unknown[:10]} are neither class names nor indices ({', '.join(classes)})")
     return key.set_index("id").loc[test_ids].reset_index().assign(label=lambda k: k.label.map(names))
 
 
@@ -303,5 +368,9 @@ if __name__ == "__main__":  # rebuild the symlink tree from a manifest, its imag
     from dogscats.base.params import load_params
 
     manifest_path, tree, *raw = sys.argv[1:]
-    with atomic_dir(tree) as tmp:
-        write_symlink_tree(read_manifest(manifest_path), raw[0] if raw else load_params()["data"]["raw"], tmp)
+    try:
+        check_link_tree(Path(tree))
+        with atomic_dir(tree) as tmp:
+            write_symlink_tree(read_manifest(manifest_path), raw[0] if raw else load_params()["data"]["raw"], tmp)
+    except DataError as err:
+        sys.exit(f"dogscats.data.dataset: {err}")

@@ -108,12 +108,25 @@ def centre_view(images: np.ndarray, size: int) -> np.ndarray:
     return images[:, top : top + size, top : top + size]
 
 
+def unreadable(err: Exception) -> str:
+    """Why an image cannot be read, on one line: the error's type and message."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def read_image(path: Path | str, draft_size: int | None = None) -> tuple[Image.Image | None, str]:
+    """The decoded image (load_rgb), or None and why it cannot be read (unreadable): the one decoder that catches
+    everything, for every page and check that must show a bad photo as a row with its reason, never crash on it."""
+    try:
+        return load_rgb(path, draft_size), ""
+    except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+        return None, unreadable(err)
+
+
 def decode_problem(path: Path | str) -> str | None:
     """Why an image cannot be used, or None if it decodes."""
-    try:
-        im = load_rgb(path, draft_size=CHECK_DRAFT_SIZE)
-    except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        return f"{type(err).__name__}: {err}"
+    im, problem = read_image(path, draft_size=CHECK_DRAFT_SIZE)
+    if im is None:
+        return problem
     if min(im.size) < 1:
         return "empty image"
     return None

@@ -5,13 +5,12 @@ actors, each opening one engine session when it starts, maps the blocks (decodin
 ahead of the session: workers.pipelined_features); the driver streams the features back in manifest order (Ray
 Data's preserve_order) for the stage to write. Ray is the cluster at RAY_ADDRESS, else one started on this machine
 by `ray start`, else one started for the run and stopped after it.
-The photos must lie at the same path on every node; the engine's model travels through Ray's object store, so the
-nodes need no copy of it. No TensorFlow is imported here, nor in the actors."""
+The photos must lie at the same path on every node; the engine's model travels through Ray's object store, and each
+actor opens its session on those bytes, so no node needs, or is left with, a copy of it. No TensorFlow is imported
+here, nor in the actors."""
 
-import dataclasses
 import logging
 import math
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,35 +82,28 @@ def batches_per_block(batches: int, actors: int) -> int:
 
 
 class _ExtractorActor:
-    """A Ray Data callable class: one engine session per actor, opened once, then blocks of rows to features."""
+    """A Ray Data callable class: one engine session per actor, opened once on the model's bytes from the object
+    store (no file is written on its node), then blocks of rows to features."""
 
     def __init__(self, extraction: Extraction, model: Any, gpu: bool, batch_size: int) -> None:
-        self.extraction, self.batch_size = _with_local_model(extraction, model), batch_size
-        self.session = open_session(self.extraction)
+        import ray
+
+        self.extraction, self.batch_size = extraction, batch_size
+        # Ray Data hands the constructor's arguments over unresolved: the object reference to the model's bytes.
+        self.session = open_session(extraction, model if isinstance(model, bytes) else ray.get(model))
+        self.node = ray.get_runtime_context().get_node_id()
         if gpu:  # the actor holds a GPU (Ray sets CUDA_VISIBLE_DEVICES to it): the session runs there
             self.session.session.set_providers([GPU_PROVIDER, "CPUExecutionProvider"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A block of rows (index, path, usable) to its rows' features, batch_size photos at a time (the local
-        executor's batches: a block starts at a multiple of batch_size), with the index to check the order by."""
+        executor's batches: a block starts at a multiple of batch_size), with the index to check the order by and the
+        node that computed them."""
         paths, usable = [str(p) for p in batch["path"]], [bool(u) for u in batch["usable"]]
         features = pipelined_features(self.extraction, self.session, paths, usable, self.batch_size)
-        return {"index": np.asarray(batch["index"]), "features": np.asarray(features, dtype=np.float32)}
-
-
-def _with_local_model(extraction: Extraction, model: Any) -> Extraction:
-    """The extraction with a model file on this node: its own when the path is here (cached conversions are named by
-    content), else the bytes shipped through the object store, written to a temporary file."""
-    if Path(extraction.model).is_file():
-        return extraction
-    if not isinstance(model, bytes):  # Ray Data hands the constructor's arguments over unresolved
-        import ray
-
-        model = ray.get(model)
-    folder = Path(tempfile.mkdtemp(prefix="dogscats-ray-"))
-    local = folder / Path(extraction.model).name
-    local.write_bytes(model)
-    return dataclasses.replace(extraction, model=str(local))
+        index = np.asarray(batch["index"])
+        nodes = np.full(len(index), self.node, dtype=object)
+        return {"index": index, "features": np.asarray(features, dtype=np.float32), "node": nodes}
 
 
 def ray_feature_batches(
@@ -122,12 +114,14 @@ def ray_feature_batches(
     actors: int | None = None,
     gpus_per_actor: float | None = None,
     parts: Sequence[int] = (),
+    nodes: set[str] | None = None,
 ) -> Iterator[np.ndarray]:
     """Float32 features of the photos per block of batches (batches_per_block), in manifest order, extracted by a pool
     of Ray actors on the Ray of ray_cluster; an unusable photo's row is its blank's. Each actor takes
     extraction.threads CPUs and, by default, a GPU where the cluster has them (gpus_per_actor_for); by default there
     are enough actors to fill the cluster (actor_count). parts: the row counts of consecutive parts (the splits),
-    each batched from its own first row as the local executor batches it (default: one part)."""
+    each batched from its own first row as the local executor batches it (default: one part). nodes: where given,
+    the ids of the Ray nodes that computed features are added to it."""
     if len(paths) != len(usable):
         raise ValueError(f"{len(paths)} paths but {len(usable)} usable flags")
     parts = list(parts) or [len(paths)]
@@ -158,7 +152,7 @@ def ray_feature_batches(
                 num_cpus=cpus,
                 num_gpus=gpus_per_actor or None,
             )
-            yield from _in_order(dataset.iter_batches(batch_size=None, batch_format="numpy"), len(paths))
+            yield from _in_order(dataset.iter_batches(batch_size=None, batch_format="numpy"), len(paths), nodes)
 
 
 def _blocks(rows: pd.DataFrame, parts: Sequence[int], block_size: int) -> list[pd.DataFrame]:
@@ -172,14 +166,18 @@ def _blocks(rows: pd.DataFrame, parts: Sequence[int], block_size: int) -> list[p
 
 
 def ray_split_features(
-    extraction: Extraction, splits: Sequence[tuple[Sequence[str], Sequence[bool]]], batch_size: int
+    extraction: Extraction,
+    splits: Sequence[tuple[Sequence[str], Sequence[bool]]],
+    batch_size: int,
+    nodes: set[str] | None = None,
 ) -> Iterator[Iterator[np.ndarray]]:
     """Per split (its paths and usable flags), its features per block as ray_feature_batches gives them, from one
-    pipeline for all the splits (one actor pool to start, not one a split); read each split's whole before the next."""
+    pipeline for all the splits (one actor pool to start, not one a split); read each split's whole before the next.
+    nodes: as for ray_feature_batches."""
     paths = [str(path) for split_paths, _ in splits for path in split_paths]
     usable = [bool(ok) for _, split_usable in splits for ok in split_usable]
     counts = [len(split_paths) for split_paths, _ in splits]
-    yield from cut_rows(ray_feature_batches(extraction, paths, usable, batch_size, parts=counts), counts)
+    yield from cut_rows(ray_feature_batches(extraction, paths, usable, batch_size, parts=counts, nodes=nodes), counts)
 
 
 def cut_rows(batches: Iterable[np.ndarray], counts: Sequence[int]) -> Iterator[Iterator[np.ndarray]]:
@@ -203,14 +201,19 @@ def cut_rows(batches: Iterable[np.ndarray], counts: Sequence[int]) -> Iterator[I
         yield part(count)
 
 
-def _in_order(batches: Iterator[dict[str, np.ndarray]], count: int) -> Iterator[np.ndarray]:
-    """The batches' features, checked to come in row order and to number count rows in all."""
+def _in_order(
+    batches: Iterator[dict[str, np.ndarray]], count: int, nodes: set[str] | None = None
+) -> Iterator[np.ndarray]:
+    """The batches' features, checked to come in row order and to number count rows in all; the nodes that computed
+    them added to nodes, where given."""
     expected = 0
     for batch in batches:
         index = batch["index"]
         if not np.array_equal(index, np.arange(expected, expected + len(index))):
             raise RuntimeError(f"Ray returned rows from {index[0]} where row {expected} was due: the order was lost")
         expected += len(index)
+        if nodes is not None:
+            nodes.update(str(node) for node in np.unique(batch["node"]))
         yield batch["features"]
     if expected != count:
         raise RuntimeError(f"Ray returned {expected} rows for {count} photos")

@@ -92,10 +92,11 @@ class Extraction:
     view: str = "all"  # VIEWS: every view averaged (features), or the centre view alone, plain or mirrored (trunks)
 
 
-def open_session(extraction: Extraction) -> EngineModel:
-    """The extraction's engine session, with its intra-op threads."""
+def open_session(extraction: Extraction, model: bytes | None = None) -> EngineModel:
+    """The extraction's engine session, with its intra-op threads: on the model's bytes when given (a Ray actor's,
+    from the object store: nothing is written to its node), else on its file's."""
     path = Path(extraction.model)
-    return EngineModel(path.read_bytes(), path.stem, extraction.threads, path)
+    return EngineModel(path.read_bytes() if model is None else model, path.stem, extraction.threads, path)
 
 
 def extract_photos(extraction: Extraction, session: EngineModel, paths: list[str], usable: list[bool]) -> np.ndarray:

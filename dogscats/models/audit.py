@@ -7,7 +7,6 @@ Every score is "higher = worse": a label issue's is 1 - p(given label) (cleanlab
 two photos' cosine similarity (1 for the same bytes), an outlier's mean cosine distance to its nearest photos."""
 
 import html
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
 from dogscats.data.feature_store import read_split
-from dogscats.models.evaluation import thumbnail_data_uri
+from dogscats.models.evaluation import thumbnail_html
 
 KINDS = ("label", "conflict", "leak", "duplicate", "outlier")  # the table's and the page's order
 COLUMNS = ["id", "kind", "score", "other_id", "given", "suggested", "split", "fold", "other_split", "other_fold"]
@@ -180,15 +179,6 @@ def findings_table(
 def counts(table: pd.DataFrame) -> dict:
     """Findings per kind, every kind present (0 when none)."""
     return {kind: int((table.kind == kind).sum()) for kind in KINDS}
-
-
-def thumbnail_html(path: str, alt: str) -> str:
-    """One photo's thumbnail as an <img> (evaluation.thumbnail_data_uri); a photo that cannot be read, its name."""
-    try:
-        return f'<img src="{thumbnail_data_uri(path)}" alt="{html.escape(alt)}">'
-    except (OSError, ValueError) as err:
-        print(f"audit: {path}: no thumbnail ({err})", file=sys.stderr)
-        return f"<span>{html.escape(alt)}: unreadable</span>"
 
 
 def _caption(row) -> str:

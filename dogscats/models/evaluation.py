@@ -11,7 +11,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from dogscats.base.scoring import as_matrix, image_log_losses, predicted_class
-from dogscats.data.images import load_rgb
+from dogscats.data.images import read_image
 
 THUMBNAIL = 160  # pixels, longest side
 CAM_NOTE = (
@@ -95,13 +95,17 @@ def per_class_metrics(figures: pd.DataFrame) -> dict[str, dict[str, float | int 
     }
 
 
-def thumbnail_data_uri(path: str) -> str:
-    """A small JPEG of the image as a data: URI, so the HTML page stands alone."""
-    image = load_rgb(path)
+def thumbnail_html(path: str, alt: str) -> str:
+    """One photo's thumbnail, a small JPEG as a data: URI in an <img> so the page stands alone; a photo that cannot
+    be read (images.read_image: whatever the reason), its name and the reason."""
+    image, problem = read_image(path)
+    if image is None:
+        return f'<span class="unreadable">{html.escape(alt)}: unreadable ({html.escape(problem)})</span>'
     image.thumbnail((THUMBNAIL, THUMBNAIL))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    uri = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return f'<img src="{uri}" alt="{html.escape(alt)}">'
 
 
 def worst_mistakes(
@@ -138,10 +142,7 @@ def worst_mistakes_html(rows: pd.DataFrame, title: str, overlays: list[str] | No
             f"{html.escape(str(row.id))}: a {html.escape(row.truth)}, p({html.escape(row.truth)}) = {row.p_truth:.4f},"
             f" loss {row.loss:.3f}"
         )
-        cards.append(
-            f'<figure><img src="{thumbnail_data_uri(row.file)}" alt="{html.escape(str(row.id))}">{cam}'
-            f"<figcaption>{caption}</figcaption></figure>"
-        )
+        cards.append(f"<figure>{thumbnail_html(row.file, str(row.id))}{cam}<figcaption>{caption}</figcaption></figure>")
     width = 360 if overlays else 180  # the photo and its class activation map side by side
     style = (
         f"body{{font-family:sans-serif;margin:1em}}figure{{display:inline-block;width:{width}px;margin:6px;"

@@ -10,6 +10,7 @@ classes, each backbone's input side, the decode and resize policies, the blend w
 Both are checked at load: a folder that is not such a classifier raises ModelError, one line naming the file and
 every problem."""
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from dogscats.base.schema import Section, problems
 from dogscats.base.scoring import as_probabilities
 from dogscats.base.vocabulary import DECODE_POLICIES, RESIZE_POLICIES
 from dogscats.data.classifier_files import INPUT_PREFIX, ONNX_MODEL, OUTPUTS, SETTINGS
-from dogscats.data.images import load_resized
+from dogscats.data.images import load_resized, unreadable
 from dogscats.engine.workers import ahead_batches, ordered_map
 from dogscats.models.calibration import TEMPERATURE_RANGE, final_p
 
@@ -81,6 +82,7 @@ class Classifier:
     session: object
     settings: dict
     folder: Path | None = None  # where it was loaded from: worker processes load it again
+    version: str = ""  # a content hash of the files loaded (model_version): workers check theirs against it
 
     @property
     def classes(self) -> list[str]:
@@ -88,19 +90,26 @@ class Classifier:
         return self.settings["classes"]
 
     @classmethod
-    def load(cls, folder: Path | str, threads: int = 0) -> "Classifier":
+    def load(cls, folder: Path | str, threads: int = 0, version: str = "") -> "Classifier":
         """Load models/classifier (or any folder the export stage wrote), its session with `threads` intra-op threads
-        (0: ONNX Runtime's default); ModelError when it is not one."""
+        (0: ONNX Runtime's default); ModelError when it is not one, or when a version is given and its files are not
+        that version (the folder changed since: a new export)."""
         folder = Path(folder)
+        found = {}
         for name in (SETTINGS, ONNX_MODEL):
-            if not (folder / name).is_file():
-                raise ModelError(f"{folder / name} not found: export a classifier with dvc repro export")
-        settings = read_settings(folder / SETTINGS)
-        session = onnx_session(folder / ONNX_MODEL, threads)
+            try:
+                found[name] = (folder / name).read_bytes()
+            except OSError:
+                raise ModelError(f"{folder / name} not found: export a classifier with dvc repro export") from None
+        loaded = model_version(found[SETTINGS], found[ONNX_MODEL])
+        if version and loaded != version:
+            raise ModelError(f"{folder} changed while it was in use (a new export?); run again to use the new model")
+        settings = read_settings(folder / SETTINGS, found[SETTINGS])
+        session = onnx_session(folder / ONNX_MODEL, threads, found[ONNX_MODEL])
         mismatch = graph_mismatch(session, settings)
         if mismatch:
             raise ModelError(f"{folder / ONNX_MODEL} does not fit {folder / SETTINGS}: {mismatch}")
-        return cls(session, settings, folder)
+        return cls(session, settings, folder, loaded)
 
     def images(self, path: Path | str) -> list[np.ndarray]:
         """One image decoded and fitted for each backbone, float32 in [0, 255]; PIL's error when it cannot be read."""
@@ -112,7 +121,7 @@ class Classifier:
         try:
             return self.images(path), ""
         except Exception as err:  # PIL raises many types (OSError, UnidentifiedImageError, ...)
-            return None, f"{type(err).__name__}: {err}".replace("\n", " ")
+            return None, unreadable(err)
 
     def probabilities(self, batches: list[np.ndarray]) -> np.ndarray:
         """(N, K) probabilities of image batches (one per backbone, in the order of settings' sizes): blended,
@@ -152,7 +161,7 @@ class Classifier:
         its own batches."""
         starts = range(0, len(paths), batch_size)
         if workers[0] > 1 and self.folder is not None:
-            job = (str(self.folder), workers[1])
+            job = (str(self.folder), workers[1], self.version)  # each worker checks it loads this very model
             chunks = ([paths[start : start + batch_size]] for start in starts)
             for start, (errors, p) in zip(starts, ordered_map(_load, _classify, job, chunks, workers[0]), strict=True):
                 yield range(start, start + len(errors)), errors, p
@@ -175,22 +184,30 @@ class Classifier:
         return self._classify_decoded([self.images_or_error(path) for path in paths])
 
 
-def _load(job: tuple[str, int]) -> Classifier:
-    """In a worker: the classifier of the folder, its session with the given threads."""
-    folder, threads = job
-    return Classifier.load(folder, threads)
+def _load(job: tuple[str, int, str]) -> Classifier:
+    """In a worker: the classifier of the folder, its session with the given threads, checked to be the version the
+    run started with (ModelError otherwise: one run never mixes two models)."""
+    folder, threads, version = job
+    return Classifier.load(folder, threads, version)
 
 
-def _classify(job: tuple[str, int], classifier: Classifier, paths: list[Path | str]) -> tuple[list[str], np.ndarray]:
+def _classify(
+    job: tuple[str, int, str], classifier: Classifier, paths: list[Path | str]
+) -> tuple[list[str], np.ndarray]:
     """In a worker: one batch of files classified."""
     return classifier.classify(paths)
 
 
-def read_settings(path: Path) -> dict:
-    """settings.json, checked; ModelError naming every problem, on one line."""
+def model_version(settings: bytes, model: bytes) -> str:
+    """A classifier's version: the SHA-256 of its settings' and its graph's bytes (hex)."""
+    return hashlib.sha256(hashlib.sha256(settings).digest() + hashlib.sha256(model).digest()).hexdigest()
+
+
+def read_settings(path: Path, data: bytes) -> dict:
+    """settings.json (path, and its bytes as read), checked; ModelError naming every problem, on one line."""
     try:
-        settings = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        settings = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{path}: cannot be read as JSON: {err}") from None
     found = problems(Settings, settings, "settings must be a JSON object")
     if found:
@@ -198,17 +215,16 @@ def read_settings(path: Path) -> dict:
     return settings
 
 
-def onnx_session(path: Path, threads: int = 0) -> Any:
-    """An ONNX Runtime session on the model's bytes, with `threads` intra-op threads (0: its default); ModelError if
-    they are not a model it can run, or if the model keeps weights in external data files (none is read: their
-    folder is an empty one)."""
+def onnx_session(path: Path, threads: int, model: bytes) -> Any:
+    """An ONNX Runtime session on the model's bytes (read from path), with `threads` intra-op threads (0: its
+    default); ModelError if they are not a model it can run, or if the model keeps weights in external data files
+    (none is read: their folder is an empty one)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.use_deterministic_compute = True
     options.intra_op_num_threads = threads
     try:
-        model = path.read_bytes()
         with tempfile.TemporaryDirectory() as empty:
             # loaded from bytes, external data would be looked for in this folder (ONNX Runtime 1.21 on)
             options.add_session_config_entry("session.model_external_initializers_file_folder_path", empty)

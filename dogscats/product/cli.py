@@ -5,8 +5,9 @@ Writes CSV, one row per image: path, p_<class> per class in the model's order, a
 pipeline decides: with two classes, the second from p = 0.5 on); when a file cannot be read, a last column, error,
 says why, and its probabilities are empty. Exit status 0, 1 when a row has an error, 2 for bad arguments or a model
 folder that is not an exported classifier (one line on stderr). --explain DIR also writes, per readable image, DIR/<its
-name without suffix>.cam.png: the image as the network saw it with the class activation map of its predicted class
-drawn over it (dogscats.product.explain)."""
+name without suffix>.cam.png, at its path under the folder given that holds it (the trees mirrored; two images that
+would share a file stop the run before any work, status 2): the image as the network saw it with the class activation
+map of its predicted class drawn over it (dogscats.product.explain)"""
 
 import argparse
 import csv
@@ -85,21 +86,35 @@ def rows(
     return out, errors
 
 
-def overlay_names(paths: list[Path]) -> list[str]:
-    """Each image's overlay file name: <name without suffix>.cam.png, and _<position> before .cam for a name taken."""
-    names, taken = [], set()
-    for i, path in enumerate(paths):
-        name = f"{path.stem}.cam.png"
-        names.append(name if name not in taken else f"{path.stem}_{i}.cam.png")
-        taken.add(names[-1])
+def overlay_names(files: list[Path], given: list[Path]) -> list[Path]:
+    """Each image's overlay file, relative to the --explain folder: <name without suffix>.cam.png at its path under
+    the folder given that holds it (the folders' trees mirrored), or at the top for a file given by name."""
+    names = []
+    for file in files:
+        root = next((folder for folder in given if folder.is_dir() and file.is_relative_to(folder)), None)
+        relative = file.relative_to(root) if root else Path(file.name)
+        names.append(relative.with_name(f"{relative.stem}.cam.png"))
     return names
 
 
-def write_overlays(model: Classifier, paths: list[Path], table: list[list[str]], folder: Path, progress: bool) -> None:
-    """Per readable image (its row has no error), its overlay (the map of the class in its row) in the folder."""
+def overlay_clash(files: list[Path], names: list[Path]) -> str:
+    """Two different images whose overlays would share a file, as a message naming them; "" when there are none."""
+    first: dict[Path, Path] = {}
+    for file, name in zip(files, names, strict=True):
+        other = first.setdefault(name, file)
+        if other.resolve() != file.resolve():
+            return f"{other} and {file} would both write {name}: give them different names, or explain them apart"
+    return ""
+
+
+def write_overlays(
+    model: Classifier, paths: list[Path], names: list[Path], table: list[list[str]], folder: Path, progress: bool
+) -> None:
+    """Per readable image (its row has no error), its overlay (the map of the class in its row) in the folder, at
+    its name there (overlay_names)."""
     readable = [
         (path, name, model.classes.index(row[-2]))
-        for path, name, row in zip(paths, overlay_names(paths), table, strict=True)
+        for path, name, row in zip(paths, names, table, strict=True)
         if not row[-1]
     ]
     with tqdm(total=len(readable), desc="explain", unit="img", disable=not progress, file=sys.stderr) as bar:
@@ -107,7 +122,7 @@ def write_overlays(model: Classifier, paths: list[Path], table: list[list[str]],
             batch = readable[start : start + BATCH]
             explained = explain(model, [path for path, _, _ in batch], [target for _, _, target in batch])
             for (_, name, _), explanation in zip(batch, explained, strict=True):
-                with atomic_path(folder / name, suffix=".png") as tmp:
+                with atomic_path(folder / name, suffix=".png") as tmp:  # makes the name's folders
                     overlay(explanation.image, explanation.cam).save(tmp, format="PNG")
             bar.update(len(batch))
 
@@ -120,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dogscats classify: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     paths = image_files(args.paths)
+    names = overlay_names(paths, args.paths) if args.explain else []
+    clash = overlay_clash(paths, names) if args.explain else ""
+    if clash:
+        print(f"dogscats classify --explain: {clash}", file=sys.stderr)
+        return 2
     try:
         workers = workers_for(args.workers, len(paths))
         model = Classifier.load(args.model, threads=workers[1] if workers[0] == 1 else 1)  # workers load their own
@@ -127,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             load_cam_head(args.model)  # before any work: a classifier without maps stops here
         table, errors = rows(model, paths, len(paths) > PROGRESS_FROM, workers)
         if args.explain:
-            write_overlays(model, paths, table, args.explain, len(paths) > PROGRESS_FROM)
+            write_overlays(model, paths, names, table, args.explain, len(paths) > PROGRESS_FROM)
     except ModelError as err:  # a model folder that does not load, or a graph that fails as it runs: nothing written
         print(f"dogscats classify: {err}", file=sys.stderr)
         return 2

@@ -118,25 +118,37 @@ def class_map(logits: np.ndarray, target: int) -> np.ndarray:
 
 
 def explain(
-    classifier: Classifier, paths: list[Path | str], targets: list[int | None] | None = None
+    classifier: Classifier, paths: list[Path | str], targets: list[int | None] | None = None, batch_size: int = 16
 ) -> list[Explanation]:
     """The class activation maps of image files (readable ones: PIL's error otherwise) for the given classes, or
     where a target is None (or targets is), for the class the head finds most probable (the spatial mean of the
-    maps; a tie goes to the second class)."""
+    maps; a tie goes to the second class); batch_size photos a run, so memory stays flat however many are asked."""
     if classifier.folder is None:
         raise ModelError("a classifier loaded from a folder is needed: its cam.json holds the head's weights")
     head = load_cam_head(classifier.folder)
     names = list(classifier.settings["sizes"])
     if list(head.view_sizes) != names:
         raise ModelError(f"{classifier.folder / CAM_FILE}: backbones {list(head.view_sizes)}, not the graph's {names}")
+    targets = targets or [None] * len(paths)
+    return [
+        found
+        for start in range(0, len(paths), batch_size)
+        for found in _explain_batch(
+            classifier, head, paths[start : start + batch_size], targets[start : start + batch_size]
+        )
+    ]
+
+
+def _explain_batch(
+    classifier: Classifier, head: CamHead, paths: list[Path | str], targets: list[int | None]
+) -> list[Explanation]:
+    """explain for one batch of photos, in one run of the graph."""
     images = [classifier.images(path) for path in paths]
-    if not images:
-        return []
     batches = [np.stack(side) for side in zip(*images, strict=True)]
-    logits = logit_maps(feature_maps(classifier, batches, names), head)
+    logits = logit_maps(feature_maps(classifier, batches, list(head.view_sizes)), head)
     means = logits.mean(axis=(1, 2))
     predicted = [int(z[0] >= 0) if len(z) == 1 else int(np.argmax(z)) for z in means]
-    targets = [p if t is None else t for t, p in zip(targets or [None] * len(images), predicted, strict=True)]
+    targets = [p if t is None else t for t, p in zip(targets, predicted, strict=True)]
     side = next(iter(head.view_sizes.values()))
     return [
         Explanation(_centre(found[0], side).astype(np.uint8), class_map(z, target), target)
@@ -170,19 +182,26 @@ def overlay(photo: Image.Image | np.ndarray, cam: np.ndarray) -> Image.Image:
 
 
 def overlay_data_uris(
-    classifier: Classifier, paths: list[Path | str], targets: list[int | None] | None = None, side: int = 160
+    classifier: Classifier,
+    paths: list[Path | str],
+    targets: list[int | None] | None = None,
+    side: int = 160,
+    batch_size: int = 16,
 ) -> list[str]:
-    """For HTML pages: each photo's overlay (explain, then overlay) as a JPEG data: URI at most side pixels wide;
-    "" for a photo that cannot be read."""
+    """For HTML pages: each photo's overlay (explain, then overlay) as a JPEG data: URI at most side pixels wide,
+    batch_size photos at a time; "" for a photo that cannot be read."""
     readable = [i for i, path in enumerate(paths) if not classifier.images_or_error(path)[1]]
-    chosen = None if targets is None else [targets[i] for i in readable]
+    targets = targets or [None] * len(paths)
     uris = [""] * len(paths)
-    for i, explanation in zip(readable, explain(classifier, [paths[i] for i in readable], chosen), strict=True):
-        image = overlay(explanation.image, explanation.cam)
-        image.thumbnail((side, side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
-        uris[i] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    for start in range(0, len(readable), batch_size):
+        batch = readable[start : start + batch_size]
+        explained = explain(classifier, [paths[i] for i in batch], [targets[i] for i in batch])
+        for i, explanation in zip(batch, explained, strict=True):
+            image = overlay(explanation.image, explanation.cam)
+            image.thumbnail((side, side))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=85)
+            uris[i] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
     return uris
 
 

@@ -114,6 +114,8 @@ def test_the_repository_params_are_valid():
         ({"finetune__augment__rotation": 400}, "finetune.augment.rotation must be less than or equal to 180, got 400"),
         ({"finetune__augment__shear": "x"}, "finetune.augment.shear must be a valid number, got 'x'"),
         ({"evaluate__worst_mistakes": -5}, "evaluate.worst_mistakes must be greater than or equal to 0, got -5"),
+        ({"evaluate__worst_mistakes": 5000}, "evaluate.worst_mistakes must be less than or equal to 1000, got 5000"),
+        ({"audit__show": 1001}, "audit.show must be less than or equal to 1000, got 1001"),
         ({"train__seed": -1}, "train.seed must be greater than or equal to 0, got -1"),
         ({"train__hidden": -1}, "train.hidden must be greater than or equal to 0, got -1"),
         ({"finetune__epochs": -1}, "finetune.epochs must be greater than or equal to 0, got -1"),

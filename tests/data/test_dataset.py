@@ -17,11 +17,13 @@ from dogscats.data.dataset import (
     image_paths,
     image_root,
     label_index,
+    read_manifest,
     scan_raw,
     stratified_folds,
 )
+from stages import prepare
 
-from ..conftest import make_kaggle_layout, write_image
+from ..conftest import PREPARE_ARGS, REPO, make_kaggle_layout, write_image
 
 
 def test_scan_reads_labels_and_numeric_test_ids(kaggle_raw):
@@ -221,13 +223,17 @@ def test_a_table_gives_ids_labels_splits_and_sources_relative_to_its_folder(tmp_
     ("text", "message"),
     [
         ("file,label\na.jpg,cat\n", "missing column(s) path"),
-        ("path,label\na.jpg,cat\nb.jpg,dog\nx.jpg,dog\n", f"line 4: {'{root}'}/x.jpg does not exist"),
+        ("path,label\na.jpg,cat\nb.jpg,dog\nx.jpg,dog\n", "line 4: '{root}/x.jpg' does not exist"),
         ("id,path,label\n1,a.jpg,cat\n2,b.jpg,dog\n1,c.jpg,dog\n", "line 4: id '1' is on line 2 too"),
         ("id,path,label\n1,a.jpg,cat\n2,b.jpg,dog\n3,a.jpg,dog\n", "line 4: path 'a.jpg' is on line 2 too"),
         ("path,label,split\na.jpg,cat,train\nb.jpg,dog,valid\n", "line 3: split 'valid' is neither train nor test"),
         ("path,label,split\na.jpg,cat,train\nb.jpg,,train\n", "line 3: split train with an empty label"),
         ("path,label\na.jpg,cat\nb.jpg,cat\nc.jpg,\n", "1 class(es) (cat); classification needs two or more"),
-        ("path,label\n/a.jpg,cat\n", "line 2: path '/a.jpg' must be relative to the table's folder"),
+        ("path,label\n/a.jpg,cat\n", "line 2: path '/a.jpg' is absolute; it must be relative to the table's folder"),
+        (
+            "path,label\n\na.jpg,cat\n\nb.jpg,dog\n\nx.jpg,dog\n",
+            "line 7: '{root}/x.jpg' does not exist",
+        ),  # blanks count
     ],
 )
 def test_a_bad_table_stops_naming_the_file_and_line(tmp_path, text, message):
@@ -247,3 +253,83 @@ def test_class_folders_at_the_top_are_labelled_photos_with_none_to_predict(tmp_p
     assert frame.id.tolist() == ["bird/0", "bird/1", "cat/0", "cat/1", "dog/0", "dog/1"]
     assert set(frame.split) == {"train"} and frame.source[0] == "bird/0.jpg"
     assert skipped == [("notes.txt", "not in a class folder")]
+
+
+def test_a_tables_labels_must_be_plain_class_names_and_nothing_is_linked_outside(tmp_path, in_project):
+    """Finding 1: labels such as /tmp/x/victim or ../../escaped were classes, and their links landed there."""
+    raw = tmp_path / "raw"
+    victim = tmp_path / "victim"
+    for label, line in ((str(victim), 3), ("../../../../escaped", 3), ("a\\b", 3), (".", 3), ("x\ny", 3)):
+        quoted = '"' + label.replace('"', '""') + '"'  # as CSV quotes a field
+        table = _table(raw, f"path,label\na.jpg,cat\nb.jpg,{quoted}\nc.jpg,dog\nd.jpg,\n")
+        with pytest.raises(ValueError, match=re.escape(f"{table}, line {line}: class {label!r}")):
+            scan_raw(table)
+    in_project(data={"raw": str(table)})
+    command = [sys.executable, "-m", "stages.prepare", *PREPARE_ARGS]
+    status = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert status.returncode == 1 and status.stderr.count("\n") == 1 and "a plain folder name" in status.stderr
+    assert not victim.exists() and not list(tmp_path.parent.glob("escaped")) and not Path("data/prepared").exists()
+
+
+def test_a_tables_paths_must_stay_in_its_folder_symlinks_resolved(tmp_path):
+    """Finding 2: ../private/secret.jpg was trained on and shown on the audit page."""
+    raw = tmp_path / "raw"
+    write_image(tmp_path / "private" / "secret.jpg", (1, 2, 3))
+    table = _table(raw, "path,label\na.jpg,cat\n../private/secret.jpg,dog\nb.jpg,dog\n")
+    with pytest.raises(ValueError, match=re.escape(f"{table}, line 3: '{raw}/../private/secret.jpg' lies outside")):
+        scan_raw(table)
+    (raw / "inside.jpg").symlink_to(tmp_path / "private" / "secret.jpg")  # a name inside, a photo outside
+    table.write_text("path,label\na.jpg,cat\nb.jpg,dog\ninside.jpg,dog\n")
+    with pytest.raises(ValueError, match=re.escape(f"{table}, line 4: '{raw}/inside.jpg' lies outside")):
+        scan_raw(table)
+    (raw / "sub" / "link.jpg").symlink_to(raw / "c.jpg")  # a link that stays inside is a photo like any other
+    table.write_text("path,label\na.jpg,cat\nb.jpg,dog\nsub/link.jpg,dog\n")
+    assert scan_raw(table)[0].source.tolist() == ["a.jpg", "b.jpg", "sub/link.jpg"]
+
+
+@pytest.mark.parametrize("layout", ["train", "top"])
+def test_links_are_named_by_id_so_a_relabel_never_takes_another_photos_place(tmp_path, in_project, layout):
+    """Finding 3: train/cat/1.jpg and dog/1 relabelled cat both made train/cat/1.jpg (FileExistsError)."""
+    raw = tmp_path / "raw"
+    top = raw / "train" if layout == "train" else raw
+    for label, colour in (("cat", (200, 60, 40)), ("dog", (40, 60, 200))):
+        for n in range(1, 6):
+            write_image(top / label / f"{n}.jpg", colour)
+    in_project(data={"raw": str(raw)})
+    Path("data").mkdir()
+    Path("data/overrides.csv").write_text("id,action\ndog/1,relabel:cat\ncat/2,relabel:dog\n")
+    prepare.main(*PREPARE_ARGS)
+    manifest = read_manifest("data/split.csv").set_index("id")
+    assert manifest.loc["dog/1", "file"] == "data/prepared/train/cat/dog%2F1.jpg"
+    for id_, row in manifest.iterrows():  # every photo its own link, to its own file
+        assert Path(row.file).resolve() == (top / f"{id_}.jpg").resolve()
+    assert len(list(Path("data/prepared").rglob("*.jpg"))) == 10
+
+
+def test_the_symlink_tree_command_refuses_a_folder_that_holds_files(kaggle_raw, tmp_path):
+    """Finding 8: python -m dogscats.data.dataset split.csv OUT deleted what was in OUT."""
+    frame, _ = scan_raw(kaggle_raw)
+    frame.to_csv(tmp_path / "split.csv", index=False)
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "notes.txt").write_text("keep me")
+    command = [sys.executable, "-m", "dogscats.data.dataset", str(tmp_path / "split.csv"), str(out), str(kaggle_raw)]
+    status = subprocess.run(command, capture_output=True, text=True)
+    assert status.returncode == 1 and status.stderr.count("\n") == 1 and "which is not a link" in status.stderr
+    assert (out / "sub" / "notes.txt").read_text() == "keep me"
+    shutil.rmtree(out)
+    subprocess.run(command, check=True)  # a new folder, then over its own tree: fine
+    subprocess.run(command, check=True)
+    assert (out / "train" / "cat" / "cat.1.jpg").is_symlink()
+
+
+def test_a_table_carries_its_own_answer_key_and_no_other_file_can_be_it(tmp_path):
+    """Finding 4: with a table, DVC tracks the table alone, so a separate key's edits went unseen."""
+    table = _table(tmp_path, "path,label,split\na.jpg,cat,train\nb.jpg,dog,train\nc.jpg,dog,test\nd.jpg,cat,test\n")
+    frame, _ = scan_raw(table)
+    assert frame.label.tolist() == ["cat", "dog", "", ""]  # the test rows' labels are not classes
+    key = checked_answer_key(table, table, ["d.jpg", "c.jpg"], ["cat", "dog"])
+    assert key.values.tolist() == [["d.jpg", "cat"], ["c.jpg", "dog"]]
+    (tmp_path / "key.csv").write_text("id,label\nc.jpg,dog\nd.jpg,cat\n")
+    with pytest.raises(ValueError, match="with a table as data.raw .* the answer key is the table itself"):
+        checked_answer_key(tmp_path / "key.csv", table, ["c.jpg", "d.jpg"], ["cat", "dog"])

@@ -53,6 +53,11 @@ def test_a_missing_empty_or_header_only_file_changes_nothing(tmp_path):
         ("dog.1,drop\n", "line 2: action 'drop' is neither exclude nor relabel:<class>"),
         ("dog.1,exclude\ndog.1,relabel:cat\n", "line 3: 'dog.1' is overridden twice"),
         ("dog.1,exclude\ndog.2,exclude\n", "no labelled photo of class dog is left"),
+        (
+            "\ndog.1,exclude\n\n\ncat.9,exclude\n",
+            "line 6: no labelled photo has the id 'cat.9'",
+        ),  # finding 9: blanks count
+        ("cat.1,relabel:../../x\n", "line 2: 'relabel:../../x': '../../x' is not a class"),
     ],
 )
 def test_a_bad_row_stops_naming_the_file_and_line(tmp_path, rows, message):

@@ -2,6 +2,8 @@
 conflicts, outliers, the findings table and page, and the audit stage end to end on a tiny project."""
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import h5py
@@ -26,7 +28,7 @@ from dogscats.models.audit import (
 )
 from stages import audit, prepare
 
-from ..conftest import PREPARE_ARGS
+from ..conftest import PREPARE_ARGS, write_image
 
 AUDIT_ARGS = (
     "data/split.csv",
@@ -281,3 +283,30 @@ def test_the_maps_are_the_shown_label_issues_for_their_suggested_class(tmp_path)
     ).set_index(pd.Index([0, 1, 2, 3, 4]))
     assert cam_rows(table, 2, ["bird", "cat", "dog"]) == ([0, 1], [2, 0])
     assert cam_rows(table[table.kind != "label"], 2, ["bird", "cat", "dog"]) == ([], [])
+
+
+def bomb_png(path: Path) -> Path:
+    """A small PNG whose header claims 20000 x 10000 pixels: Pillow refuses it (DecompressionBombError)."""
+    write_image(path, (1, 2, 3), (8, 8), fmt="PNG")
+    data = bytearray(path.read_bytes())
+    ihdr = struct.pack(">II", 20000, 10000) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_the_audit_stage_shows_two_identical_unreadable_photos_with_their_reason(kaggle_raw, in_project):
+    """Finding 7: two identical decompression bombs among the test photos crashed the thumbnails: no audit.html."""
+    bomb_png(kaggle_raw / "test" / "8.png")
+    (kaggle_raw / "test" / "9.png").write_bytes((kaggle_raw / "test" / "8.png").read_bytes())
+    for name in ("8.png", "9.png"):  # the Kaggle layout's test photos are N.jpg: the same bytes, named so
+        (kaggle_raw / "test" / name).rename(kaggle_raw / "test" / name.replace(".png", ".jpg"))
+    _audit_inputs(kaggle_raw, in_project)
+    manifest = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False).set_index("id")
+    assert "DecompressionBombError" in manifest.loc["8", "problem"]  # kept, flagged, as every unreadable test photo
+    audit.main(*AUDIT_ARGS)
+    table = pd.read_csv("data/audit.csv", dtype=str, keep_default_na=False)
+    assert ((table.id == "8") & (table.other_id == "9") & (table.exact == "True")).any()
+    page = Path("metrics/audit.html").read_text()
+    assert "8: unreadable (DecompressionBombError" in page and "9: unreadable (DecompressionBombError" in page

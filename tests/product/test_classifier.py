@@ -513,3 +513,15 @@ def test_the_classifier_needs_neither_tensorflow_nor_scipys_optimiser():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     loaded = set(result.stdout.split("'"))
     assert "numpy" in loaded and not {"tensorflow", "keras", "tf2onnx", "scipy", "yaml"} & loaded
+
+
+def test_worker_processes_refuse_a_model_folder_that_changed_since_the_run_began(tmp_path, photos):
+    """Finding 10: each worker loaded the folder anew, so a re-export during a run mixed two models' probabilities."""
+    folder = write_model(tmp_path / "model")
+    model = Classifier.load(folder)
+    (_, _, first), *_ = model.batches(photos, 1, (2, 1))  # the same model: the workers agree
+    np.testing.assert_allclose(first[:, 1], expected_p(photos[:1]), atol=1e-6)
+    write_model(folder, {**SETTINGS, "temperature": 1.0})  # a new export while the run goes on
+    with pytest.raises(ModelError, match="changed while it was in use"):
+        list(model.batches(photos, 1, (2, 1)))
+    assert Classifier.load(folder).version != model.version  # the version is the content

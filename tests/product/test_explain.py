@@ -168,3 +168,49 @@ def test_the_worst_mistakes_page_shows_each_mistakes_cam_beside_its_photo(tiny, 
     assert page_overlays(str(tmp_path / "none"), rows.file.tolist(), [1, 0], "evaluate") is None
     assert "no class activation maps" in capsys.readouterr().err
     assert 'class="cam"' not in worst_mistakes_html(rows, "worst")
+
+
+def test_explain_names_each_overlay_by_its_path_under_the_folder_given_and_refuses_a_clash(tiny, tmp_path, capsys):
+    """Finding 5: photos/a/x.jpg, photos/a/x_2.jpg and photos/b/x.jpg gave two files, x_2.cam.png b/x.jpg's map."""
+    folder, _, photos = tiny
+    tree = tmp_path / "photos"
+    for source, target in ((photos[0], "a/x.jpg"), (photos[2], "a/x_2.jpg"), (photos[3], "b/x.jpg")):
+        (tree / target).parent.mkdir(parents=True, exist_ok=True)
+        (tree / target).write_bytes(source.read_bytes())
+    out = tmp_path / "cams"
+    assert cli(["classify", str(tree), "--model", str(folder), "--explain", str(out)]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["a/x.cam.png", "a/x_2.cam.png", "b/x.cam.png"]
+    model = Classifier.load(folder)
+    for name in ("a/x", "a/x_2", "b/x"):  # each file its own photo's map
+        (expected,) = explain(model, [tree / f"{name}.jpg"])
+        drawn = np.asarray(Image.open(out / f"{name}.cam.png"), dtype=float)
+        assert np.abs(drawn - np.asarray(overlay(expected.image, expected.cam), dtype=float)).mean() < 1
+    capsys.readouterr()
+    clash = tmp_path / "clash"
+    status = cli(["classify", str(tree / "a"), str(tree / "b"), "--model", str(folder), "--explain", str(clash)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "would both write x.cam.png" in err and not clash.exists()
+
+
+def test_maps_are_computed_a_batch_at_a_time_however_many_photos_a_page_asks_for(tiny, monkeypatch):
+    """Finding 6: the evaluate and audit pages ran every photo's map through the network at once."""
+    folder, _, photos = tiny
+    model = Classifier.load(folder)
+    sizes = []
+
+    class Counting:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            sizes.append(len(next(iter(feeds.values()))))
+            return self.session.run(names, feeds)
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+    counted = Classifier(Counting(model.session), model.settings, model.folder, model.version)
+    uris = overlay_data_uris(counted, photos * 10, batch_size=16)
+    assert len(uris) == 40 and all(uris) and sizes == [16, 16, 8]
+    assert uris[0] == uris[4] == overlay_data_uris(model, photos[:1])[0]  # batching changes no map
