@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -302,13 +303,15 @@ def test_a_fresh_clone_pulls_the_models_and_reproduces_nothing(committed, tmp_pa
 
 
 def _inputs(root: Path) -> dict[str, Path]:
-    """Three kinds of data.raw without a test/ folder: the Kaggle layout, class folders at the top (three classes),
-    and a table with relative paths and some empty labels (photos to predict)."""
+    """The four kinds of data.raw, without a test/ folder: the Kaggle layout, class folders under train/ and at the
+    top (three classes; per-class numbering, as cameras and the repo's fixtures number photos), and a table with
+    relative paths and some empty labels (photos to predict)."""
     colours = {"bird": (40, 200, 60), "cat": (200, 60, 40), "dog": (40, 60, 200)}
     for n in range(4):
         for label in ("cat", "dog"):
             write_image(root / "kaggle" / "train" / f"{label}.{n}.jpg", colours[label])
         for label, colour in colours.items():
+            write_image(root / "train_folders" / "train" / label / f"{n}.jpg", colour)
             write_image(root / "folders" / label / f"{n}.jpg", colour)
     lines = ["path,label"]
     for n in range(6):
@@ -316,18 +319,38 @@ def _inputs(root: Path) -> dict[str, Path]:
             write_image(root / "table" / "photos" / f"{label}{n}.jpg", colours[label])
             lines.append(f"photos/{label}{n}.jpg,{label if n < 4 else ''}")
     (root / "table" / "labels.csv").write_text("\n".join(lines) + "\n")
-    return {"kaggle": root / "kaggle", "folders": root / "folders", "table": root / "table" / "labels.csv"}
+    return {
+        "kaggle": root / "kaggle",
+        "train_folders": root / "train_folders",
+        "folders": root / "folders",
+        "table": root / "table" / "labels.csv",
+    }
 
 
-def test_each_input_kind_runs_end_to_end_with_dvc_exp_run_and_its_classifier_classifies(tmp_path):
-    path, _ = _new_project(tmp_path / "project")
+def test_each_input_kind_runs_end_to_end_its_classifier_classifies_and_its_labels_can_be_fixed(tmp_path):
+    """Every kind of data.raw with dvc exp run, then README's "Fixing labels" loop on it: one relabel and one exclude
+    in data/overrides.csv, and dvc repro reruns prepare and everything after it, with the counts in prepare.json."""
+    path, params = _new_project(tmp_path / "project")
+    params["finetune"]["epochs"] = 0  # with predict.blend 0 nothing is fine-tuned: the stage writes its empty outputs
+    _set_params(path, params)
     _run(path, "git", "add", "-A")
     _run(path, "git", "commit", "-qm", "the pipeline")
-    expected = {"kaggle": (["cat", "dog"], 0), "folders": (["bird", "cat", "dog"], 0), "table": (["cat", "dog"], 4)}
+    three = ["bird", "cat", "dog"]
+    expected = {"kaggle": (["cat", "dog"], 0), "train_folders": (three, 0), "folders": (three, 0)}
+    expected["table"] = (["cat", "dog"], 4)
+    fixes = {  # (relabelled id, its new class, excluded id): in the folder kinds cat/0 takes bird/0's number
+        "kaggle": ("dog.1", "cat", "cat.2"),
+        "train_folders": ("cat/0", "bird", "dog/0"),
+        "folders": ("cat/0", "bird", "dog/0"),
+        "table": ("photos/dog1.jpg", "cat", "photos/cat2.jpg"),
+    }
+    everything = {FEATURES, "train", "finetune", "predict", "evaluate", "audit", "submit", "export"}
     for kind, raw in _inputs(tmp_path / "inputs").items():
+        _run(path, "git", "checkout", "--", "data/overrides.csv")  # the last kind's fixes name its photos
         _run(path, "dvc", "exp", "run", "-S", f"data.raw={raw}")
         classes, n_test = expected[kind]
-        assert json.loads((path / "metrics/prepare.json").read_text())["n_test"] == n_test, kind
+        prepared = json.loads((path / "metrics/prepare.json").read_text())
+        assert prepared["n_test"] == n_test, kind
         submitted = json.loads((path / "metrics/submit.json").read_text())
         assert submitted["n_test"] == n_test and ("note" in submitted) == (n_test == 0), kind
         photo = next(raw.parent.rglob("*.jpg") if kind == "table" else raw.rglob("*.jpg"))
@@ -335,6 +358,49 @@ def test_each_input_kind_runs_end_to_end_with_dvc_exp_run_and_its_classifier_cla
         header, row = out.strip().splitlines()[-2:]
         assert header == ",".join(["path", *(f"p_{c}" for c in classes), "class"]), (kind, out)
         assert row.split(",")[0] == str(photo) and row.split(",")[-1] in classes, (kind, out)
+
+        relabelled, target, excluded = fixes[kind]
+        with (path / "data" / "overrides.csv").open("a") as overrides:
+            overrides.write(f"{relabelled},relabel:{target}\n{excluded},exclude\n")
+        output = _run(path, "dvc", "repro")  # a stage whose run DVC has seen before (the two folder kinds give the
+        # same features: the same ids and photos) is restored from its run-cache, as good as a rerun
+        done = re.findall(r"Running stage '([^']+)'|Stage '([^']+)' is cached", output)
+        assert {ran or cached for ran, cached in done} == {"prepare"} | everything, (kind, output)
+        fixed = json.loads((path / "metrics/prepare.json").read_text())
+        assert (fixed["n_relabelled"], fixed["n_excluded"]) == (1, 1), kind
+        assert fixed["n_train"] == prepared["n_train"] - 1 and fixed["n_test"] == n_test, kind
+        manifest = pd.read_csv(path / "data" / "split.csv", dtype=str, keep_default_na=False).set_index("id")
+        assert manifest.loc[relabelled, "label"] == target and excluded not in manifest.index, kind
+        link = path / manifest.loc[relabelled, "file"]
+        root = raw.parent if kind == "table" else raw
+        assert link.resolve() == (root / manifest.loc[relabelled, "source"]).resolve(), kind
+
+
+def test_with_a_table_the_answer_key_is_the_table_so_an_edit_of_a_test_label_reruns_the_scoring(project, tmp_path):
+    """With a table as data.raw DVC tracks the table alone: a separate answer key's edits went unseen (submit.json
+    scored against a stale key). The key is now the table's own test rows; any other file is refused."""
+    path, params = project
+    rows = ["path,label,split"]
+    for n in range(4):
+        for label, colour in (("cat", (200, 60, 40)), ("dog", (40, 60, 200))):
+            write_image(tmp_path / "table" / f"{label}{n}.jpg", colour)
+            rows.append(f"{label}{n}.jpg,{label},{'test' if n == 3 else 'train'}")
+    table = tmp_path / "table" / "labels.csv"
+    table.write_text("\n".join(rows) + "\n")
+    params["data"]["raw"], params["submit"]["labels"] = str(table), str(table)
+    params["finetune"]["epochs"] = 0
+    _set_params(path, params)
+    _run(path, "dvc", "repro")
+    scored = json.loads((path / "metrics" / "submit.json").read_text())
+    assert scored["n_test"] == 2
+    table.write_text(table.read_text().replace("cat3.jpg,cat,test", "cat3.jpg,dog,test"))  # the key's first label
+    _repro(path, {"prepare", "submit"})  # the labelled photos are as they were: nothing else reruns
+    assert json.loads((path / "metrics" / "submit.json").read_text()) != scored
+    (tmp_path / "table" / "key.csv").write_text("id,label\ncat3.jpg,cat\ndog3.jpg,dog\n")
+    params["submit"]["labels"] = str(tmp_path / "table" / "key.csv")
+    _set_params(path, params)
+    out = _run(path, "dvc", "repro", ok=False)
+    assert "prepare: submit.labels:" in out and "the answer key is the table itself" in out
 
 
 def test_an_overrides_edit_reruns_prepare_and_what_follows_and_nothing_else(committed):
