@@ -1,6 +1,11 @@
 """Shared fixtures: tiny generated images in the Kaggle layout, and a params.yaml to run stages against."""
 
+import contextlib
+import ctypes
+import gc
 import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -103,9 +108,30 @@ TRAIN_ARGS = (
 )
 
 
+def run_stage(name: str, *args: str) -> None:
+    """Run a stage as dvc.yaml does, `python -m stages.<name>` in a process of its own, in the current folder (the
+    project) with this checkout's code: its TensorFlow graphs and memory end with it, not with the test session."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-m", f"stages.{name}", *args], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, f"stages.{name} {' '.join(args)}: {result.stderr[-3000:]}"
+
+
 def default_params() -> dict:
     """The repository's params.yaml."""
     return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_memory():
+    """After each test module, what its tests left behind goes back to the system: Keras's graphs and layer names
+    (clear_session), cycles (gc), and the heap glibc keeps once freed (malloc_trim). Without it one pytest process
+    grew past 15 GB over the suite."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator keeps what it keeps
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @pytest.fixture

@@ -301,6 +301,7 @@ def test_finetune_refuses_another_backbones_features(prepared):
         _finetune()
 
 
+@pytest.mark.slow  # 6 s; the fast suite keeps the two-class run of every stage
 def test_finetune_with_0_epochs_predicts_from_the_stored_features_without_running_the_network(prepared, monkeypatch):
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
     _set_param("finetune", "epochs", 0)
@@ -327,6 +328,7 @@ def test_finetune_with_0_epochs_predicts_from_the_stored_features_without_runnin
     assert json.loads(Path("metrics/finetune.json").read_text())["best_epoch"] == 0
 
 
+@pytest.mark.slow  # 9 s
 def test_finetune_with_0_epochs_and_blend_0_trains_nothing_and_predict_and_export_use_the_head(prepared, monkeypatch):
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
     train.main(*TRAIN_ARGS)
@@ -473,7 +475,8 @@ def test_the_from_scratch_recipe_runs_through_the_finetune_stage(prepared):
     assert len(pd.read_csv("data/finetune_predictions.csv")) == 25 * (params["finetune"]["epochs"] + 1)
 
 
-@pytest.mark.parametrize("epochs", [0, pytest.param(1, marks=pytest.mark.slow)])  # 1: 40 s, fine-tuning the trunk
+@pytest.mark.slow  # 10 s with 0 epochs, 40 s with 1 (fine-tuning the trunk)
+@pytest.mark.parametrize("epochs", [0, 1])
 def test_a_table_without_photos_to_predict_runs_through_every_stage_and_submits_nothing(tmp_path, in_project, epochs):
     photos = tmp_path / "table" / "photos"
     lines = ["path,label"]

@@ -191,7 +191,7 @@ class Params(Section):
 def load_params(path: Path | str = PARAMS_FILE) -> dict:
     """All params as a dict, after checking them; a problem stops the run with one line per problem."""
     with open(path) as f:
-        params = yaml.safe_load(f)
+        params = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml's, where PyYAML has it
     problems = check_params(params)
     if problems:
         raise ParamsError("\n".join(f"{path}: {problem}" for problem in problems))

@@ -5,8 +5,10 @@ data.raw is a folder or a CSV table:
 - Folder-per-class layout: train/<class>/*.jpg, any number of classes named by their folders, and test/*.jpg.
 - Class folders at the top: <class>/*.jpg with no train/ folder (then no folder may be called test or train).
 - A CSV table (data.raw names the .csv file): columns path,label, the paths relative to the table's folder; an empty
-  label marks a photo to predict. Optional columns: split (train or test: a test photo's label is ignored) and id
-  (default: the path).
+  label marks a photo to predict. Optional columns: split (train or test: a test photo's label is no class, but the
+  answer key when submit.labels names the table) and id (default: the path). Paths stay in the table's folder.
+What the data names is checked before anything is written (dogscats.data.untrusted): classes are plain folder names,
+and the links of the symlink tree are named by id, so every layout survives every override.
 test/ is optional in the folder layouts: without photos to predict, every stage still runs and the submission is
 empty. Classes are indexed in sorted order (cat 0, dog 1): with two, the submission's label is p(second class).
 

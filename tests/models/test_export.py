@@ -30,10 +30,9 @@ from dogscats.networks.determinism import set_seed
 from dogscats.product.classifier import Classifier
 from dogscats.product.cli import main as cli
 from dogscats.product.explain import explain
-from stages import demo, export, features, finetune, predict, prepare, train
 from stages.export import check_epochs
 
-from ..conftest import EXPORT_ARGS, PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args
+from ..conftest import EXPORT_ARGS, PREDICT_ARGS, PREPARE_ARGS, TRAIN_ARGS, default_params, finetune_args, run_stage
 
 
 def _two_equal_outputs(
@@ -234,7 +233,7 @@ def _pipeline_matches_the_export(raw: Path) -> None:
 def test_the_exported_classifier_is_the_pipelines_prediction_for_two_backbones_five_crops_and_a_blend(
     tmp_path, monkeypatch
 ):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # each stage in a process of its own, as DVC runs them: 4.3 GB in this one before
     params = default_params()
     params["data"]["raw"], params["submit"]["labels"] = "data/demo", None
     params["demo"].update(train_per_class=20, test_count=10)
@@ -247,15 +246,15 @@ def test_the_exported_classifier_is_the_pipelines_prediction_for_two_backbones_f
     params["finetune"].update(learning_rate=0.001)
     params["predict"].update(blend=0.5, calibrate=True, clip=[0.005, 0.995])
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    demo.main("data/demo")  # the demo pipeline, small
+    run_stage("demo", "data/demo")  # the demo pipeline, small
     raw = Path("data/demo")
-    prepare.main(*PREPARE_ARGS)
+    run_stage("prepare", *PREPARE_ARGS)
     for name in params["backbones"]:
-        features.main(name, "data/split.csv", f"data/features/{name}.h5", f"metrics/features/{name}.json")
-    train.main(*TRAIN_ARGS)
-    finetune.main(*finetune_args("efficientnet_lite2"))
-    predict.main(*PREDICT_ARGS)
-    export.main(*EXPORT_ARGS)
+        run_stage("features", name, "data/split.csv", f"data/features/{name}.h5", f"metrics/features/{name}.json")
+    run_stage("train", *TRAIN_ARGS)
+    run_stage("finetune", *finetune_args("efficientnet_lite2"))
+    run_stage("predict", *PREDICT_ARGS)
+    run_stage("export", *EXPORT_ARGS)
     described = json.loads(Path("models/finetuned/finetuned.json").read_text())
     assert described["fold_input"] == "trunk" and described["epoch"] == 1  # the fine-tuned weights, not the start
     _pipeline_matches_the_export(raw)
@@ -263,9 +262,9 @@ def test_the_exported_classifier_is_the_pipelines_prediction_for_two_backbones_f
     # 0 epochs: the starting heads on the stored (view-averaged) features, in the graph on the head's features
     params["finetune"]["epochs"] = 0
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    finetune.main(*finetune_args("efficientnet_lite2"))
-    predict.main(*PREDICT_ARGS)
-    export.main(*EXPORT_ARGS)
+    run_stage("finetune", *finetune_args("efficientnet_lite2"))
+    run_stage("predict", *PREDICT_ARGS)
+    run_stage("export", *EXPORT_ARGS)
     assert json.loads(Path("models/finetuned/finetuned.json").read_text())["fold_input"] == "features"
     _pipeline_matches_the_export(raw)
 

@@ -131,6 +131,7 @@ def test_two_concurrent_first_conversions_both_succeed(tmp_path):
 
 
 @pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden reference features need ../shared/data/golden")
+@pytest.mark.slow  # real data: 4 to 6 s each
 @pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
 def test_golden_parity(name, tmp_path_factory):
     import keras
