@@ -43,6 +43,7 @@ def main(
     (an empty one if null)."""
     params = load_params()
     raw, prep, labels = Path(params["data"]["raw"]), params["prepare"], params["submit"]["labels"]
+    check_link_tree(Path(out_dir))  # replaced whole at the end: a folder holding anything else stops the run here
     images, bad = scan_raw(raw)
     images, overridden = apply_overrides(images, read_overrides(overrides_path), overrides_path)
     test_ids = images.id[images.split == "test"].tolist()
@@ -80,7 +81,6 @@ def main(
                 file=sys.stderr,
             )
     out = Path(out_dir)
-    check_link_tree(out)
     images["file"] = [str(link) for link in link_paths(images, out)]
     with atomic_dir(out) as tmp:  # a sibling of out, so the relative links stay valid after the rename
         write_symlink_tree(images, raw, tmp)

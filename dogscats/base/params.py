@@ -153,7 +153,7 @@ class Predict(Section):
         return value
 
 
-# Photos a page shows (thumbnails inline, maps computed in batches): 1,000 keeps a page near 10 MB.
+# Photos a page shows, per kind on the audit's (each a small JPEG inline, maps computed 16 at a time): a bound.
 PagePhotos = Annotated[int, Field(ge=0, le=1000)]
 
 

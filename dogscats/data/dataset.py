@@ -117,9 +117,16 @@ def scan_table(table: Path) -> pd.DataFrame:
 
 
 def table_answer_key(table: Path) -> pd.DataFrame:
-    """The answer key a table carries: its test rows' labels (id, label; empty where a row has none)."""
+    """The answer key a table carries: its test rows' labels (id, label); DataError naming the test rows without one."""
     rows = _table_rows(table)
-    return rows[rows.split == "test"][["id", "label"]].reset_index(drop=True)
+    test = rows[rows.split == "test"]
+    missing = test.index[test.label == ""].tolist()
+    if missing:
+        raise DataError(
+            f"{table}, line(s) {', '.join(map(str, missing[:10]))}: a photo to predict without a label, but"
+            " submit.labels names the table as the answer key: label every test row, or set submit.labels to null"
+        )
+    return test[["id", "label"]].reset_index(drop=True)
 
 
 def _table_rows(table: Path) -> pd.DataFrame:
@@ -138,8 +145,10 @@ def _table_rows(table: Path) -> pd.DataFrame:
     for n, value, label in zip(rows.index, split, rows.label, strict=True):
         if value == "train" and not label:
             raise DataError(f"{table}, line {n}: split train with an empty label; give it a label, or split test")
-        if label:
+        if value == "train":  # a class, so a folder of the symlink tree; a test row's label is only ever read
             check_class_name(label, f"{table}, line {n}")
+        elif text_problem(label):
+            raise DataError(f"{table}, line {n}: label {label!r} {text_problem(label)}")
     root = table.parent
     for n, path in rows.path.items():
         problem = "is empty" if not path else text_problem(path)
@@ -253,10 +262,21 @@ def link_path(id_: str, source: str, split: str, label: str, out: Path) -> Path:
 
 
 def check_link_tree(out: Path) -> None:
-    """Stop unless out is missing or a symlink tree (folders and links only): writing a tree replaces it whole."""
+    """Stop unless out is missing, empty, or a symlink tree (train/ and test/ holding folders and links only): writing
+    a tree replaces its folder whole, so nothing else may be in it."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise DataError(f"{out}: not a folder; the symlink tree is written to a new folder or over an earlier tree")
-    for folder, _, files in os.walk(out):
+    if not out.exists():
+        return
+    tree = ("train", "test")
+    others = sorted(p.name for p in out.iterdir() if p.name not in tree or not p.is_dir() or p.is_symlink())
+    if others:
+        raise DataError(f"{out}: holds {others[0]!r}, not a symlink tree's; give a new folder or an earlier tree's")
+
+    def unreadable(err: OSError) -> None:
+        raise DataError(f"{out}: {err.filename!r} cannot be read ({err.strerror}); it would be deleted unchecked")
+
+    for folder, _, files in os.walk(out, onerror=unreadable):
         stray = next((Path(folder) / name for name in files if not (Path(folder) / name).is_symlink()), None)
         if stray:
             raise DataError(
@@ -266,9 +286,12 @@ def check_link_tree(out: Path) -> None:
 
 
 def link_paths(manifest: pd.DataFrame, out: Path) -> list[Path]:
-    """Every photo's link in the symlink tree under out (link_path), checked: plain class names, and no two photos
-    on one link."""
-    for label in classes_of(manifest.label):
+    """Every photo's link in the symlink tree under out (link_path), checked: splits train or test, plain class names,
+    and no two photos on one link."""
+    splits = sorted(set(manifest.split) - {"train", "test"})
+    if splits:
+        raise DataError(f"the manifest: split {splits[0]!r} is neither train nor test")
+    for label in classes_of(manifest.label[manifest.split == "train"]):
         check_class_name(label, "the manifest")
     rows = zip(manifest.id, manifest.source, manifest.split, manifest.label, strict=True)
     links = [link_path(*row, out) for row in rows]
@@ -283,10 +306,13 @@ def write_symlink_tree(manifest: pd.DataFrame, raw: Path | str, out: Path) -> No
     """Link every image (found under raw, data.raw's folder) into the seed layout under out, with relative symlinks
     (nothing is copied)."""
     links = link_paths(manifest, out)  # checked before any folder is made
-    for sub in [f"train/{label}" for label in classes_of(manifest.label)] + ["test"]:
+    for sub in [f"train/{label}" for label in classes_of(manifest.label[manifest.split == "train"])] + ["test"]:
         (out / sub).mkdir(parents=True, exist_ok=True)
     for link, path in zip(links, image_paths(manifest, raw), strict=True):
-        link.symlink_to(os.path.relpath(Path(path).resolve(), link.parent.resolve()))
+        try:
+            link.symlink_to(os.path.relpath(Path(path).resolve(), link.parent.resolve()))
+        except FileExistsError:  # two names that differ in case only, on a file system that ignores case
+            raise DataError(f"{link}: two photos' ids name this link on this file system; rename one") from None
 
 
 def file_md5(path: Path | str) -> str:
@@ -326,10 +352,10 @@ def folds_of(manifest: pd.DataFrame, ids: list[str], manifest_path: Path | str) 
 
 def read_answer_key(path: Path | str) -> pd.DataFrame:
     """An answer key: id,label (a class name, or its index: two classes, 1 = dog), ids and labels as strings."""
-    key = pd.read_csv(path, dtype=str, keep_default_na=False)
+    key = read_table(path)
     if list(key.columns[:2]) != ["id", "label"]:
         raise DataError(f"{path}: an answer key needs the columns id,label")
-    return key[["id", "label"]]
+    return key[["id", "label"]].reset_index(drop=True)
 
 
 def checked_answer_key(path: Path, raw: Path, test_ids: list[str], classes: list[str]) -> pd.DataFrame:

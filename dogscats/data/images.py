@@ -114,8 +114,9 @@ def unreadable(err: Exception) -> str:
 
 
 def read_image(path: Path | str, draft_size: int | None = None) -> tuple[Image.Image | None, str]:
-    """The decoded image (load_rgb), or None and why it cannot be read (unreadable): the one decoder that catches
-    everything, for every page and check that must show a bad photo as a row with its reason, never crash on it."""
+    """The decoded image (load_rgb), or None and why it cannot be read (unreadable): the decoder that catches
+    everything, for prepare's check and the pages' thumbnails (the maps decode through Classifier.images_or_error,
+    which catches everything too): a bad photo is a row with its reason, never a crash."""
     try:
         return load_rgb(path, draft_size), ""
     except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)

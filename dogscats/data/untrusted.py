@@ -3,6 +3,7 @@ data/prepared), ids (they name the links in it), table paths (they must stay in 
 read with each row's true line in the file. A refusal is a DataError: one line naming the file, the line and the rule;
 user strings appear in it as Python literals (repr), so that no name can break the line or the terminal."""
 
+import csv
 import hashlib
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 NAME_BYTES = 255  # a class name becomes a folder name: the limit of most file systems (NAME_MAX)
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters
 LINK_ESCAPED = re.compile(r"[%/\\\x00-\x1f\x7f]|^\.")  # percent-encoded in a link's name (% too: injective)
-LINK_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")  # a photo's suffix kept on its link's name (image viewers use it)
+LINK_SUFFIX = re.compile(r"\.([A-Za-z0-9]{1,8})")  # a photo's suffix kept on its link's name (image viewers use it)
 LINK_BYTES = 200  # a longer encoded id is cut, and ends in its hash
 
 
@@ -69,7 +70,11 @@ def check_id(id_: str, where: str) -> None:
 
 def check_inside(path: Path, root: Path, where: str) -> None:
     """Stop unless path, symlinks resolved, lies inside root (resolved too); where names the file and line."""
-    if not path.resolve().is_relative_to(root.resolve()):
+    try:
+        inside = path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError) as err:  # a symlink loop (RuntimeError before Python 3.13), a name too long
+        raise DataError(f"{where}: {str(path)!r} cannot be resolved ({err})") from None
+    if not inside:
         raise DataError(f"{where}: {str(path)!r} lies outside {str(root)!r}; a table's photos must lie in its folder")
 
 
@@ -82,24 +87,38 @@ def is_file(path: Path) -> bool:
 
 
 def link_name(id_: str, source: str) -> str:
-    """The file name of a photo's link in data/prepared, unique per id whatever the layout: the id with %, / and \\,
-    control characters and a leading dot percent-encoded (so two ids never share a name; the empty id is a lone %), then
-    the photo's suffix; an encoded id over LINK_BYTES bytes is cut and ends in ~ and its hash."""
-    name = LINK_ESCAPED.sub(lambda m: "".join(f"%{byte:02X}" for byte in m[0].encode()), id_) or "%"  # "": a lone %
+    """The file name of a photo's link in data/prepared, one per (id, suffix) whatever the layout: the id with %, /
+    and \\, control characters and a leading dot percent-encoded (the empty id a lone %), a dot, then the photo's
+    suffix lowercased (empty when it has no plain one): the last dot splits the two, so two ids never share a name. An
+    encoded id over LINK_BYTES bytes is cut and ends in ~ and its hash."""
+    name = LINK_ESCAPED.sub(lambda m: "".join(f"%{byte:02X}" for byte in m[0].encode()), id_) or "%"
     if len(name.encode("utf-8", "surrogateescape")) > LINK_BYTES:
         digest = hashlib.sha256(id_.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         name = name.encode("utf-8", "surrogateescape")[: LINK_BYTES - 17].decode("utf-8", "ignore") + "~" + digest
-    suffix = Path(source).suffix
-    return name + (suffix.lower() if LINK_SUFFIX.fullmatch(suffix) else "")
+    suffix = LINK_SUFFIX.fullmatch(Path(source).suffix)
+    return f"{name}.{suffix[1].lower() if suffix else ''}"
 
 
 def read_table(path: Path | str) -> pd.DataFrame:
-    """A CSV file's rows as stripped strings, indexed by their line in the file (the header is line 1); blank lines
-    are skipped but counted; DataError naming the file when it is not a UTF-8 CSV table."""
+    """A CSV file's rows as stripped strings under its header's names, indexed by the line each starts on (the header
+    is line 1, blank lines counted, a quoted field may span lines); rows of empty fields skipped, short rows padded;
+    DataError naming the file and line when it is not UTF-8 CSV or a row has more fields than the header. The csv
+    module, not pandas: pandas numbers records, not lines."""
     try:
-        rows = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except (UnicodeDecodeError, pd.errors.ParserError) as err:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file, strict=True)
+            header = [name.strip() for name in next(reader, [])]
+            twice = sorted({name for name in header if header.count(name) > 1})
+            if twice:
+                raise DataError(f"{path}, line 1: the header names {', '.join(map(repr, twice))} twice")
+            rows, lines, start = [], [], reader.line_num + 1
+            for row in reader:
+                if len(row) > len(header):
+                    raise DataError(f"{path}, line {start}: {len(row)} fields, but the header names {len(header)}")
+                if any(field.strip() for field in row):
+                    rows.append([field.strip() for field in row] + [""] * (len(header) - len(row)))
+                    lines.append(start)
+                start = reader.line_num + 1
+    except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path}: not a UTF-8 CSV table ({' '.join(str(err).split())})") from None
-    rows = rows.fillna("").apply(lambda column: column.str.strip())
-    rows.index = rows.index + 2
-    return rows[(rows != "").any(axis=1)] if len(rows.columns) else rows
+    return pd.DataFrame(rows, columns=header, index=pd.Index(lines, dtype=int), dtype=str)

@@ -115,13 +115,15 @@ def ray_feature_batches(
     gpus_per_actor: float | None = None,
     parts: Sequence[int] = (),
     nodes: set[str] | None = None,
+    model: bytes | None = None,
 ) -> Iterator[np.ndarray]:
     """Float32 features of the photos per block of batches (batches_per_block), in manifest order, extracted by a pool
     of Ray actors on the Ray of ray_cluster; an unusable photo's row is its blank's. Each actor takes
     extraction.threads CPUs and, by default, a GPU where the cluster has them (gpus_per_actor_for); by default there
     are enough actors to fill the cluster (actor_count). parts: the row counts of consecutive parts (the splits),
     each batched from its own first row as the local executor batches it (default: one part). nodes: where given,
-    the ids of the Ray nodes that computed features are added to it."""
+    the ids of the Ray nodes that computed features are added to it. model: the engine model's bytes (default:
+    extraction.model's), shipped to the actors through the object store."""
     if len(paths) != len(usable):
         raise ValueError(f"{len(paths)} paths but {len(usable)} usable flags")
     parts = list(parts) or [len(paths)]
@@ -138,14 +140,14 @@ def ray_feature_batches(
         batches = sum(math.ceil(part / batch_size) for part in parts)
         actors = min(actors or actor_count(resources, cpus, gpus_per_actor), batches)  # no actor without a batch
         block_size = batch_size * batches_per_block(batches, actors)
-        model = ray.put(Path(extraction.model).read_bytes())
+        shipped = ray.put(Path(extraction.model).read_bytes() if model is None else model)
         rows = pd.DataFrame({"index": np.arange(len(paths)), "path": [str(p) for p in paths], "usable": usable})
         with _data_context(ray):
             # One data frame a block, of block_size rows from its part's start: a call's batches are the local ones.
             dataset = ray.data.from_pandas(_blocks(rows, parts, block_size))
             dataset = dataset.map_batches(
                 _ExtractorActor,
-                fn_constructor_args=(extraction, model, gpus_per_actor > 0, batch_size),
+                fn_constructor_args=(extraction, shipped, gpus_per_actor > 0, batch_size),
                 batch_size=block_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors),

@@ -25,7 +25,7 @@ from dogscats.base.backbone_sizes import MIN_SIZE
 from dogscats.base.schema import Section, problems
 from dogscats.base.scoring import as_probabilities
 from dogscats.base.vocabulary import DECODE_POLICIES, RESIZE_POLICIES
-from dogscats.data.classifier_files import INPUT_PREFIX, ONNX_MODEL, OUTPUTS, SETTINGS
+from dogscats.data.classifier_files import CAM_FILE, INPUT_PREFIX, ONNX_MODEL, OUTPUTS, SETTINGS
 from dogscats.data.images import load_resized, unreadable
 from dogscats.engine.workers import ahead_batches, ordered_map
 from dogscats.models.calibration import TEMPERATURE_RANGE, final_p
@@ -83,6 +83,7 @@ class Classifier:
     settings: dict
     folder: Path | None = None  # where it was loaded from: worker processes load it again
     version: str = ""  # a content hash of the files loaded (model_version): workers check theirs against it
+    cam: bytes = b""  # cam.json's bytes, as loaded with the graph (explain reads the head's weights from them)
 
     @property
     def classes(self) -> list[str]:
@@ -101,7 +102,8 @@ class Classifier:
                 found[name] = (folder / name).read_bytes()
             except OSError:
                 raise ModelError(f"{folder / name} not found: export a classifier with dvc repro export") from None
-        loaded = model_version(found[SETTINGS], found[ONNX_MODEL])
+        cam = (folder / CAM_FILE).read_bytes() if (folder / CAM_FILE).is_file() else b""
+        loaded = model_version(found[SETTINGS], found[ONNX_MODEL], cam)
         if version and loaded != version:
             raise ModelError(f"{folder} changed while it was in use (a new export?); run again to use the new model")
         settings = read_settings(folder / SETTINGS, found[SETTINGS])
@@ -109,7 +111,7 @@ class Classifier:
         mismatch = graph_mismatch(session, settings)
         if mismatch:
             raise ModelError(f"{folder / ONNX_MODEL} does not fit {folder / SETTINGS}: {mismatch}")
-        return cls(session, settings, folder, loaded)
+        return cls(session, settings, folder, loaded, cam)
 
     def images(self, path: Path | str) -> list[np.ndarray]:
         """One image decoded and fitted for each backbone, float32 in [0, 255]; PIL's error when it cannot be read."""
@@ -198,9 +200,10 @@ def _classify(
     return classifier.classify(paths)
 
 
-def model_version(settings: bytes, model: bytes) -> str:
-    """A classifier's version: the SHA-256 of its settings' and its graph's bytes (hex)."""
-    return hashlib.sha256(hashlib.sha256(settings).digest() + hashlib.sha256(model).digest()).hexdigest()
+def model_version(settings: bytes, model: bytes, cam: bytes = b"") -> str:
+    """A classifier's version: the SHA-256 of its settings', its graph's and its maps' (cam.json) bytes, hex."""
+    parts = b"".join(hashlib.sha256(part).digest() for part in (settings, model, cam))
+    return hashlib.sha256(parts).hexdigest()
 
 
 def read_settings(path: Path, data: bytes) -> dict:

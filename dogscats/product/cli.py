@@ -5,9 +5,10 @@ Writes CSV, one row per image: path, p_<class> per class in the model's order, a
 pipeline decides: with two classes, the second from p = 0.5 on); when a file cannot be read, a last column, error,
 says why, and its probabilities are empty. Exit status 0, 1 when a row has an error, 2 for bad arguments or a model
 folder that is not an exported classifier (one line on stderr). --explain DIR also writes, per readable image, DIR/<its
-name without suffix>.cam.png, at its path under the folder given that holds it (the trees mirrored; two images that
-would share a file stop the run before any work, status 2): the image as the network saw it with the class activation
-map of its predicted class drawn over it (dogscats.product.explain)"""
+name without suffix>.cam.png, at its path under the folder given that holds it (the tree mirrored, under the folder's
+own name when several paths are given; two images that would still share a file stop the run before any work, status
+2): the image as the network saw it with the class activation map of its predicted class drawn over it
+(dogscats.product.explain)"""
 
 import argparse
 import csv
@@ -21,7 +22,7 @@ from dogscats.base.atomic import atomic_path
 from dogscats.base.scoring import predicted_class
 from dogscats.engine.workers import worker_layout
 from dogscats.product.classifier import Classifier, ModelError, image_files
-from dogscats.product.explain import explain, load_cam_head, overlay
+from dogscats.product.explain import cam_head, explanations, overlay
 
 PROGRESS_FROM = 5  # images: a progress bar on stderr for more than this many
 BATCH = 16
@@ -86,14 +87,17 @@ def rows(
     return out, errors
 
 
-def overlay_names(files: list[Path], given: list[Path]) -> list[Path]:
-    """Each image's overlay file, relative to the --explain folder: <name without suffix>.cam.png at its path under
-    the folder given that holds it (the folders' trees mirrored), or at the top for a file given by name."""
+def overlay_names(given: list[Path]) -> list[Path]:
+    """Each image's overlay file, relative to the --explain folder, in image_files' order: <name without
+    suffix>.cam.png at its path under the folder given that holds it (the tree mirrored; under that folder's own name
+    when several paths are given, so two cameras' IMG_0001.jpg stay apart), or at the top for a file given by name."""
     names = []
-    for file in files:
-        root = next((folder for folder in given if folder.is_dir() and file.is_relative_to(folder)), None)
-        relative = file.relative_to(root) if root else Path(file.name)
-        names.append(relative.with_name(f"{relative.stem}.cam.png"))
+    for path in given:
+        for file in image_files([path]):
+            relative = file.relative_to(path) if path.is_dir() else Path(file.name)  # never a .. from a folder scan
+            if path.is_dir() and len(given) > 1:
+                relative = Path(path.resolve().name) / relative
+            names.append(relative.with_name(f"{relative.stem}.cam.png"))
     return names
 
 
@@ -112,19 +116,14 @@ def write_overlays(
 ) -> None:
     """Per readable image (its row has no error), its overlay (the map of the class in its row) in the folder, at
     its name there (overlay_names)."""
-    readable = [
-        (path, name, model.classes.index(row[-2]))
-        for path, name, row in zip(paths, names, table, strict=True)
-        if not row[-1]
-    ]
+    readable = [(path, name, row) for path, name, row in zip(paths, names, table, strict=True) if not row[-1]]
+    targets = [model.classes.index(row[-2]) for _, _, row in readable]
+    explained = explanations(model, [path for path, _, _ in readable], targets, BATCH)
     with tqdm(total=len(readable), desc="explain", unit="img", disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(readable), BATCH):
-            batch = readable[start : start + BATCH]
-            explained = explain(model, [path for path, _, _ in batch], [target for _, _, target in batch])
-            for (_, name, _), explanation in zip(batch, explained, strict=True):
-                with atomic_path(folder / name, suffix=".png") as tmp:  # makes the name's folders
-                    overlay(explanation.image, explanation.cam).save(tmp, format="PNG")
-            bar.update(len(batch))
+        for (_, name, _), explanation in zip(readable, explained, strict=True):
+            with atomic_path(folder / name, suffix=".png") as tmp:  # makes the name's folders
+                overlay(explanation.image, explanation.cam).save(tmp, format="PNG")
+            bar.update()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dogscats classify: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     paths = image_files(args.paths)
-    names = overlay_names(paths, args.paths) if args.explain else []
+    names = overlay_names(args.paths) if args.explain else []
     clash = overlay_clash(paths, names) if args.explain else ""
     if clash:
         print(f"dogscats classify --explain: {clash}", file=sys.stderr)
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = workers_for(args.workers, len(paths))
         model = Classifier.load(args.model, threads=workers[1] if workers[0] == 1 else 1)  # workers load their own
         if args.explain:
-            load_cam_head(args.model)  # before any work: a classifier without maps stops here
+            cam_head(model)  # before any work: a classifier without maps stops here
         table, errors = rows(model, paths, len(paths) > PROGRESS_FROM, workers)
         if args.explain:
             write_overlays(model, paths, names, table, args.explain, len(paths) > PROGRESS_FROM)

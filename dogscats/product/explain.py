@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,16 +47,17 @@ class Explanation:
     target: int  # the class it explains
 
 
-def load_cam_head(folder: Path | str) -> CamHead:
-    """The head's weights from a classifier folder's cam.json; ModelError naming the file when it has none."""
-    path = Path(folder) / CAM_FILE
-    if not path.is_file():
+def cam_head(classifier: Classifier) -> CamHead:
+    """The head's weights from the classifier's cam.json, as loaded with its graph; ModelError naming the file when it
+    has none or it is not one the export wrote."""
+    path = (classifier.folder or Path(".")) / CAM_FILE
+    if not classifier.cam:
         raise ModelError(
             f"{path} not found: this classifier has no class activation maps (export it again; a head with hidden"
             " units, or features.pooling other than avg, has none)"
         )
     try:
-        found = json.loads(path.read_text())
+        found = json.loads(classifier.cam)
         head = CamHead(
             np.asarray(found["weights"], np.float64),
             np.asarray(found["bias"], np.float64),
@@ -63,10 +65,13 @@ def load_cam_head(folder: Path | str) -> CamHead:
             int(found["crops"]),
             bool(found["tta"]),
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ModelError(f"{path}: not a CAM file the export wrote: {type(err).__name__}: {err}") from None
     if head.weights.ndim != 2 or head.weights.shape[1] != len(head.bias):
         raise ModelError(f"{path}: weights {head.weights.shape} do not fit the bias {head.bias.shape}")
+    names = list(classifier.settings["sizes"])
+    if list(head.view_sizes) != names:
+        raise ModelError(f"{path}: backbones {list(head.view_sizes)}, not the graph's {names}")
     return head
 
 
@@ -117,26 +122,25 @@ def class_map(logits: np.ndarray, target: int) -> np.ndarray:
     return logits[..., target]
 
 
-def explain(
+def explanations(
     classifier: Classifier, paths: list[Path | str], targets: list[int | None] | None = None, batch_size: int = 16
-) -> list[Explanation]:
-    """The class activation maps of image files (readable ones: PIL's error otherwise) for the given classes, or
-    where a target is None (or targets is), for the class the head finds most probable (the spatial mean of the
-    maps; a tie goes to the second class); batch_size photos a run, so memory stays flat however many are asked."""
-    if classifier.folder is None:
-        raise ModelError("a classifier loaded from a folder is needed: its cam.json holds the head's weights")
-    head = load_cam_head(classifier.folder)
-    names = list(classifier.settings["sizes"])
-    if list(head.view_sizes) != names:
-        raise ModelError(f"{classifier.folder / CAM_FILE}: backbones {list(head.view_sizes)}, not the graph's {names}")
+) -> Iterator[Explanation]:
+    """The class activation maps of image files (readable ones: PIL's error otherwise), in order, for the given
+    classes, or where a target is None (or targets is), for the class the head finds most probable (the spatial mean
+    of the maps; a tie goes to the second class); batch_size photos a run of the graph, so memory stays flat however
+    many are asked."""
+    head = cam_head(classifier)
     targets = targets or [None] * len(paths)
-    return [
-        found
-        for start in range(0, len(paths), batch_size)
-        for found in _explain_batch(
-            classifier, head, paths[start : start + batch_size], targets[start : start + batch_size]
-        )
-    ]
+    for start in range(0, len(paths), batch_size):
+        batch = slice(start, start + batch_size)
+        yield from _explain_batch(classifier, head, paths[batch], targets[batch])
+
+
+def explain(
+    classifier: Classifier, paths: list[Path | str], targets: list[int | None] | None = None
+) -> list[Explanation]:
+    """explanations, as a list."""
+    return list(explanations(classifier, paths, targets))
 
 
 def _explain_batch(
@@ -188,20 +192,18 @@ def overlay_data_uris(
     side: int = 160,
     batch_size: int = 16,
 ) -> list[str]:
-    """For HTML pages: each photo's overlay (explain, then overlay) as a JPEG data: URI at most side pixels wide,
-    batch_size photos at a time; "" for a photo that cannot be read."""
+    """For HTML pages: each photo's overlay (explanations, then overlay) as a JPEG data: URI at most side pixels wide;
+    "" for a photo that cannot be read."""
     readable = [i for i, path in enumerate(paths) if not classifier.images_or_error(path)[1]]
     targets = targets or [None] * len(paths)
+    chosen = explanations(classifier, [paths[i] for i in readable], [targets[i] for i in readable], batch_size)
     uris = [""] * len(paths)
-    for start in range(0, len(readable), batch_size):
-        batch = readable[start : start + batch_size]
-        explained = explain(classifier, [paths[i] for i in batch], [targets[i] for i in batch])
-        for i, explanation in zip(batch, explained, strict=True):
-            image = overlay(explanation.image, explanation.cam)
-            image.thumbnail((side, side))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=85)
-            uris[i] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    for i, explanation in zip(readable, chosen, strict=True):
+        image = overlay(explanation.image, explanation.cam)
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        uris[i] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
     return uris
 
 

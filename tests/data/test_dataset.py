@@ -20,6 +20,7 @@ from dogscats.data.dataset import (
     read_manifest,
     scan_raw,
     stratified_folds,
+    write_symlink_tree,
 )
 from stages import prepare
 
@@ -311,13 +312,14 @@ def test_the_symlink_tree_command_refuses_a_folder_that_holds_files(kaggle_raw, 
     frame, _ = scan_raw(kaggle_raw)
     frame.to_csv(tmp_path / "split.csv", index=False)
     out = tmp_path / "mine"
-    (out / "sub").mkdir(parents=True)
-    (out / "sub" / "notes.txt").write_text("keep me")
     command = [sys.executable, "-m", "dogscats.data.dataset", str(tmp_path / "split.csv"), str(out), str(kaggle_raw)]
-    status = subprocess.run(command, capture_output=True, text=True)
-    assert status.returncode == 1 and status.stderr.count("\n") == 1 and "which is not a link" in status.stderr
-    assert (out / "sub" / "notes.txt").read_text() == "keep me"
-    shutil.rmtree(out)
+    for kept, refusal in (("sub/notes.txt", "holds 'sub', not a symlink tree's"), ("train/notes.txt", "not a link")):
+        (out / kept).parent.mkdir(parents=True)
+        (out / kept).write_text("keep me")
+        status = subprocess.run(command, capture_output=True, text=True)
+        assert status.returncode == 1 and status.stderr.count("\n") == 1 and refusal in status.stderr
+        assert (out / kept).read_text() == "keep me"
+        shutil.rmtree(out)
     subprocess.run(command, check=True)  # a new folder, then over its own tree: fine
     subprocess.run(command, check=True)
     assert (out / "train" / "cat" / "cat.1.jpg").is_symlink()
@@ -333,3 +335,23 @@ def test_a_table_carries_its_own_answer_key_and_no_other_file_can_be_it(tmp_path
     (tmp_path / "key.csv").write_text("id,label\nc.jpg,dog\nd.jpg,cat\n")
     with pytest.raises(ValueError, match="with a table as data.raw .* the answer key is the table itself"):
         checked_answer_key(tmp_path / "key.csv", table, ["c.jpg", "d.jpg"], ["cat", "dog"])
+
+
+def test_a_manifest_split_can_only_be_train_or_test_so_no_link_leaves_the_tree(kaggle_raw, tmp_path):
+    frame, _ = scan_raw(kaggle_raw)
+    frame.loc[0, "split"] = str(tmp_path / "elsewhere")  # a hand-edited manifest
+    with pytest.raises(ValueError, match="split '.*elsewhere' is neither train nor test"):
+        write_symlink_tree(frame, kaggle_raw, tmp_path / "tree")
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "tree").exists()
+
+
+def test_a_tables_test_labels_are_read_not_made_classes_and_a_key_names_the_rows_it_lacks(tmp_path):
+    table = _table(tmp_path, "path,label,split\na.jpg,cat,\nb.jpg,dog,\nc.jpg,n/a,test\nd.jpg,,test\n")
+    assert scan_raw(table)[0].label.tolist() == ["cat", "dog", "", ""]  # "n/a" names no folder: it is only read
+    with pytest.raises(ValueError, match="line\\(s\\) 5: a photo to predict without a label"):
+        checked_answer_key(table, table, ["c.jpg", "d.jpg"], ["cat", "dog"])
+    (tmp_path / "loop1.jpg").symlink_to(tmp_path / "loop2.jpg")
+    (tmp_path / "loop2.jpg").symlink_to(tmp_path / "loop1.jpg")
+    table.write_text("path,label\na.jpg,cat\nb.jpg,dog\nloop1.jpg,dog\n")
+    with pytest.raises(ValueError, match="line 4: .*loop1.jpg' cannot be resolved"):
+        scan_raw(table)

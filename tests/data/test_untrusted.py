@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -56,20 +57,38 @@ def test_a_class_is_a_plain_folder_name(name, problem):
     assert (found is None) if problem is None else problem in found
 
 
-@given(st.lists(st.text(max_size=300), min_size=2, max_size=6, unique=True))
+SOURCES = st.sampled_from(["photo.JPG", "photo.png", "photo", "photo.tar.gz", "x.", "sub/a.webp", "a.very-long"])
+
+
+@given(st.lists(st.tuples(st.text(max_size=300), SOURCES), min_size=2, max_size=6, unique_by=lambda pair: pair[0]))
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
-def test_different_ids_get_different_plain_link_names(ids):
-    names = [link_name(id_, "photo.JPG") for id_ in ids]
+def test_different_ids_get_different_plain_link_names_whatever_their_files(pairs):
+    names = [link_name(id_, source) for id_, source in pairs]
     assert len(set(names)) == len(names)
-    for name in names:
-        assert "/" not in name and "\\" not in name and not name.startswith(".") and name.endswith(".jpg")
+    for name, (_, source) in zip(names, pairs, strict=True):
+        assert "/" not in name and "\\" not in name and not name.startswith(".") and name not in (".", "..")
         assert len(name.encode("utf-8", "surrogateescape")) <= 255 and "\x00" not in name
+        suffix = Path(source).suffix.lower()
+        assert name.endswith(suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ".")  # a plain suffix, else none
 
 
-def test_a_tables_lines_count_blank_lines_and_a_bad_encoding_is_named(tmp_path):
-    (tmp_path / "t.csv").write_text("id,action\n\na,exclude\n\n\n,\nb,relabel:cat\n")
+def test_a_link_keeps_its_photos_suffix_and_the_id_before_it():
+    assert link_name("cat.1", "train/cat.1.jpg") == "cat.1.jpg" and link_name("dog/1", "x.JPEG") == "dog%2F1.jpeg"
+    assert link_name("a.png", "p") == "a.png." != link_name("a", "q.png")  # the last dot splits id and suffix
+
+
+def test_a_tables_lines_count_blank_lines_and_quoted_line_breaks_and_a_bad_file_is_named(tmp_path):
+    (tmp_path / "t.csv").write_text('id,action,note\n\na,exclude\n\n"x","y","two\nlines"\n,\nb,relabel:cat\n')
     table = read_table(tmp_path / "t.csv")
-    assert table.index.tolist() == [3, 7] and table.id.tolist() == ["a", "b"]
+    assert table.index.tolist() == [3, 5, 8] and table.id.tolist() == ["a", "x", "b"] and table.note[3] == ""
+    (tmp_path / "empty.csv").write_text("")
+    assert read_table(tmp_path / "empty.csv").empty
+    (tmp_path / "wide.csv").write_text("id,action\na,exclude\nb,exclude,extra\n")
+    with pytest.raises(DataError, match="wide.csv, line 3: 3 fields, but the header names 2"):
+        read_table(tmp_path / "wide.csv")
+    (tmp_path / "twice.csv").write_text("id,id\na,b\n")
+    with pytest.raises(DataError, match="twice.csv, line 1: the header names 'id' twice"):
+        read_table(tmp_path / "twice.csv")
     (tmp_path / "latin.csv").write_bytes("path,label\nchat.jpg,\xe9t\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match=f"{tmp_path / 'latin.csv'}: not a UTF-8 CSV table"):
         read_table(tmp_path / "latin.csv")

@@ -3,6 +3,7 @@ object store, ports and temp folder (Ray's own multi-node test cluster, ray.clus
 `ray start` on Linux listens on every interface once a second node may join). Actors land on both nodes, the features
 equal the local executor's, and neither node is left with a copy of the model."""
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -58,10 +59,13 @@ def test_actors_on_two_nodes_give_the_local_features_and_leave_no_copy_of_the_mo
     alive = [node for node in ray.nodes() if node["Alive"]]
     assert len(alive) == 2 and {node["NodeManagerAddress"] for node in alive} == {"127.0.0.1"}
     extraction, paths, usable = photos
+    model = Path(extraction.model).read_bytes()
+    nowhere = dataclasses.replace(extraction, model=str(Path(extraction.model).parent / "on-no-node" / "tiny.onnx"))
     temp = Path(tempfile.gettempdir())  # where the nodes' processes make temporary files
     before = set(temp.iterdir())
-    nodes: set[str] = set()
-    batches = list(ray_feature_batches(extraction, paths, usable, batch_size=2, actors=2, nodes=nodes))
+    nodes: set[str] = set()  # the model file is on no node: only its bytes travel, through the object store
+    batches = list(ray_feature_batches(nowhere, paths, usable, batch_size=2, actors=2, nodes=nodes, model=model))
     assert nodes == {node["NodeID"] for node in alive}  # an actor a node: each computed some of the photos
     np.testing.assert_allclose(np.concatenate(batches), local_features(extraction, paths, usable, 2), rtol=0, atol=1e-6)
-    assert copies_of(Path(extraction.model).read_bytes(), [*folders, *(set(temp.iterdir()) - before)]) == []
+    assert copies_of(model, [*folders, *(set(temp.iterdir()) - before)]) == []
+    assert not Path(nowhere.model).parent.exists()

@@ -3,6 +3,7 @@
 outputs must leave the probabilities unchanged; classify --explain writes one overlay per readable photo. Slow: the
 real Lite weights in the exported project of tests/product/test_classifier.py."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -186,9 +187,13 @@ def test_explain_names_each_overlay_by_its_path_under_the_folder_given_and_refus
         (expected,) = explain(model, [tree / f"{name}.jpg"])
         drawn = np.asarray(Image.open(out / f"{name}.cam.png"), dtype=float)
         assert np.abs(drawn - np.asarray(overlay(expected.image, expected.cam), dtype=float)).mean() < 1
+    two = tmp_path / "two"  # several folders: each mirrored under its own name, so two cameras' x.jpg stay apart
+    assert cli(["classify", str(tree / "a"), str(tree / "b"), "--model", str(folder), "--explain", str(two)]) == 0
+    assert sorted(str(p.relative_to(two)) for p in two.rglob("*.png")) == written  # a/ and b/, as the folders
     capsys.readouterr()
     clash = tmp_path / "clash"
-    status = cli(["classify", str(tree / "a"), str(tree / "b"), "--model", str(folder), "--explain", str(clash)])
+    files = [str(tree / "a" / "x.jpg"), str(tree / "b" / "x.jpg")]  # two files given by name
+    status = cli(["classify", *files, "--model", str(folder), "--explain", str(clash)])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "would both write x.cam.png" in err and not clash.exists()
 
@@ -210,7 +215,7 @@ def test_maps_are_computed_a_batch_at_a_time_however_many_photos_a_page_asks_for
         def __getattr__(self, name):
             return getattr(self.session, name)
 
-    counted = Classifier(Counting(model.session), model.settings, model.folder, model.version)
+    counted = dataclasses.replace(model, session=Counting(model.session))
     uris = overlay_data_uris(counted, photos * 10, batch_size=16)
     assert len(uris) == 40 and all(uris) and sizes == [16, 16, 8]
     assert uris[0] == uris[4] == overlay_data_uris(model, photos[:1])[0]  # batching changes no map
