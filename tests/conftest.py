@@ -17,6 +17,8 @@ from PIL import Image
 # Ray started by the tests listens on 127.0.0.1 only (on Linux it listens on every interface unless told it is not a
 # cluster); read by Ray when it is imported, so set before any test imports it. The stages' subprocesses inherit it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# A Ray pipeline that waits for CPUs it will never get fails after 5 minutes, not Ray's default half hour.
+os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "300")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
