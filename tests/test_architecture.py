@@ -20,6 +20,7 @@ from .conftest import REPO
 LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
 # The params' checks decide whether a stage runs, not what it writes: a stage does not rerun when they change (the
 # params themselves are tracked by each stage's `params:`), and the modules reached only through them are not its deps.
+SERVER = "dogscats.product.server"
 PARAMS_CHECKS = {"dogscats.base.params", "dogscats.base.schema", "dogscats.base.vocabulary"}
 
 
@@ -84,14 +85,34 @@ def test_each_layer_package_holds_only_its_docstring():
         assert len(body) == 1 and isinstance(body[0].value, ast.Constant), f"{init}: code here is in no stage's deps"
 
 
+def _external(graph: grimp.ImportGraph, module: str) -> set[str]:
+    """The top-level names of the packages outside the standard library that a module imports, directly or not."""
+    imported = {m.split(".")[0] for m in graph.find_upstream_modules(module, as_package=True)}
+    return imported - set(sys.stdlib_module_names) - {"dogscats"}
+
+
+def _distributions(requirements: list[str]) -> set[str]:
+    """The distribution names of requirement lines."""
+    return {_normal(re.split(r"[<>=!~\[ ]", requirement)[0]) for requirement in requirements}
+
+
+def _normal(name: str) -> str:
+    """A distribution's name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def test_the_product_imports_only_what_pip_install_brings():
+    """The classifier and the command need the core dependencies; the server (imported only by `dogscats serve`) the
+    serve extra besides."""
     graph = grimp.build_graph("dogscats", include_external_packages=True, cache_dir=None)
-    imported = {m for m in graph.find_upstream_modules("dogscats.product", as_package=True) if "." not in m}
-    external = imported - set(sys.stdlib_module_names) - {"dogscats"}
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {re.split(r"[<>=!~\[ ]", requirement)[0].lower() for requirement in declared}
-    distributions = packages_distributions()
-    assert external and {m for m in external if not {d.lower() for d in distributions[m]} & names} == set()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core, serve = _distributions(project["dependencies"]), _distributions(project["optional-dependencies"]["serve"])
+    installed = {name: {_normal(d) for d in found} for name, found in packages_distributions().items()}
+    web = _external(graph, "dogscats.product.server")
+    graph.remove_import(importer="dogscats.product.cli", imported="dogscats.product.server")  # inside serve() alone
+    light = set().union(*(_external(graph, m) for m in graph.find_children("dogscats.product") - {SERVER}))
+    assert light and {m for m in light if not installed[m] & core} == set()
+    assert "fastapi" in web and {m for m in web if not installed[m] & (core | serve)} == set()
 
 
 def test_dvc_lock_records_the_code_as_it_is():

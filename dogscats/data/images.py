@@ -5,7 +5,7 @@ other programs (EPS runs Ghostscript)."""
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,9 +25,10 @@ class ImageFormatError(UnidentifiedImageError):
     """A file in a format Pillow knows but this project does not read."""
 
 
-def load_rgb(path: Path | str, draft_size: int | None = None) -> Image.Image:
-    """Decode an image, apply its EXIF orientation, convert to RGB; draft_size allows reduced-scale JPEG decoding.
-    Only FORMATS are opened: any other raises ImageFormatError naming it."""
+def load_rgb(path: Path | str | BinaryIO, draft_size: int | None = None) -> Image.Image:
+    """Decode an image (a file, or bytes in a binary file object such as io.BytesIO), apply its EXIF orientation,
+    convert to RGB; draft_size allows reduced-scale JPEG decoding. Only FORMATS are opened: any other raises
+    ImageFormatError naming it."""
     try:
         opened = Image.open(path, formats=FORMATS)
     except UnidentifiedImageError:
@@ -42,10 +43,14 @@ def load_rgb(path: Path | str, draft_size: int | None = None) -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(im))
 
 
-def format_of(path: Path | str) -> str | None:
+def format_of(path: Path | str | BinaryIO) -> str | None:
     """The format Pillow would take the file for, by its first bytes alone (no plugin opens it), or None."""
-    with open(path, "rb") as f:
-        prefix = f.read(16)  # as much as Image.open gives the plugins' checks
+    if isinstance(path, Path | str):
+        with open(path, "rb") as f:
+            prefix = f.read(16)  # as much as Image.open gives the plugins' checks
+    else:
+        path.seek(0)
+        prefix = path.read(16)
     Image.init()
     return next((name for name, (_, accept) in Image.OPEN.items() if accept and _accepts(accept, prefix)), None)
 
@@ -79,7 +84,7 @@ def fit_square(im: Image.Image, size: int, resize: str) -> Image.Image:
     raise ValueError(f"unknown resize policy {resize!r}; choose one of {', '.join(RESIZE_POLICIES)}")
 
 
-def load_resized(path: Path | str, size: int, resize: str = "squash", decode: str = "full") -> np.ndarray:
+def load_resized(path: Path | str | BinaryIO, size: int, resize: str = "squash", decode: str = "full") -> np.ndarray:
     """An image as uint8 (size, size, 3), decoded and fitted by the given policies.
 
     decode="reduced" lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, as long as each side keeps at least 3/4

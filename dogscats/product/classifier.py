@@ -11,6 +11,7 @@ Both are checked at load: a folder that is not such a classifier raises ModelErr
 every problem."""
 
 import hashlib
+import io
 import json
 import tempfile
 from collections.abc import Iterator
@@ -113,12 +114,14 @@ class Classifier:
             raise ModelError(f"{folder / ONNX_MODEL} does not fit {folder / SETTINGS}: {mismatch}")
         return cls(session, settings, folder, loaded, cam)
 
-    def images(self, path: Path | str) -> list[np.ndarray]:
-        """One image decoded and fitted for each backbone, float32 in [0, 255]; PIL's error when it cannot be read."""
+    def images(self, path: Path | str | bytes) -> list[np.ndarray]:
+        """One image (a file, or a file's bytes) decoded and fitted for each backbone, float32 in [0, 255]; PIL's error
+        when it cannot be read."""
         s = self.settings
-        return [load_resized(path, size, s["resize"], s["decode"]).astype(np.float32) for size in s["sizes"].values()]
+        fitted = [load_resized(_opened(path), size, s["resize"], s["decode"]) for size in s["sizes"].values()]
+        return [image.astype(np.float32) for image in fitted]
 
-    def images_or_error(self, path: Path | str) -> tuple[list[np.ndarray] | None, str]:
+    def images_or_error(self, path: Path | str | bytes) -> tuple[list[np.ndarray] | None, str]:
         """The photo's images (images), or None and why it cannot be read, on one line."""
         try:
             return self.images(path), ""
@@ -184,6 +187,11 @@ class Classifier:
     def classify(self, paths: list[Path | str]) -> tuple[list[str], np.ndarray]:
         """One batch of files decoded here, one after another: their errors and the readable ones' probabilities."""
         return self._classify_decoded([self.images_or_error(path) for path in paths])
+
+
+def _opened(path: Path | str | bytes) -> Path | str | io.BytesIO:
+    """What the decoder reads: a file's path as it is, bytes as a new file object (each decode reads from the start)."""
+    return io.BytesIO(path) if isinstance(path, bytes) else path
 
 
 def _load(job: tuple[str, int, str]) -> Classifier:

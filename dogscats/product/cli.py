@@ -13,6 +13,7 @@ own name when several paths are given; two images that would still share a file 
 import argparse
 import csv
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from dogscats.base.scoring import predicted_class
 from dogscats.engine.workers import worker_layout
 from dogscats.product.classifier import Classifier, ModelError, image_files
 from dogscats.product.explain import cam_head, explanations, overlay
+from dogscats.product.reload import checked
+from dogscats.product.serve_config import SERVE_LIMITS, TOKEN_VARIABLE, ServeConfig
 
 PROGRESS_FROM = 5  # images: a progress bar on stderr for more than this many
 BATCH = 16
@@ -49,6 +52,19 @@ def parser() -> argparse.ArgumentParser:
         help="also write DIR/<image name>.cam.png per image: where in the photo the evidence for its class lies (a"
         " class activation map over the image as the network saw it; a second pass over the images)",
     )
+    serve = commands.add_parser("serve", help="the classifier behind a local HTTP API and an upload page")
+    serve.add_argument(
+        "model", nargs="?", type=Path, default=Path("models/classifier"), help="default: models/classifier"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
+    serve.add_argument("--workers", default="auto", help="server processes: N, or auto (default): one per 4 cores")
+    serve.add_argument("--token", help=f"require Authorization: Bearer TOKEN (default: ${TOKEN_VARIABLE}, else none)")
+    defaults = ServeConfig()
+    for name, help_text in SERVE_LIMITS.items():
+        default = getattr(defaults, name)
+        option = "--" + name.replace("_", "-")
+        serve.add_argument(option, type=type(default), default=default, help=f"{help_text} (default: {default})")
     return main
 
 
@@ -126,9 +142,45 @@ def write_overlays(
             bar.update()
 
 
+def serve_workers(setting: str, cores: int) -> int:
+    """Server processes for --workers: a count, or auto: one per 4 cores (each runs the network on several)."""
+    if setting == "auto":
+        return max(1, cores // 4)
+    if not setting.isdigit() or int(setting) < 1:
+        raise ValueError(f"--workers {setting}: a count of processes (1, 2, ...) or auto")
+    return int(setting)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until interrupted; 2 when the settings or the model folder are wrong (one line on stderr)."""
+    try:
+        from dogscats.product import server
+    except ImportError as err:
+        print(
+            f"dogscats serve: {err.name} is missing: pip install 'dogscats[serve]' (or requirements.txt)",
+            file=sys.stderr,
+        )
+        return 2
+    limits = {name: getattr(args, name) for name in SERVE_LIMITS}
+    token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE, "")
+    try:
+        workers = serve_workers(args.workers, os.cpu_count() or 1)
+        config = ServeConfig(model=str(args.model), token=token, **limits)
+        if config.problems():
+            raise ValueError("; ".join(config.problems()))
+        checked(args.model)  # before the port is taken: a folder that is not a classifier stops here
+    except (ValueError, ModelError) as err:
+        print(f"dogscats serve: {err}", file=sys.stderr)
+        return 2
+    server.run(config, args.host, args.port, workers)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         print(f"dogscats classify: not found: {', '.join(missing)}", file=sys.stderr)
