@@ -4,6 +4,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import struct
 import subprocess
 import sys
 import zlib
@@ -30,6 +31,17 @@ def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] 
     pixels = np.clip(np.array(colour) + rng.normal(0, 10, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def bomb_png(path: Path) -> Path:
+    """A small PNG whose header claims 20000 x 10000 pixels: Pillow refuses it (DecompressionBombError)."""
+    write_image(path, (1, 2, 3), (8, 8), fmt="PNG")
+    data = bytearray(path.read_bytes())
+    ihdr = struct.pack(">II", 20000, 10000) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(bytes(data))
     return path
 
 

@@ -189,9 +189,16 @@ class Classifier:
         return self._classify_decoded([self.images_or_error(path) for path in paths])
 
 
+class Upload(io.BytesIO):
+    """A photo's bytes as a file object, named as such in the decoder's errors (not by its address in memory)."""
+
+    def __repr__(self) -> str:
+        return "<uploaded bytes>"
+
+
 def _opened(path: Path | str | bytes) -> Path | str | io.BytesIO:
     """What the decoder reads: a file's path as it is, bytes as a new file object (each decode reads from the start)."""
-    return io.BytesIO(path) if isinstance(path, bytes) else path
+    return Upload(path) if isinstance(path, bytes) else path
 
 
 def _load(job: tuple[str, int, str]) -> Classifier:

@@ -72,8 +72,10 @@ class Metrics:
 
 
 def problem_response(status: int, message: str, version: str = "") -> JSONResponse:
-    """A refusal: one line of JSON."""
-    headers = {"X-Model-Version": version} if version else None
+    """A refusal: one line of JSON. A body refused as too large is not read to its end: the connection closes."""
+    headers = {"X-Model-Version": version} if version else {}
+    if status == 413:
+        headers["Connection"] = "close"
     return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
 
 

@@ -2,8 +2,6 @@
 conflicts, outliers, the findings table and page, and the audit stage end to end on a tiny project."""
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import h5py
@@ -28,7 +26,7 @@ from dogscats.models.audit import (
 )
 from stages import audit, prepare
 
-from ..conftest import PREPARE_ARGS, write_image
+from ..conftest import PREPARE_ARGS, bomb_png, write_image
 
 AUDIT_ARGS = (
     "data/split.csv",
@@ -181,7 +179,6 @@ def test_findings_table_orders_each_kind_worst_first_and_names_the_photos():
 
 
 def test_the_page_shows_at_most_show_findings_of_each_kind_and_survives_an_unreadable_photo(tmp_path):
-    from ..conftest import write_image
 
     for name in ("a", "b", "c"):
         write_image(tmp_path / "train" / f"{name}.jpg", (200, 60, 40))
@@ -283,17 +280,6 @@ def test_the_maps_are_the_shown_label_issues_for_their_suggested_class(tmp_path)
     ).set_index(pd.Index([0, 1, 2, 3, 4]))
     assert cam_rows(table, 2, ["bird", "cat", "dog"]) == ([0, 1], [2, 0])
     assert cam_rows(table[table.kind != "label"], 2, ["bird", "cat", "dog"]) == ([], [])
-
-
-def bomb_png(path: Path) -> Path:
-    """A small PNG whose header claims 20000 x 10000 pixels: Pillow refuses it (DecompressionBombError)."""
-    write_image(path, (1, 2, 3), (8, 8), fmt="PNG")
-    data = bytearray(path.read_bytes())
-    ihdr = struct.pack(">II", 20000, 10000) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def test_the_audit_stage_shows_two_identical_unreadable_photos_with_their_reason(kaggle_raw, in_project):
