@@ -15,7 +15,6 @@ import pytest
 
 pytest.importorskip("fastapi")
 import httpx2 as httpx  # noqa: E402
-import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from dogscats.product.batching import Batcher  # noqa: E402
@@ -23,27 +22,10 @@ from dogscats.product.classifier import Classifier  # noqa: E402
 from dogscats.product.cli import main as cli  # noqa: E402
 from dogscats.product.reload import fingerprint  # noqa: E402
 from dogscats.product.serve_config import ServeConfig  # noqa: E402
-from dogscats.product.server import WEB, create_app  # noqa: E402
+from dogscats.product.server import WEB, background, create_app  # noqa: E402
 
-from ..conftest import bomb_png, write_image  # noqa: E402
+from ..conftest import bomb_png  # noqa: E402
 from .test_classifier import WEIGHTS, write_model  # noqa: E402
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    """A two-backbone classifier folder (test_classifier's hand-built graph)."""
-    return write_model(tmp_path / "model")
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> list[Path]:
-    """Five small photos of different colours, sizes and formats."""
-    colours = [(200, 60, 40), (40, 90, 250), (30, 30, 30), (240, 240, 240), (90, 200, 90)]
-    return [
-        write_image(tmp_path / "photos" / f"p{i}.{'png' if i % 2 else 'jpg'}", c, (20 + 9 * i, 40 - 3 * i), fmt)
-        for i, c in enumerate(colours)
-        for fmt in ["PNG" if i % 2 else "JPEG"]
-    ]
 
 
 def client(model: Path, **settings) -> TestClient:
@@ -248,20 +230,9 @@ def test_the_fingerprint_moves_with_any_rewrite_of_a_model_file(model):
 
 @pytest.fixture
 def live(model):
-    """The server over `model` in uvicorn, in a thread, on a free port of 127.0.0.1: its base URL."""
-    config = uvicorn.Config(
-        create_app(ServeConfig(model=str(model), max_upload_mb=1)), host="127.0.0.1", port=0, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", port
-    server.should_exit = True
-    thread.join(10)
+    """The server over `model` in uvicorn, in a thread, on a free port of 127.0.0.1: its base URL and port."""
+    with background(ServeConfig(model=str(model), max_upload_mb=1)) as url:
+        yield url, int(url.rsplit(":", 1)[1])
 
 
 def rss_mb() -> float:
