@@ -137,6 +137,22 @@ def test_classify_explain_writes_one_overlay_per_readable_photo(tiny, tmp_path, 
     assert uris[0].startswith("data:image/jpeg;base64,") and uris[1] == ""
 
 
+def test_the_servers_maps_are_the_overlays_of_the_class_it_answers(tiny):
+    server = pytest.importorskip("dogscats.product.server")
+    from fastapi.testclient import TestClient
+
+    from dogscats.product.serve_config import ServeConfig
+
+    folder, _, photos = tiny
+    files = [("files", (p.name, p.read_bytes())) for p in photos] + [("files", ("bad.jpg", b"no"))]
+    with TestClient(server.create_app(ServeConfig(model=str(folder)))) as client:
+        rows = client.post("/predict?maps=true", files=files).json()["photos"]
+    classifier = Classifier.load(folder)
+    targets = [classifier.classes.index(row["class"]) for row in rows[:4]]
+    assert [row["map"] for row in rows[:4]] == overlay_data_uris(classifier, photos, targets, side=320)
+    assert "map" not in rows[4] and rows[4]["error"]
+
+
 def test_a_classifier_without_maps_refuses_explain_in_one_line(tiny, tmp_path, capsys):
     folder, _, photos = tiny
     copy = tmp_path / "model"
