@@ -165,7 +165,8 @@ def serve(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE, "")
     try:
         workers = serve_workers(args.workers, os.cpu_count() or 1)
-        config = ServeConfig(model=str(args.model), token=token, **limits)
+        threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0  # the processes share the cores
+        config = ServeConfig(model=str(args.model), token=token, threads=threads, decoders=threads, **limits)
         if config.problems():
             raise ValueError("; ".join(config.problems()))
         checked(args.model)  # before the port is taken: a folder that is not a classifier stops here

@@ -18,7 +18,7 @@ import numpy as np
 from dogscats.data.classifier_files import CAM_FILE, ONNX_MODEL, SETTINGS
 from dogscats.product.classifier import Classifier, ModelError
 
-log = logging.getLogger("dogscats.serve")
+log = logging.getLogger("uvicorn.error")  # printed as uvicorn prints its own lines
 
 Fingerprint = tuple[tuple[str, int, int, int] | None, ...]
 
