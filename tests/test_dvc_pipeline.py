@@ -312,7 +312,7 @@ def _inputs(root: Path) -> dict[str, Path]:
             write_image(root / "kaggle" / "train" / f"{label}.{n}.jpg", colours[label])
         for label, colour in colours.items():
             write_image(root / "train_folders" / "train" / label / f"{n}.jpg", colour)
-            write_image(root / "folders" / label / f"{n}.jpg", colour)
+            write_image(root / "folders" / label / f"{n}.jpg", colour, (36, 30))  # not train_folders' photos
     lines = ["path,label"]
     for n in range(6):
         for label in ("cat", "dog"):
@@ -338,6 +338,7 @@ def test_each_input_kind_runs_end_to_end_its_classifier_classifies_and_its_label
     _set_params(path, params)
     _run(path, "git", "add", "-A")
     _run(path, "git", "commit", "-qm", "the pipeline")
+    _run(path, "dvc", "repro", "demo")  # in dvc.yaml whatever data.raw is: run once, before the kinds
     three = ["bird", "cat", "dog"]
     expected = {"kaggle": (["cat", "dog"], 0), "train_folders": (three, 0), "folders": (three, 0)}
     expected["table"] = (["cat", "dog"], 4)
@@ -359,10 +360,8 @@ def test_each_input_kind_runs_end_to_end_its_classifier_classifies_and_its_label
         relabelled, target, excluded = fixes[kind]
         with (path / "data" / "overrides.csv").open("a") as overrides:
             overrides.write(f"{relabelled},relabel:{target}\n{excluded},exclude\n")
-        output = _run(path, "dvc", "repro")  # a stage whose run DVC has seen before (the two folder kinds give the
-        # same features: the same ids and photos) is restored from its run-cache, as good as a rerun
-        done = re.findall(r"Running stage '([^']+)'|Stage '([^']+)' is cached", output)
-        assert {ran or cached for ran, cached in done} == {"prepare"} | everything, (kind, output)
+        output = _run(path, "dvc", "repro")
+        assert set(re.findall(r"Running stage '([^']+)'", output)) == {"prepare"} | everything, (kind, output)
         fixed = json.loads((path / "metrics/prepare.json").read_text())
         assert (fixed["n_relabelled"], fixed["n_excluded"]) == (1, 1), kind
         assert fixed["n_train"] == prepared["n_train"] - 1 and fixed["n_test"] == n_test, kind

@@ -42,7 +42,8 @@ def best_temperature(y: np.ndarray, p: np.ndarray, low: float = 0.0, high: float
     best = min(ties, key=lambda i: abs(grid[i]))
     bounds = (grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)])
     found = minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-5})
-    return float(np.exp(found.x if found.fun < losses[best] else grid[best]))
+    t = float(np.exp(found.x if found.fun < losses[best] else grid[best]))
+    return min(max(t, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1])  # exp(log(100)) is 100.00000000000004: out of range
 
 
 def clip_grid(p: np.ndarray) -> list[float]:

@@ -16,6 +16,7 @@ from dogscats.models.blending import (
     cross_fitted,
     with_temperature,
 )
+from dogscats.models.calibration import TEMPERATURE_RANGE
 
 
 def test_blend_is_the_weighted_mean():
@@ -74,6 +75,15 @@ def test_the_temperature_is_found_over_its_whole_range(right, wrong):
     y = np.array([1] * right + [0] * wrong + [0] * right + [1] * wrong)
     p = 1 / (1 + np.exp(np.repeat([-2.0, 2.0], right + wrong)))
     assert best_temperature(y, p) == pytest.approx(2 / np.log(right / wrong), rel=1e-3)
+
+
+def test_a_temperature_at_the_ranges_end_stays_inside_it_so_the_exported_settings_load():
+    """Half right, half wrong with p = sigmoid(+-2): the loss falls as T grows, to the grid's end, exp(log(100)), which
+    is 100.00000000000004: above the bound the classifier's settings check, so the export did not load."""
+    y = np.array([1, 0, 0, 1])
+    p = 1 / (1 + np.exp(np.array([-2.0, -2.0, 2.0, 2.0])))
+    t = best_temperature(y, p)
+    assert TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1] and t == pytest.approx(TEMPERATURE_RANGE[1])
 
 
 def test_out_of_fold_probabilities_without_mistakes_keep_the_temperature_at_one():
