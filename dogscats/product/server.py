@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from dogscats.base.scoring import predicted_class
@@ -157,6 +159,17 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="dogscats", lifespan=lifespan, docs_url=None, redoc_url=None)  # /docs would load a CDN's script
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals (404, 405) as every other: one line of JSON."""
+        return problem_response(err.status_code, f"{request.method} {request.url.path}: {err.detail}")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        """A query parameter of the wrong type: 422, one line naming it."""
+        found = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        return problem_response(422, found)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

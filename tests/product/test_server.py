@@ -90,6 +90,22 @@ def test_a_malformed_request_gets_a_4xx_with_one_line(model, request_args, statu
     assert words in response.json()["error"] and "\n" not in response.json()["error"]
 
 
+def test_an_unknown_route_a_wrong_method_or_a_bad_query_get_one_line_too(model, photos):
+    with client(model) as c:
+        answers = [c.get("/nowhere"), c.get("/predict"), c.post("/predict?maps=perhaps", files=photo_files(photos[:1]))]
+    assert [a.status_code for a in answers] == [404, 405, 422]
+    assert answers[0].json()["error"] == "GET /nowhere: Not Found"
+    assert "maps" in answers[2].json()["error"] and all("\n" not in a.json()["error"] for a in answers)
+
+
+def test_a_request_past_its_timeout_gets_503_and_the_server_keeps_serving(model, photos):
+    with client(model, timeout_s=1e-4, window_ms=50) as c:
+        late = c.post("/predict", files=photo_files(photos))
+        metrics = c.get("/metrics").text
+    assert late.status_code == 503 and "timeout_s" in late.json()["error"]
+    assert 'dogscats_errors_total{kind="timeout"} 1.0' in metrics
+
+
 def test_the_most_files_a_request_is_a_limit(model, photos):
     with client(model, max_files=3) as c:
         too_many = c.post("/predict", files=upload(*[("t.jpg", b"x")] * 10_000))
