@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dogscats.product.classifier import Classifier
+from dogscats.product.classifier import Classifier, ModelError
 
 
 @dataclass
@@ -77,12 +77,11 @@ class Batcher:
                 start = time.perf_counter()
                 try:
                     p = await asyncio.to_thread(jobs[0].classifier.probabilities, stacked(jobs))
-                except Exception as err:  # a model that fails as it runs: every job of the batch gets the error
+                    self.observe(len(jobs), time.perf_counter() - start)
+                    for job, row in zip(jobs, p, strict=True):
+                        if not job.done.done():
+                            job.done.set_result(row)
+                except Exception as err:  # a model that fails as it runs: the batch's requests get it, the loop goes on
                     for job in jobs:
                         if not job.done.done():
-                            job.done.set_exception(err)
-                    continue
-                self.observe(len(jobs), time.perf_counter() - start)
-                for job, row in zip(jobs, p, strict=True):
-                    if not job.done.done():
-                        job.done.set_result(row)
+                            job.done.set_exception(ModelError(f"the model failed: {type(err).__name__}: {err}"))

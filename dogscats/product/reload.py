@@ -78,10 +78,11 @@ class ModelWatcher:
         before = fingerprint(self.folder)
         try:
             classifier = checked(self.folder, self.threads)
-        except ModelError as err:
+        except Exception as err:  # ModelError, or a file replaced while it was read: refused, never the watcher's end
             self.seen = before
             old = self.serving.classifier.version if self.serving.classifier else "none"
-            self.serving = Serving(self.serving.classifier, f"{err} (still serving: {old})")
+            reason = str(err) if isinstance(err, ModelError) else f"{self.folder}: {type(err).__name__}: {err}"
+            self.serving = Serving(self.serving.classifier, f"{' '.join(reason.split())} (still serving: {old})")
             log.error("model refused: %s", self.serving.problem)
             self.on_refuse(self.serving.problem)
             return

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from dogscats.base.scoring import predicted_class
 from dogscats.engine.workers import lowest_priority
@@ -95,7 +96,7 @@ async def limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[byt
 async def uploads(request: Request, config: ServeConfig) -> list[tuple[str, bytes]]:
     """The photos of a multipart request as (name, bytes), read into memory within the limits; Refused otherwise."""
     limit = int(config.max_upload_mb * 1024 * 1024)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise Refused(415, f"send the photos as multipart/form-data, field {FIELD!r}", "bad_request")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
@@ -163,7 +164,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         """Starlette's own refusals (404, 405) as every other: one line of JSON."""
-        return problem_response(err.status_code, f"{request.method} {request.url.path}: {err.detail}")
+        response = problem_response(err.status_code, f"{request.method} {request.url.path}: {err.detail}")
+        response.headers.update(err.headers or {})  # a 405's Allow
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -227,9 +230,13 @@ def create_app(config: ServeConfig) -> FastAPI:
         except TimeoutError:
             metrics.errors.labels("timeout").inc()
             return problem_response(503, f"the request took over {config.timeout_s} s (timeout_s)", classifier.version)
-        except ModelError as err:
+        except ClientDisconnect:
+            metrics.errors.labels("bad_request").inc()
+            return problem_response(400, "the client disconnected before the upload ended", classifier.version)
+        except Exception as err:  # ModelError, or anything else: one line of JSON, counted, and the server goes on
             metrics.errors.labels("model").inc()
-            return problem_response(500, str(err), classifier.version)
+            message = str(err) if isinstance(err, ModelError) else f"{type(err).__name__}: {err}"
+            return problem_response(500, message, classifier.version)
         body = {"version": classifier.version, "classes": classifier.classes, "photos": rows}
         return JSONResponse(body, headers={"X-Model-Version": classifier.version})
 
@@ -281,8 +288,8 @@ def is_open(path: str) -> bool:
 
 def authorised(request: Request, token: str) -> bool:
     """Whether the request carries the bearer token (compared in constant time)."""
-    given = request.headers.get("authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def run(config: ServeConfig, host: str, port: int, workers: int = 1) -> None:

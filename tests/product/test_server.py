@@ -17,10 +17,11 @@ pytest.importorskip("fastapi")
 import httpx2 as httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from dogscats.product import reload  # noqa: E402
 from dogscats.product.batching import Batcher  # noqa: E402
-from dogscats.product.classifier import Classifier  # noqa: E402
+from dogscats.product.classifier import Classifier, ModelError  # noqa: E402
 from dogscats.product.cli import main as cli  # noqa: E402
-from dogscats.product.reload import fingerprint  # noqa: E402
+from dogscats.product.reload import ModelWatcher, fingerprint  # noqa: E402
 from dogscats.product.serve_config import ServeConfig  # noqa: E402
 from dogscats.product.server import WEB, background, create_app  # noqa: E402
 
@@ -94,6 +95,7 @@ def test_an_unknown_route_a_wrong_method_or_a_bad_query_get_one_line_too(model, 
     with client(model) as c:
         answers = [c.get("/nowhere"), c.get("/predict"), c.post("/predict?maps=perhaps", files=photo_files(photos[:1]))]
     assert [a.status_code for a in answers] == [404, 405, 422]
+    assert answers[1].headers["allow"] == "POST"
     assert answers[0].json()["error"] == "GET /nowhere: Not Found"
     assert "maps" in answers[2].json()["error"] and all("\n" not in a.json()["error"] for a in answers)
 
@@ -129,6 +131,9 @@ def test_the_token_is_asked_of_everything_but_the_page_and_the_probes(model, pho
             == 401
         )
         assert c.get("/metrics").status_code == 401
+        assert (
+            c.get("/metrics", headers={"Authorization": "bearer  s3cret "}).status_code == 200
+        )  # the scheme: any case
         ok = c.post("/predict", files=photo_files(photos[:1]), headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert [c.get(path).status_code for path in ("/healthz", "/readyz", "/", "/static/app.js")] == [200] * 4
@@ -183,6 +188,36 @@ def test_batches_gather_concurrent_photos_up_to_the_bound_and_keep_each_photos_r
     found = np.array(asyncio.run(run()))
     assert sizes == [3, 2]  # five photos at once: a full batch, then the rest after the window
     np.testing.assert_allclose(found, expected, atol=1e-7, rtol=0)
+
+
+def test_a_model_that_fails_as_it_runs_fails_its_batch_and_the_batcher_goes_on(model, photos):
+    classifier = Classifier.load(model)
+    images = [classifier.images(path) for path in photos[:2]]
+
+    class Failing:
+        def probabilities(self, batches):
+            raise RuntimeError("out of memory")
+
+    async def run() -> tuple[BaseException, np.ndarray]:
+        batcher = Batcher(window=0.01, max_batch=4)
+        task = asyncio.create_task(batcher.run())
+        try:
+            failed = await asyncio.gather(batcher.probabilities(Failing(), images[0]), return_exceptions=True)
+            return failed[0], await batcher.probabilities(classifier, images[1])
+        finally:
+            task.cancel()
+
+    failed, p = asyncio.run(run())
+    assert isinstance(failed, ModelError) and "RuntimeError: out of memory" in str(failed)
+    np.testing.assert_allclose(p, classifier.probabilities([np.stack([side]) for side in images[1]])[0], atol=1e-7)
+
+
+def test_a_folder_that_fails_to_load_in_any_way_is_refused_and_the_watcher_goes_on(model, monkeypatch):
+    watcher = ModelWatcher(model)
+    watcher.load()
+    monkeypatch.setattr(reload, "checked", lambda folder, threads: (_ for _ in ()).throw(OSError("replaced")))
+    watcher.load()  # a file replaced while it was read: not a ModelError
+    assert watcher.serving.classifier is not None and "OSError: replaced (still serving:" in watcher.serving.problem
 
 
 def test_a_new_model_is_swapped_in_and_a_broken_one_refused_while_the_old_keeps_serving(model, photos, tmp_path):

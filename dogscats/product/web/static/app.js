@@ -54,7 +54,8 @@ async function send(files) {
   for (const file of files) form.append("files", file, file.name);
   status.textContent = "classifying " + files.length + " photo(s)…";
   const response = await fetch("/predict?maps=true", { method: "POST", body: form, headers: headers() });
-  const body = await response.json();
+  const json = (response.headers.get("content-type") || "").startsWith("application/json");
+  const body = json ? await response.json() : { error: response.status + " " + response.statusText };
   if (response.status === 401) tokenRow.hidden = false;
   if (!response.ok) {
     status.textContent = "refused: " + body.error;
