@@ -1,2 +1,0 @@
-"""What users run: the exported Classifier, class activation maps, the dogscats command. No TensorFlow, Keras, tf2onnx
-or SciPy."""
