@@ -32,16 +32,15 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 
+from dogscats.engine.quantize import cpu_flags
 from dogscats.product.classifier import Classifier, image_files
 
 
 def machine() -> str:
-    """The processor's model and its vector flags that matter here (lscpu)."""
+    """The processor's model (lscpu) and its vector and int8 flags (quantize.cpu_flags)."""
     text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("Flags")), [])
-    wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")]
-    return f"{model}, {os.cpu_count()} cores, {' '.join(wanted)} ({platform.python_version()})"
+    return f"{model}, {os.cpu_count()} cores, {' '.join(cpu_flags())} ({platform.python_version()})"
 
 
 def free_port() -> int:

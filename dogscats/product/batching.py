@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dogscats.product.classifier import Classifier, ModelError
+from dogscats.product.classifier import Classifier, ModelError, stacked
 
 
 @dataclass
@@ -22,11 +22,6 @@ class Job:
     classifier: Classifier
     images: list[np.ndarray]  # one per backbone, as Classifier.images gives them
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-def stacked(jobs: list[Job]) -> list[np.ndarray]:
-    """The jobs' images as one batch per backbone."""
-    return [np.stack(side) for side in zip(*(job.images for job in jobs), strict=True)]
 
 
 def by_model(jobs: list[Job]) -> list[list[Job]]:
@@ -76,7 +71,7 @@ class Batcher:
             for jobs in by_model(await self.collect()):
                 start = time.perf_counter()
                 try:
-                    p = await asyncio.to_thread(jobs[0].classifier.probabilities, stacked(jobs))
+                    p = await asyncio.to_thread(jobs[0].classifier.probabilities, stacked([job.images for job in jobs]))
                     self.observe(len(jobs), time.perf_counter() - start)
                     for job, row in zip(jobs, p, strict=True):
                         if not job.done.done():

@@ -182,11 +182,16 @@ class Classifier:
         errors = [error for _, error in decoded]
         if not images:
             return errors, np.zeros((0, len(self.classes)))
-        return errors, self.probabilities([np.stack(side) for side in zip(*images, strict=True)])
+        return errors, self.probabilities(stacked(images))
 
     def classify(self, paths: list[Path | str]) -> tuple[list[str], np.ndarray]:
         """One batch of files decoded here, one after another: their errors and the readable ones' probabilities."""
         return self._classify_decoded([self.images_or_error(path) for path in paths])
+
+
+def stacked(images: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Photos' images (each one per backbone, as Classifier.images gives them) as one batch per backbone."""
+    return [np.stack(side) for side in zip(*images, strict=True)]
 
 
 class Upload(io.BytesIO):

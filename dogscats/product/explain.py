@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from dogscats.data.classifier_files import CAM_FILE, FEATURE_MAP_PREFIX, INPUT_PREFIX
-from dogscats.product.classifier import Classifier, ModelError
+from dogscats.product.classifier import Classifier, ModelError, stacked
 
 ALPHA = 0.45  # the heat map's weight in the overlay
 # The "jet" colour map's anchors (blue, cyan, yellow, red), interpolated linearly: no plotting library needed.
@@ -148,8 +148,7 @@ def _explain_batch(
 ) -> list[Explanation]:
     """explain for one batch of photos, in one run of the graph."""
     images = [classifier.images(path) for path in paths]
-    batches = [np.stack(side) for side in zip(*images, strict=True)]
-    logits = logit_maps(feature_maps(classifier, batches, list(head.view_sizes)), head)
+    logits = logit_maps(feature_maps(classifier, stacked(images), list(head.view_sizes)), head)
     means = logits.mean(axis=(1, 2))
     predicted = [int(z[0] >= 0) if len(z) == 1 else int(np.argmax(z)) for z in means]
     targets = [p if t is None else t for t, p in zip(targets, predicted, strict=True)]
@@ -199,12 +198,17 @@ def overlay_data_uris(
     chosen = explanations(classifier, [paths[i] for i in readable], [targets[i] for i in readable], batch_size)
     uris = [""] * len(paths)
     for i, explanation in zip(readable, chosen, strict=True):
-        image = overlay(explanation.image, explanation.cam)
-        image.thumbnail((side, side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
-        uris[i] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+        uris[i] = overlay_data_uri(explanation, side)
     return uris
+
+
+def overlay_data_uri(explanation: Explanation, side: int = 160) -> str:
+    """An explanation's overlay as a JPEG data: URI at most side pixels wide."""
+    image = overlay(explanation.image, explanation.cam)
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def page_overlays(classifier_dir: str, paths: list[str], targets: list[int | None], page: str) -> list[str] | None:

@@ -35,7 +35,7 @@ from dogscats.base.scoring import predicted_class
 from dogscats.engine.workers import lowest_priority
 from dogscats.product.batching import Batcher
 from dogscats.product.classifier import Classifier, ModelError
-from dogscats.product.explain import overlay_data_uris
+from dogscats.product.explain import explanations, overlay_data_uri
 from dogscats.product.reload import ModelWatcher
 from dogscats.product.serve_config import CONFIG_VARIABLE, ServeConfig, from_environment
 
@@ -68,6 +68,11 @@ class Metrics:
         self.model = Gauge("dogscats_model", "The model served (1) by its version", ["version"], registry=r)
         self.reloads = Counter("dogscats_model_loads", "Model folders loaded or refused", ["result"], registry=r)
 
+    def batch_ran(self, photos: int, seconds: float) -> None:
+        """A run of the network."""
+        self.batch.observe(photos)
+        self.batch_seconds.observe(seconds)
+
     def served(self, version: str) -> None:
         """A new model is served: it alone has the value 1."""
         self.model.clear()
@@ -83,13 +88,18 @@ def problem_response(status: int, message: str, version: str = "") -> JSONRespon
     return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
 
 
+def too_large(limit: int) -> Refused:
+    """The refusal of a body over the limit."""
+    return Refused(413, f"the upload is over the limit of {limit} bytes (max_upload_mb)", "too_large")
+
+
 async def limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
     """The request body, chunk by chunk, refused (413) as soon as it passes limit bytes."""
     size = 0
     async for chunk in stream:
         size += len(chunk)
         if size > limit:
-            raise Refused(413, f"the upload is over the limit of {limit} bytes (max_upload_mb)", "too_large")
+            raise too_large(limit)
         yield chunk
 
 
@@ -100,7 +110,7 @@ async def uploads(request: Request, config: ServeConfig) -> list[tuple[str, byte
         raise Refused(415, f"send the photos as multipart/form-data, field {FIELD!r}", "bad_request")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise Refused(413, f"the upload is over the limit of {limit} bytes (max_upload_mb)", "too_large")
+        raise too_large(limit)
     parser = MultiPartParser(
         request.headers,
         limited(request.stream(), limit),
@@ -146,7 +156,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     metrics = Metrics()
     refused = metrics.reloads.labels("refused")
     watcher = ModelWatcher(Path(config.model), config.threads, config.reload_s, metrics.served, lambda _: refused.inc())
-    batcher = Batcher(config.window_ms / 1000, config.max_batch, observe=lambda n, s: observe_batch(metrics, n, s))
+    batcher = Batcher(config.window_ms / 1000, config.max_batch, observe=metrics.batch_ran)
     decoders = ThreadPoolExecutor(config.decoders or os.cpu_count() or 1, "decode", initializer=lowest_priority)
 
     @contextlib.asynccontextmanager
@@ -261,9 +271,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             readable = [i for i, row in enumerate(rows) if not row["error"]]
             targets = [classifier.classes.index(rows[i]["class"]) for i in readable]
             try:
-                uris = await asyncio.to_thread(
-                    overlay_data_uris, classifier, [files[i][1] for i in readable], targets, 320
-                )
+                uris = await asyncio.to_thread(maps_of, classifier, [files[i][1] for i in readable], targets)
             except ModelError as err:  # a classifier exported without maps: the probabilities still answer
                 uris = [""] * len(readable)
                 for i in readable:
@@ -275,10 +283,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     return app
 
 
-def observe_batch(metrics: Metrics, photos: int, seconds: float) -> None:
-    """A run of the network, in the metrics."""
-    metrics.batch.observe(photos)
-    metrics.batch_seconds.observe(seconds)
+def maps_of(classifier: Classifier, photos: list[bytes], targets: list[int]) -> list[str]:
+    """The readable photos' class activation maps for their classes, as the page shows them (320 px JPEG data: URIs)."""
+    return [overlay_data_uri(explanation, 320) for explanation in explanations(classifier, photos, targets)]
 
 
 def is_open(path: str) -> bool:

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from dogscats.product import reload  # noqa: E402
 from dogscats.product.batching import Batcher  # noqa: E402
-from dogscats.product.classifier import Classifier, ModelError  # noqa: E402
+from dogscats.product.classifier import Classifier, ModelError, stacked  # noqa: E402
 from dogscats.product.cli import main as cli  # noqa: E402
 from dogscats.product.reload import ModelWatcher, fingerprint  # noqa: E402
 from dogscats.product.serve_config import ServeConfig  # noqa: E402
@@ -174,7 +174,7 @@ def test_the_page_and_its_files_come_from_the_package_and_fetch_nothing_from_els
 def test_batches_gather_concurrent_photos_up_to_the_bound_and_keep_each_photos_row(model, photos):
     classifier = Classifier.load(model)
     images = [classifier.images(path) for path in photos]
-    expected = classifier.probabilities([np.stack(side) for side in zip(*images, strict=True)])
+    expected = classifier.probabilities(stacked(images))
     sizes = []
 
     async def run() -> list[np.ndarray]:
