@@ -135,12 +135,25 @@ def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+RELEASE_ABOVE = 1 << 31  # bytes resident (2 GiB) past which a test module's end gives memory back
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory in bytes (Linux); elsewhere as if over the threshold."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return RELEASE_ABOVE
+
+
 @pytest.fixture(scope="module", autouse=True)
 def release_memory():
     """After each test module, what its tests left behind goes back to the system: Keras's graphs and layer names
     (clear_session), cycles (gc), and the heap glibc keeps once freed (malloc_trim). Without it one pytest process
     grew past 15 GB over the suite."""
     yield
+    if _resident_bytes() < RELEASE_ABOVE:  # a release costs a second or two (gc over TensorFlow's objects): only
+        return  # where the process has grown
     if "keras" in sys.modules:
         sys.modules["keras"].backend.clear_session()
     gc.collect()

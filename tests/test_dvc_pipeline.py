@@ -17,6 +17,8 @@ import yaml
 from .conftest import REPO, default_params, write_image
 
 pytestmark = pytest.mark.slow
+# The tests of the committed project share it, so one worker runs them all (pytest -n); the others spread.
+ON_COMMITTED = pytest.mark.xdist_group("committed")
 
 
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "test"}
@@ -86,6 +88,7 @@ def _readme_way_back() -> list[list[str]]:
     return [part.split() for part in line.split("#")[0].split("&&")]
 
 
+@ON_COMMITTED
 def test_a_backbones_experiment_then_readmes_way_back_reruns_nothing(committed):
     path, _ = committed
     _run(path, "dvc", "exp", "run", "-S", "backbones=[efficientnet_lite0,efficientnet_lite1]")
@@ -96,6 +99,7 @@ def test_a_backbones_experiment_then_readmes_way_back_reruns_nothing(committed):
     assert "Running stage" not in _run(path, "dvc", "repro")
 
 
+@ON_COMMITTED
 def test_a_size_for_a_backbone_not_in_use_reruns_nothing(committed):
     path, params = committed
     sizes = params["features"]["input_size"]
@@ -107,6 +111,7 @@ def test_a_size_for_a_backbone_not_in_use_reruns_nothing(committed):
     assert "Data and pipelines are up to date" in _run(path, "dvc", "status")
 
 
+@ON_COMMITTED
 def test_two_queued_experiments_complete_and_are_listed(committed):
     path, _ = committed
     _run(path, "dvc", "exp", "run", "--queue", "-S", "evaluate.worst_mistakes=3,4")  # a sweep: two experiments,
@@ -127,6 +132,7 @@ def test_two_queued_experiments_complete_and_are_listed(committed):
         assert "oof_logloss_optimistic" in exp["data"]["metrics"]["metrics/train.json"]["data"]
 
 
+@ON_COMMITTED
 def test_a_bad_param_stops_dvc_repro_at_once_with_one_line_naming_it(committed):
     path, params = committed
     _set_params(path, {**params, "features": {**params["features"], "resize": "crops"}})
@@ -141,6 +147,7 @@ def test_a_bad_param_stops_dvc_repro_at_once_with_one_line_naming_it(committed):
     assert "Traceback" not in output
 
 
+@ON_COMMITTED
 def test_the_same_photos_in_another_folder_rerun_prepare_alone_with_the_same_outputs(committed, tmp_path):
     path, _ = committed
     copy = shutil.copytree(path / "data" / "demo", tmp_path / "elsewhere" / "photos")
@@ -159,6 +166,7 @@ def test_the_same_photos_in_another_folder_rerun_prepare_alone_with_the_same_out
     assert "Data and pipelines are up to date" in _run(path, "dvc", "status")
 
 
+@ON_COMMITTED
 def test_a_forced_repro_gives_the_same_lock_and_metrics(committed):
     path, _ = committed
     lock, metrics = (path / "dvc.lock").read_text(), _metrics(path)
@@ -266,6 +274,7 @@ def _metrics(path: Path) -> dict[str, str]:
     return {str(p.relative_to(path)): p.read_text() for p in sorted((path / "metrics").rglob("*.json"))}
 
 
+@ON_COMMITTED
 def test_a_fresh_clone_pulls_the_models_and_reproduces_nothing(committed, tmp_path_factory):
     """Last of the tests on `committed`: it gives the project a DVC remote."""
     path, _ = committed
@@ -407,6 +416,7 @@ def test_with_a_table_the_answer_key_is_the_table_so_an_edit_of_a_test_label_rer
     assert "prepare: submit.labels:" in out and "the answer key is the table itself" in out
 
 
+@ON_COMMITTED
 def test_an_overrides_edit_reruns_prepare_and_what_follows_and_nothing_else(committed):
     path, _ = committed
     overrides = path / "data" / "overrides.csv"

@@ -205,7 +205,9 @@ def fold_probabilities(
     def proba(classifier: keras.Model, x: np.ndarray) -> np.ndarray:
         if not len(x):
             return np.zeros((0, n_classes))
-        return as_probabilities(classifier.predict(x, batch_size=batch_size, verbose=0))
+        # called directly, batch by batch: predict() traces a new function for each fold's model, 4 times an epoch
+        out = [classifier(x[at : at + batch_size], training=False) for at in range(0, len(x), batch_size)]
+        return as_probabilities(np.concatenate([keras.ops.convert_to_numpy(batch) for batch in out]))
 
     oof, oof_mirror = np.zeros((len(folds), n_classes)), np.zeros((len(folds), n_classes))
     test, test_mirror = np.zeros((len(test_maps[0]), n_classes)), np.zeros((len(test_maps[0]), n_classes))

@@ -29,6 +29,8 @@ from dogscats.product.classifier import Classifier
 from ..conftest import write_image
 from ..product.test_classifier import BACKBONE, export_project
 
+pytestmark = pytest.mark.xdist_group("quantize")  # its module fixtures are built once: one worker (pytest -n)
+
 
 def _manifest(cats: int, dogs: int, birds: int = 0) -> pd.DataFrame:
     """A manifest of labelled photos of each class, one unusable cat and two test photos."""

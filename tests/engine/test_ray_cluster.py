@@ -16,6 +16,8 @@ from dogscats.engine.ray_executor import ray_feature_batches
 
 from .test_ray_executor import local_features, photos  # noqa: F401 (a fixture)
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time: these tests share a worker (pytest -n)
+
 
 @pytest.fixture(scope="module")
 def two_nodes():

@@ -34,6 +34,9 @@ from ..conftest import PREPARE_ARGS, REPO, write_image
 SIDE, DIM = 16, 8
 
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time: these tests share a worker (pytest -n)
+
+
 def tiny_onnx(path, seed: int = 0) -> str:
     """An ONNX network with random weights: NHWC float images (N, SIDE, SIDE, 3) -> Conv, ReLU, GAP -> (N, DIM)."""
     rng = np.random.default_rng(seed)
@@ -96,6 +99,7 @@ def local_features(extraction: Extraction, paths: list[str], usable: list[bool],
     return np.concatenate(batches)
 
 
+@pytest.mark.slow  # starts Ray
 def test_ray_features_equal_the_local_ones_in_manifest_order(small_ray, photos):
     extraction, paths, usable = photos
     batches = list(ray_feature_batches(extraction, paths, usable, batch_size=3, actors=2))
@@ -108,6 +112,7 @@ def test_ray_features_equal_the_local_ones_in_manifest_order(small_ray, photos):
     assert small_ray.is_initialized()  # a Ray it did not start is left running
 
 
+@pytest.mark.slow  # starts Ray
 def test_a_block_of_several_batches_gives_the_local_features(small_ray, photos):
     extraction, paths, usable = photos
     batches = list(ray_feature_batches(extraction, paths, usable, batch_size=1, actors=1))
@@ -123,6 +128,7 @@ def test_blocks_hold_several_batches_while_every_actor_gets_several_blocks(batch
     assert batches_per_block(batches, actors) == per_block
 
 
+@pytest.mark.slow  # starts Ray
 def test_one_pipeline_gives_each_split_its_rows_batched_from_the_splits_start(small_ray, photos):
     extraction, paths, usable = photos
     splits = [(paths[:7], usable[:7]), (paths[7:], usable[7:]), ([], [])]
@@ -149,6 +155,7 @@ def test_an_empty_split_needs_no_ray(photos):
     assert list(ray_feature_batches(extraction, [], [], batch_size=3)) == []
 
 
+@pytest.mark.slow  # starts Ray
 def test_a_photo_that_does_not_decode_is_named(small_ray, photos, tmp_path):
     extraction, paths, usable = photos
     broken = tmp_path / "broken.jpg"
@@ -161,6 +168,7 @@ def test_a_photo_that_does_not_decode_is_named(small_ray, photos, tmp_path):
     small_ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 
 
+@pytest.mark.slow  # starts Ray
 def test_an_actor_runs_the_model_it_is_shipped_and_writes_no_copy_of_it(small_ray, photos, tmp_path, monkeypatch):
     """Finding 11: an actor on a node without the model file wrote a copy to a temporary folder, never removed."""
     extraction, paths, usable = photos
