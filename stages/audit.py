@@ -12,6 +12,7 @@ import numpy as np
 from dogscats.base.atomic import atomic_path, write_csv, write_json
 from dogscats.base.params import load_params
 from dogscats.data.dataset import classes_of, image_root, read_manifest
+from dogscats.data.overrides import read_overrides
 from dogscats.data.predictions import read_prediction_table, read_probabilities
 from dogscats.models.audit import (
     audit_features,
@@ -35,9 +36,11 @@ def main(
     html_path: str,
     metrics_path: str,
     classifier_dir: str = "",
+    overrides_path: str = "",
 ) -> None:
-    """Find the label issues, duplicates and outliers; write the table, the page (with class activation maps from
-    the exported classifier in classifier_dir, when given and it has them) and the counts."""
+    """Find the label issues, duplicates and outliers; write the table (each finding marked reviewed where the
+    decisions in overrides_path cover it), the page (with class activation maps from the exported classifier in
+    classifier_dir, when given and it has them) and the counts."""
     params = load_params()
     cfg, raw = params["audit"], params["data"]["raw"]  # data.raw locates the thumbnails' images; not tracked
     manifest = read_manifest(manifest_path)
@@ -60,7 +63,9 @@ def main(
         [ids[i] for i in kept], outlier_scores(features[kept], cfg["outlier_neighbours"]), cfg["outlier_fence"]
     )
 
-    table = findings_table(indexed, labels, pairs, far, classes)
+    overrides = read_overrides(overrides_path) if overrides_path else None
+    decided = dict(zip(overrides.id, overrides.action, strict=True)) if overrides is not None else {}
+    table = findings_table(indexed, labels, pairs, far, classes, decided)
     write_csv(audit_path, table)
     found = counts(table)
     title = f"Audit of {len(oof)} labelled and {int((manifest.split == 'test').sum())} test photos: " + ", ".join(

@@ -135,6 +135,12 @@ def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, in their order, then the others: with worker processes (pytest -n) the longest start
+    early and the short ones fill in around them, rather than one long test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 RELEASE_ABOVE = 1 << 31  # bytes resident (2 GiB) past which a test module's end gives memory back
 
 

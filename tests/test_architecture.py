@@ -21,6 +21,7 @@ LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
 # The params' checks decide whether a stage runs, not what it writes: a stage does not rerun when they change (the
 # params themselves are tracked by each stage's `params:`), and the modules reached only through them are not its deps.
 SERVER = "dogscats.product.server"
+WEB_MODULES = {SERVER, "dogscats.product.review_api"}  # the web stack: the serve extra
 PARAMS_CHECKS = {"dogscats.base.params", "dogscats.base.schema", "dogscats.base.vocabulary"}
 
 
@@ -102,15 +103,16 @@ def _normal(name: str) -> str:
 
 
 def test_the_product_imports_only_what_pip_install_brings():
-    """The classifier and the command need the core dependencies; the server (imported only by `dogscats serve`) the
-    serve extra besides."""
+    """The classifier and the command need the core dependencies; the server and the review's routes (imported only by
+    `dogscats serve` and `dogscats review`) the serve extra besides."""
     graph = grimp.build_graph("dogscats", include_external_packages=True, cache_dir=None)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core, serve = _distributions(project["dependencies"]), _distributions(project["optional-dependencies"]["serve"])
     installed = {name: {_normal(d) for d in found} for name, found in packages_distributions().items()}
-    web = _external(graph, "dogscats.product.server")
-    graph.remove_import(importer="dogscats.product.cli", imported="dogscats.product.server")  # inside serve() alone
-    light = set().union(*(_external(graph, m) for m in graph.find_children("dogscats.product") - {SERVER}))
+    web = set().union(*(_external(graph, m) for m in WEB_MODULES))
+    for module in WEB_MODULES:  # inside serve() and review() alone
+        graph.remove_import(importer="dogscats.product.cli", imported=module)
+    light = set().union(*(_external(graph, m) for m in graph.find_children("dogscats.product") - WEB_MODULES))
     assert light and {m for m in light if not installed[m] & core} == set()
     assert "fastapi" in web and {m for m in web if not installed[m] & (core | serve)} == set()
 

@@ -341,7 +341,8 @@ def test_each_input_kind_runs_end_to_end_its_classifier_classifies_and_its_label
     relabel and one exclude in data/overrides.csv, and dvc repro reruns prepare and runs everything after it on the
     fixed labels, with the counts in prepare.json; the exported classifier classifies a photo in the kind's classes.
     (That an edit of the overrides reruns exactly prepare and what follows in a pipeline that had run through is
-    test_an_overrides_edit_reruns_prepare_and_what_follows_and_nothing_else: here each kind runs the pipeline once.)"""
+    test_an_overrides_edit_reruns_prepare_and_what_follows_and_a_keep_only_the_audit: here each kind runs the
+    pipeline once.)"""
     path, params = _new_project(tmp_path / "project")
     params["finetune"]["epochs"] = 0  # with predict.blend 0 nothing is fine-tuned: the stage writes its empty outputs
     _set_params(path, params)
@@ -417,7 +418,7 @@ def test_with_a_table_the_answer_key_is_the_table_so_an_edit_of_a_test_label_rer
 
 
 @ON_COMMITTED
-def test_an_overrides_edit_reruns_prepare_and_what_follows_and_nothing_else(committed):
+def test_an_overrides_edit_reruns_prepare_and_what_follows_and_a_keep_only_the_audit(committed):
     path, _ = committed
     overrides = path / "data" / "overrides.csv"
     overrides.write_text("id,action\ncat.1,exclude\n")
@@ -425,6 +426,16 @@ def test_an_overrides_edit_reruns_prepare_and_what_follows_and_nothing_else(comm
         everything = {FEATURES, "train", "finetune", "predict", "evaluate", "audit", "submit", "export"}
         _repro(path, {"prepare"} | everything)
         assert json.loads((path / "metrics/prepare.json").read_text())["n_excluded"] == 1
+    finally:
+        _run(path, "git", "checkout", "--", ".")
+        _run(path, "dvc", "checkout", "-q")
+    _repro(path, set())
+    overrides.write_text("id,action\ncat.1,keep\n")  # reviewed, the label stands (dogscats review writes it)
+    try:
+        _repro(path, {"prepare", "audit"})  # the manifest unchanged: only the audit, which marks what is reviewed
+        assert json.loads((path / "metrics/prepare.json").read_text())["n_kept"] == 1
+        audit = pd.read_csv(path / "data/audit.csv", dtype=str, keep_default_na=False)
+        assert set(audit.decision[audit.id == "cat.1"]) <= {"keep"} and "reviewed" in audit
     finally:
         _run(path, "git", "checkout", "--", ".")
         _run(path, "dvc", "checkout", "-q")

@@ -76,7 +76,7 @@ def test_prepare_links_splits_and_reports(prepared):
     metrics = json.loads(Path("metrics/prepare.json").read_text())
     assert metrics == {
         **{"n_bad": 2, "n_bad_train": 1, "n_classes": 2, "n_test": 6, "n_train": 19, "folds": 5},
-        **{"n_excluded": 0, "n_relabelled": 0},
+        **{"n_excluded": 0, "n_relabelled": 0, "n_kept": 0},
     }
 
 

@@ -17,6 +17,7 @@ from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
 from dogscats.data.feature_store import read_split
+from dogscats.data.overrides import covered
 from dogscats.models.evaluation import thumbnail_html
 
 KINDS = ("label", "conflict", "leak", "duplicate", "outlier")  # the table's and the page's order
@@ -149,11 +150,18 @@ def outliers(ids: list[str], scores: np.ndarray, fence: float) -> pd.DataFrame:
 
 
 def findings_table(
-    manifest: pd.DataFrame, labels: pd.DataFrame, pairs: pd.DataFrame, far: pd.DataFrame, classes: list[str]
+    manifest: pd.DataFrame,
+    labels: pd.DataFrame,
+    pairs: pd.DataFrame,
+    far: pd.DataFrame,
+    classes: list[str],
+    decided: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """One row per finding (COLUMNS and file, other_file, exact), the kinds in KINDS' order, each worst first (ties
-    by id): the label issues (given, suggested as class names), the duplicate pairs and the outliers, with each
-    photo's split, fold and file (its source: the path under data.raw) from the manifest, indexed by id."""
+    """One row per finding (COLUMNS and file, other_file, exact, decision, other_decision, reviewed), the kinds in
+    KINDS' order, each worst first (ties by id): the label issues (given, suggested as class names), the duplicate
+    pairs and the outliers, with each photo's split, fold and file (its source: the path under data.raw) from the
+    manifest, indexed by id, and its decision in data/overrides.csv (decided: id to action; "" for none), and whether
+    the decisions cover the finding (data.overrides.covered)."""
     by_kind = [
         labels.assign(
             kind="label",
@@ -173,6 +181,16 @@ def findings_table(
     for column in ("given", "suggested"):
         table[column] = table[column].fillna("")
     table["exact"] = table.exact.astype("boolean")
+    decided = decided or {}
+    table["decision"] = table.id.map(lambda id_: decided.get(id_, ""))
+    table["other_decision"] = table.other_id.map(lambda id_: decided.get(id_, "") if id_ else "")
+    table["reviewed"] = [
+        covered(
+            [row.decision, row.other_decision][: 1 + bool(row.other_id)],
+            [row.split, row.other_split][: 1 + bool(row.other_id)],
+        )
+        for row in table.itertuples()
+    ]
     return table
 
 
@@ -192,6 +210,9 @@ def _caption(row) -> str:
         other = f"{row.other_split}" + (f" fold {row.other_fold}" if row.other_split == "train" else "")
         match = "same bytes" if row.exact else f"cosine {row.score:.4f}"
         text = f"{row.id} ({where}) and {row.other_id} ({other}): {match}"
+    if row.reviewed:
+        done = ", ".join(f"{i} {d}" for i, d in ((row.id, row.decision), (row.other_id, row.other_decision)) if d)
+        text += f"; reviewed ({done})" if done else "; nothing to decide (test photos)"
     return html.escape(text)
 
 

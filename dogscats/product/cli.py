@@ -1,5 +1,6 @@
 """The `dogscats` console command: `dogscats classify PATH... [--model DIR] [--out FILE] [--workers auto|WxT]
-[--explain DIR]`.
+[--explain DIR]`; `dogscats serve` (the HTTP API and upload page) and `dogscats review` (the audit's suspects in the
+browser) start the server of dogscats.product.server.
 
 Writes CSV, one row per image: path, p_<class> per class in the model's order, and class (the most probable, as the
 pipeline decides: with two classes, the second from p = 0.5 on); when a file cannot be read, a last column, error,
@@ -14,6 +15,7 @@ import argparse
 import csv
 import io
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -60,6 +62,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="default: 8000")
     serve.add_argument("--workers", default="auto", help="server processes: N, or auto (default): one per 4 cores")
     serve.add_argument("--token", help=f"require Authorization: Bearer TOKEN (default: ${TOKEN_VARIABLE}, else none)")
+    review = commands.add_parser(
+        "review", help="the audit's suspects in the browser, each decision written to data/overrides.csv"
+    )
+    review.add_argument("project", nargs="?", type=Path, default=Path("."), help="the project (default: here)")
+    review.add_argument("--port", type=int, default=8001, help="default: 8001 (on 127.0.0.1: this machine only)")
     defaults = ServeConfig()
     for name, help_text in SERVE_LIMITS.items():
         default = getattr(defaults, name)
@@ -177,11 +184,36 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def review(args: argparse.Namespace) -> int:
+    """Run the review page on 127.0.0.1 until interrupted; 2 when the project lacks its audit (one line on stderr)."""
+    try:
+        from dogscats.product import server
+        from dogscats.product.review import open_project
+        from dogscats.product.review_api import Review
+    except ImportError as err:
+        print(
+            f"dogscats review: {err.name} is missing: pip install 'dogscats[serve]' (or requirements.txt)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        project = open_project(args.project)
+    except ValueError as err:  # DataError: a file missing, and the command that makes it
+        print(f"dogscats review: {err}", file=sys.stderr)
+        return 2
+    config = ServeConfig(model=str(project.root / "models" / "classifier"))  # the maps: the project's classifier
+    print(f"dogscats review: http://127.0.0.1:{args.port}/review (Ctrl+C to stop)", file=sys.stderr)
+    server.run(config, "127.0.0.1", args.port, review=Review(project, secrets.token_urlsafe(24)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "review":
+        return review(args)
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         print(f"dogscats classify: not found: {', '.join(missing)}", file=sys.stderr)

@@ -5,6 +5,7 @@
                     photo's class activation map (a JPEG data: URI), as the upload page shows it.
     GET  /healthz   alive;  GET /readyz  a model loaded and checked (503 until one is);  GET /metrics  Prometheus text
     GET  /          the upload page, from the package's web/ folder: nothing is fetched from elsewhere
+    /review...      with a project (`dogscats review`): its audit's suspects and the decisions (review_api)
 
 Photos from concurrent requests run through the network together (batching); the model folder is watched and a new
 export swapped in (reload). Nothing a request sends is written to disk: the body is read into memory up to the upload
@@ -37,6 +38,7 @@ from dogscats.product.batching import Batcher
 from dogscats.product.classifier import Classifier, ModelError
 from dogscats.product.explain import explanations, overlay_data_uri
 from dogscats.product.reload import ModelWatcher
+from dogscats.product.review_api import Review, add_review
 from dogscats.product.serve_config import CONFIG_VARIABLE, ServeConfig, from_environment
 
 WEB = Path(__file__).parent / "web"
@@ -151,8 +153,9 @@ def photo_row(classifier: Classifier, name: str, p: np.ndarray | None, error: st
     }
 
 
-def create_app(config: ServeConfig) -> FastAPI:
-    """The server's app: the API and the upload page over the classifier in config.model."""
+def create_app(config: ServeConfig, review: Review | None = None) -> FastAPI:
+    """The server's app: the API and the upload page over the classifier in config.model; with review, the review
+    page and its routes over that project too (`dogscats review`)."""
     metrics = Metrics()
     refused = metrics.reloads.labels("refused")
     watcher = ModelWatcher(Path(config.model), config.threads, config.reload_s, metrics.served, lambda _: refused.inc())
@@ -224,6 +227,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def page() -> FileResponse:
         """The upload page."""
         return FileResponse(WEB / "index.html")
+
+    if review is not None:
+        add_review(app, review, (WEB / "review.html").read_text(), lambda: watcher.serving.classifier)
 
     @app.post("/predict")
     async def predict(request: Request, maps: bool = False) -> JSONResponse:
@@ -299,23 +305,23 @@ def authorised(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def run(config: ServeConfig, host: str, port: int, workers: int = 1) -> None:
+def run(config: ServeConfig, host: str, port: int, workers: int = 1, review: Review | None = None) -> None:
     """Serve until interrupted: this process alone, or `workers` processes (uvicorn's), each with its own model."""
     import uvicorn
 
     if workers == 1:
-        uvicorn.run(create_app(config), host=host, port=port)
+        uvicorn.run(create_app(config, review), host=host, port=port)
         return
     os.environ[CONFIG_VARIABLE] = config.to_json()
     uvicorn.run(f"{__name__}:app_from_environment", factory=True, host=host, port=port, workers=workers)
 
 
 @contextlib.contextmanager
-def background(config: ServeConfig, host: str = "127.0.0.1") -> Iterator[str]:
+def background(config: ServeConfig, host: str = "127.0.0.1", review: Review | None = None) -> Iterator[str]:
     """The server in a thread of this process on a free port of `host`, for the block: its base URL (tests, bench)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host=host, port=0, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(config, review), host=host, port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -29,11 +29,11 @@ def _overrides(tmp_path: Path, rows: str) -> tuple[pd.DataFrame, Path]:
 
 
 def test_exclude_drops_and_relabel_changes_a_labelled_photo(tmp_path):
-    overrides, path = _overrides(tmp_path, "cat.2,exclude\ndog.1, relabel:cat\n")
+    overrides, path = _overrides(tmp_path, "cat.2,exclude\ndog.1, relabel:cat\ndog.2,keep\n")
     images, counts = apply_overrides(IMAGES, overrides, path)
     assert images.id.tolist() == ["cat.1", "dog.1", "dog.2", "7"]
-    assert images.label.tolist() == ["cat", "cat", "dog", ""]
-    assert counts == {"n_excluded": 1, "n_relabelled": 1}
+    assert images.label.tolist() == ["cat", "cat", "dog", ""]  # keep: reviewed, the label stands
+    assert counts == {"n_excluded": 1, "n_relabelled": 1, "n_kept": 1}
 
 
 def test_a_missing_empty_or_header_only_file_changes_nothing(tmp_path):
@@ -41,7 +41,7 @@ def test_a_missing_empty_or_header_only_file_changes_nothing(tmp_path):
     empty = read_overrides(tmp_path / "empty.csv")
     for overrides in (read_overrides(tmp_path / "absent.csv"), empty, _overrides(tmp_path, "")[0]):
         images, counts = apply_overrides(IMAGES, overrides, "overrides.csv")
-        assert images.equals(IMAGES) and counts == {"n_excluded": 0, "n_relabelled": 0}
+        assert images.equals(IMAGES) and counts == {"n_excluded": 0, "n_relabelled": 0, "n_kept": 0}
 
 
 @pytest.mark.parametrize(
@@ -50,8 +50,10 @@ def test_a_missing_empty_or_header_only_file_changes_nothing(tmp_path):
         ("cat.9,exclude\n", "line 2: no labelled photo has the id 'cat.9'"),
         ("dog.1,exclude\n7,relabel:cat\n", "line 3: '7' is a photo to predict"),
         ("dog.1,relabel:bird\n", "line 2: 'relabel:bird': 'bird' is not a class (cat, dog)"),
-        ("dog.1,drop\n", "line 2: action 'drop' is neither exclude nor relabel:<class>"),
+        ("dog.1,drop\n", "line 2: action 'drop' is neither exclude, relabel:<class> nor keep"),
         ("dog.1,exclude\ndog.1,relabel:cat\n", "line 3: 'dog.1' is overridden twice"),
+        ("dog.1,keep\ndog.1,exclude\n", "line 3: 'dog.1' is overridden twice"),  # a reviewed photo too
+        ("7,keep\n", "line 2: '7' is a photo to predict"),
         ("dog.1,exclude\ndog.2,exclude\n", "no labelled photo of class dog is left"),
         (
             "\ndog.1,exclude\n\n\ncat.9,exclude\n",

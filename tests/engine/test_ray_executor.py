@@ -77,12 +77,15 @@ def photos(tmp_path) -> tuple[Extraction, list[str], list[bool]]:
     return extraction, paths, usable
 
 
+SMALL = {"num_cpus": 2, "include_dashboard": False, "logging_level": "ERROR"}  # the tests' Ray
+
+
 @pytest.fixture(scope="module")
 def small_ray():
     """A Ray on this machine with 2 CPUs and no dashboard, shut down after the module's tests."""
     ray = pytest.importorskip("ray")
     address = os.environ.pop("RAY_ADDRESS", None)  # never the developer's cluster
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", **SMALL)  # "local": a new Ray, never one an earlier test left in /tmp/ray
     yield ray
     ray.shutdown()
     if address is not None:
@@ -165,7 +168,7 @@ def test_a_photo_that_does_not_decode_is_named(small_ray, photos, tmp_path):
     # The failed pipeline's actor may outlive it in this driver (Ray Data lets go of it, leaving it to garbage
     # collection) and hold its CPU: a later test's actors would wait for it forever. A new Ray ends it.
     small_ray.shutdown()
-    small_ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    small_ray.init(address="local", **SMALL)
 
 
 @pytest.mark.slow  # starts Ray

@@ -176,6 +176,29 @@ def test_findings_table_orders_each_kind_worst_first_and_names_the_photos():
     assert (leak.other_id, leak.other_split, leak.other_file) == ("t1", "test", "test/t1.jpg")
     assert counts(table) == {"label": 2, "conflict": 1, "leak": 2, "duplicate": 1, "outlier": 1}
     assert list(counts(table.iloc[:0])) == list(KINDS)
+    assert table.decision.tolist() == [""] * 7 and not table.reviewed.iloc[:6].any()  # no decisions yet
+    assert table.reviewed.iloc[6]  # an outlier among the test photos: nothing to decide
+
+
+def test_a_finding_is_reviewed_once_its_labelled_photos_are_decided_or_one_is_excluded():
+    manifest = _manifest()
+    usable = (manifest.md5 != "").to_numpy()
+    pairs = duplicates(manifest, _features(manifest), usable, threshold=0.95)
+    labels = pd.DataFrame({"id": ["e", "a"], "given": [1, 0], "suggested": [0, 1], "score": [0.9, 0.7]})
+    far = pd.DataFrame({"id": ["t2"], "score": [0.5]})
+    decided = {"e": "keep", "c": "relabel:cat", "f": "exclude"}
+    table = findings_table(manifest.set_index("id"), labels, pairs, far, ["cat", "dog"], decided)
+    found = {
+        (row.kind, row.id, row.other_id): (row.decision, row.other_decision, row.reviewed) for row in table.itertuples()
+    }
+    assert found[("label", "e", "")] == ("keep", "", True)
+    assert found[("label", "a", "")] == ("", "", False)
+    conflict = next(key for key in found if key[0] == "conflict")
+    assert found[conflict][0] == "relabel:cat" and not found[conflict][2]  # its other labelled photo is undecided
+    leak_to_test = next(key for key in found if key[0] == "leak" and key[2] == "t1")
+    assert found[leak_to_test] == ("keep", "", True)  # the labelled photo decided; a test photo cannot be
+    duplicate = next(key for key in found if key[0] == "duplicate")
+    assert found[duplicate][2]  # one of the pair excluded: nothing left to decide
 
 
 def test_the_page_shows_at_most_show_findings_of_each_kind_and_survives_an_unreadable_photo(tmp_path):
@@ -198,6 +221,9 @@ def test_the_page_shows_at_most_show_findings_of_each_kind_and_survives_an_unrea
             "exact": [None, None, True],
             "file": ["train/a.jpg", "train/b.jpg", "train/a.jpg"],
             "other_file": ["", "", "train/c.jpg"],
+            "decision": ["keep", "", ""],
+            "other_decision": ["", "", ""],
+            "reviewed": [True, False, False],
         }
     )
     page = audit_html(table, str(tmp_path), show=1, title="audit")
@@ -249,6 +275,11 @@ def test_the_audit_stage_writes_the_table_the_page_and_the_counts(kaggle_raw, in
     first = Path("data/audit.csv").read_bytes(), Path("metrics/audit.html").read_bytes()
     audit.main(*AUDIT_ARGS)
     assert (Path("data/audit.csv").read_bytes(), Path("metrics/audit.html").read_bytes()) == first  # deterministic
+    Path("data/overrides.csv").write_text("id,action\ndog.5,keep\n")
+    audit.main(*AUDIT_ARGS, "", "data/overrides.csv")
+    table = pd.read_csv("data/audit.csv", dtype=str, keep_default_na=False).set_index(["kind", "id"])
+    assert table.loc[("label", "dog.5"), ["decision", "reviewed"]].tolist() == ["keep", "True"]
+    assert "dog.5 keep" in Path("metrics/audit.html").read_text()
 
 
 def test_a_tables_audit_page_finds_its_photos_and_maps_each_label_issue(kaggle_raw, in_project, capsys):
