@@ -135,6 +135,8 @@ def decide(project: Project, changes: list[tuple[str, str]]) -> dict[str, str]:
                 table = table[table.id != id_].reset_index(drop=True)
                 continue
             check_override(id_, action, labelled, test_ids, classes, f"decision {id_},{action}")
+            if action == "keep" and table.action[table.id == id_].str.startswith("relabel:").any():
+                continue  # the label the page shows is the relabel's: it stands
             if (table.id == id_).any():
                 table.loc[table.id == id_, "action"] = action
             else:

@@ -7,10 +7,11 @@ browser, each decision written at once to the project's data/overrides.csv (dogs
     GET  /review/photo/{id}  a photo of data/split.csv, by its id, as a JPEG at most 480 px
     GET  /review/map/{id}    ?target=<class>: its class activation map for that class, from the project's classifier
 
-A local tool's guard on every route: the Host must be the address the server is bound to (a web page elsewhere cannot
-reach it through a name it controls), a browser's Origin and Sec-Fetch-Site must be this page's own, and a decision
-must carry this start's token in X-Review-Token (the page has it; a page elsewhere cannot read it). Refusals are one
-line of JSON (403; 422 for a decision prepare would refuse, with its reason); the file is then unchanged."""
+A local tool's guard on every route of the app (the serve routes too, under `dogscats review`): the Host must be the
+address the server is bound to (a web page elsewhere cannot reach it through a name it controls), a browser's Origin
+and Sec-Fetch-Site must be this page's own, and a decision must carry this start's token in X-Review-Token (the page
+has it; a page elsewhere cannot read it); the page may not be framed. Refusals are one line of JSON (403; 422 for a
+decision prepare would refuse, with its reason); the file is then unchanged."""
 
 import asyncio
 import hmac
@@ -93,7 +94,10 @@ def add_review(app: FastAPI, review: Review, page: str, classifier: Callable[[],
     async def review_page(request: Request) -> Response:
         """The page, with this start's token."""
         why = foreign(request)
-        return refusal(403, why) if why else HTMLResponse(page.replace("{{token}}", review.token))
+        if why:
+            return refusal(403, why)
+        framed = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}  # no clickjacking
+        return HTMLResponse(page.replace("{{token}}", review.token), headers=framed)
 
     @app.get("/review/state")
     async def state(request: Request) -> JSONResponse:
@@ -118,7 +122,7 @@ def add_review(app: FastAPI, review: Review, page: str, classifier: Callable[[],
             return refusal(422, str(err))
         return JSONResponse({"decided": written})
 
-    @app.get("/review/photo/{id_}")
+    @app.get("/review/photo/{id_:path}")  # an id may hold a / (class folders, tables)
     async def photo(request: Request, id_: str) -> Response:
         """A photo of data/split.csv by its id, as a JPEG."""
         if why := foreign(request):
@@ -132,7 +136,7 @@ def add_review(app: FastAPI, review: Review, page: str, classifier: Callable[[],
             return refusal(422, f"{id_}: {error}")
         return Response(await asyncio.to_thread(jpeg, image), media_type="image/jpeg")
 
-    @app.get("/review/map/{id_}")
+    @app.get("/review/map/{id_:path}")
     async def class_map(request: Request, id_: str, target: str) -> Response:
         """A photo's class activation map for the class target, over the photo as the network saw it."""
         if why := foreign(request):

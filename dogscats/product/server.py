@@ -38,7 +38,7 @@ from dogscats.product.batching import Batcher
 from dogscats.product.classifier import Classifier, ModelError
 from dogscats.product.explain import explanations, overlay_data_uri
 from dogscats.product.reload import ModelWatcher
-from dogscats.product.review_api import Review, add_review
+from dogscats.product.review_api import Review, add_review, foreign
 from dogscats.product.serve_config import CONFIG_VARIABLE, ServeConfig, from_environment
 
 WEB = Path(__file__).parent / "web"
@@ -196,6 +196,8 @@ def create_app(config: ServeConfig, review: Review | None = None) -> FastAPI:
         if config.token and not is_open(request.url.path) and not authorised(request, config.token):
             metrics.errors.labels("unauthorized").inc()
             response = problem_response(401, "a bearer token is required: Authorization: Bearer <token>")
+        elif review is not None and (why := foreign(request)):  # a local tool: its own page and this machine only
+            response = problem_response(403, why)
         else:
             response = await call_next(request)
         if classifier and "X-Model-Version" not in response.headers:

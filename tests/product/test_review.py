@@ -40,6 +40,8 @@ def make_project(root: Path) -> Path:
             file = f"data/prepared/train/{label}/{label}.{n}.jpg"
             write_image(root / file, colour, (40 + 5 * n, 32))
             rows.append((f"{label}.{n}", file, label, "train", 1 + n % 2))
+    write_image(root / "data/prepared/train/cat/cat%2F7.jpg", (210, 70, 50))  # a class folder's id: cat/7
+    rows.append(("cat/7", "data/prepared/train/cat/cat%2F7.jpg", "cat", "train", 1))
     for n in (1, 2):
         write_image(root / f"data/prepared/test/{n}.jpg", (120, 120, 120))
         rows.append((str(n), f"data/prepared/test/{n}.jpg", "", "test", 0))
@@ -129,7 +131,7 @@ def test_a_hostile_or_wrong_decision_is_refused_in_one_line_and_the_file_is_unch
 def test_a_decision_that_would_leave_a_class_without_photos_or_meets_a_broken_file_is_refused(project):
     reviewed = open_project(project)
     decide(reviewed, [("cat.1", "exclude"), ("cat.2", "relabel:dog")])
-    decide(reviewed, [("cat.3", "exclude")])
+    decide(reviewed, [("cat.3", "exclude"), ("cat/7", "exclude")])
     with pytest.raises(DataError, match="decision cat.4: no labelled photo of class cat would be left"):
         decide(reviewed, [("cat.4", "relabel:dog")])
     (project / "data/overrides.csv").write_text("id,action\ndog.1,keep\ndog.1,exclude\n")  # edited by hand
@@ -179,10 +181,13 @@ def test_photos_are_served_by_id_from_the_split_only(project, server):
     for path in ("secret", "..%2Fsecret.jpg", "..%2F..%2Fsecret.jpg", "%2E%2E%2Fsecret", "cat.1%2F..%2F..%2Fsplit.csv"):
         response = httpx.get(f"{server}/review/photo/{path}")
         assert response.status_code == 404, path
+    slashed = httpx.get(f"{server}/review/photo/cat%2F7")  # an id with a /, as the page encodes it
+    assert slashed.status_code == 200 and slashed.content[:2] == b"\xff\xd8"
     refused = httpx.get(f"{server}/review/photo/cat.1", headers={"Host": "attacker.example:80"})
     assert refused.status_code == 403 and refused.headers["content-type"] == "application/json"
     page = httpx.get(f"{server}/review")
     assert page.status_code == 200 and f'content="{TOKEN}"' in page.text  # this start's token, for its page only
+    assert page.headers["x-frame-options"] == "DENY"  # never inside another site's frame
     assert httpx.get(f"{server}/review", headers={"Host": "rebound.example:8001"}).status_code == 403
 
 
@@ -208,3 +213,20 @@ def test_the_command_names_the_missing_audit_and_what_makes_it(project, capsys):
     assert cli(["review", str(project)]) == 2
     error = capsys.readouterr().err
     assert "audit.csv: not found; run `dvc repro audit`" in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize("path", ["/review/state", "/review/photo/cat.1", "/predict", "/readyz", "/metrics", "/"])
+@pytest.mark.parametrize(
+    "headers", [{"Origin": "http://evil.example"}, {"Host": "evil.example"}, {"Sec-Fetch-Site": "same-site"}]
+)
+def test_nothing_the_review_server_holds_is_read_from_another_site(server, path, headers):
+    response = httpx.get(f"{server}{path}", headers=headers)
+    assert response.status_code == 403 and response.json()["error"]
+
+
+def test_a_keep_leaves_a_relabel_as_it_is_the_label_the_page_shows(project):
+    reviewed = open_project(project)
+    decide(reviewed, [("cat.1", "relabel:dog")])
+    assert decide(reviewed, [("cat.1", "keep"), ("dog.1", "keep")]) == {"cat.1": "relabel:dog", "dog.1": "keep"}
+    decide(reviewed, [("cat.1", "")])  # undo to nothing still removes it
+    assert rows_of(project) == [("dog.1", "keep")]

@@ -90,33 +90,39 @@ function placeOf(s, side) {
   return split === "train" ? "labelled, fold " + fold : split + " photo";
 }
 
-function button(label, changes, enabled = true) {
+function button(label, changes, index, enabled = true) {
   const node = element("button", "", label);
   node.type = "button";
   node.disabled = !enabled;
   node.addEventListener("click", (event) => {
     event.stopPropagation();
-    enqueue(() => decide(changes));
+    enqueue(() => {
+      current = index; // the clicked card's suspect is the one decided, undone and moved on from
+      return decide(changes);
+    });
   });
   return node;
 }
 
-function choices(s) {
+function choices(s, index) {
   const box = element("div", "choices");
   if (!s.other_id) {
-    box.append(button("keep (k)", keepAll(s)), button("exclude (x)", [[s.id, "exclude"]], labelled(s, 0)));
+    box.append(
+      button("keep (k)", keepAll(s), index),
+      button("exclude (x)", [[s.id, "exclude"]], index, labelled(s, 0)),
+    );
     state.classes.forEach((c, i) => {
-      box.append(button("relabel " + c + " (" + (i + 1) + ")", relabelTo(s, c), labelled(s, 0)));
+      box.append(button("relabel " + c + " (" + (i + 1) + ")", relabelTo(s, c), index, labelled(s, 0)));
     });
     return box;
   }
   box.append(
-    button("drop the left (a)", [[s.id, "exclude"]], labelled(s, 0)),
-    button("drop the right (d)", [[s.other_id, "exclude"]], labelled(s, 1)),
-    button("keep both (b)", keepAll(s), labelled(s, 0) || labelled(s, 1)),
+    button("drop the left (a)", [[s.id, "exclude"]], index, labelled(s, 0)),
+    button("drop the right (d)", [[s.other_id, "exclude"]], index, labelled(s, 1)),
+    button("keep both (b)", keepAll(s), index, labelled(s, 0) || labelled(s, 1)),
   );
   state.classes.forEach((c, i) => {
-    box.append(button("left is " + c + " (" + (i + 1) + ")", relabelTo(s, c), labelled(s, 0)));
+    box.append(button("left is " + c + " (" + (i + 1) + ")", relabelTo(s, c), index, labelled(s, 0)));
   });
   return box;
 }
@@ -158,7 +164,7 @@ function card(s, index) {
     .filter(Boolean)
     .join(", ");
   const status = s.reviewed ? "reviewed" + (decided ? " (" + decided + ")" : ": nothing to decide") : "pending";
-  item.append(photos, element("p", "what", what), element("p", "decision", status), choices(s));
+  item.append(photos, element("p", "what", what), element("p", "decision", status), choices(s, index));
   return item;
 }
 
@@ -253,6 +259,7 @@ async function undoLast() {
   try {
     await post(last.changes);
   } catch (err) {
+    undo.push(last); // refused (the page's reason below): still there to undo
     message.textContent = err.message;
     return;
   }
@@ -303,6 +310,7 @@ document.addEventListener("keydown", (event) => {
   if (event.altKey || event.metaKey || (event.ctrlKey && !undoKey)) return;
   if (!KEYS.has(event.key) && !/^[1-9]$/.test(event.key) && !undoKey) return;
   event.preventDefault();
+  if (event.repeat && !event.key.startsWith("Arrow")) return; // a held key decides once, never a run of suspects
   enqueue(() => press(event.key, undoKey));
 });
 
