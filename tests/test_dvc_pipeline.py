@@ -72,7 +72,7 @@ def project(tmp_path: Path) -> tuple[Path, dict]:
     return _new_project(tmp_path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: a worker may run other tests among these, and the project stays
 def committed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A project whose pipeline ran and was committed: each test using it must leave it as it found it."""
     path, params = _new_project(tmp_path_factory.mktemp("committed"))
