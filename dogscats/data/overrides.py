@@ -5,6 +5,7 @@ Columns id,action: action `exclude` leaves a labelled photo out, `relabel:<class
 and the audit marks the photo's findings reviewed). The ids are the manifest's (data/split.csv; the audit's
 data/audit.csv uses the same). A missing or empty file means no overrides."""
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -44,19 +45,29 @@ def check_override(
     raise DataError(f"{where}: action {action!r} is neither exclude, relabel:<class> nor keep")
 
 
+def checked_rows(
+    rows: Iterable[tuple[str, str, str]], labelled: set[str], test_ids: set[str], classes: list[str]
+) -> list[str]:
+    """The kinds of rows (id, action, where each is: file and line, or the decision), each checked by check_override
+    and no id twice; DataError naming where the first broken row is."""
+    seen, kinds = set(), []
+    for id_, action, where in rows:
+        kinds.append(check_override(id_, action, labelled, test_ids, classes, where))
+        if id_ in seen:
+            raise DataError(f"{where}: {id_!r} is overridden twice")
+        seen.add(id_)
+    return kinds
+
+
 def apply_overrides(images: pd.DataFrame, overrides: pd.DataFrame, path: Path | str) -> tuple[pd.DataFrame, dict]:
     """The scanned photos (id, label, split, ...) with the overrides applied, checked row by row (check_override; an id
     twice stops the run too, naming the file and line); and the counts."""
     labelled = images[images.split == "train"].set_index("id")
     test_ids = set(images.id[images.split == "test"])
     classes, ids = sorted(set(labelled.label)), set(labelled.index)
-    seen, excluded, relabelled, kept = set(), [], {}, 0
-    for id_, action, line in overrides.itertuples(index=False):
-        where = f"{path}, line {line}"
-        kind = check_override(id_, action, ids, test_ids, classes, where)
-        if id_ in seen:
-            raise DataError(f"{where}: {id_!r} is overridden twice")
-        seen.add(id_)
+    rows = [(id_, action, f"{path}, line {line}") for id_, action, line in overrides.itertuples(index=False)]
+    excluded, relabelled, kept = [], {}, 0
+    for (id_, action, _), kind in zip(rows, checked_rows(rows, ids, test_ids, classes), strict=True):
         if kind == "exclude":
             excluded.append(id_)
         elif kind == "relabel":

@@ -184,12 +184,8 @@ def findings_table(
     decided = decided or {}
     table["decision"] = table.id.map(lambda id_: decided.get(id_, ""))
     table["other_decision"] = table.other_id.map(lambda id_: decided.get(id_, "") if id_ else "")
-    table["reviewed"] = [
-        covered(
-            [row.decision, row.other_decision][: 1 + bool(row.other_id)],
-            [row.split, row.other_split][: 1 + bool(row.other_id)],
-        )
-        for row in table.itertuples()
+    table["reviewed"] = [  # a finding of one photo has no other: "" is neither a decision nor a labelled split
+        covered([row.decision, row.other_decision], [row.split, row.other_split]) for row in table.itertuples()
     ]
     return table
 

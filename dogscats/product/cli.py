@@ -158,16 +158,21 @@ def serve_workers(setting: str, cores: int) -> int:
     return int(setting)
 
 
+def web_stack_missing(command: str, err: ImportError) -> int:
+    """Say which package of the serve extra is missing and how to install it; the exit status, 2."""
+    print(
+        f"dogscats {command}: {err.name} is missing: pip install 'dogscats[serve]' (or requirements.txt)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted; 2 when the settings or the model folder are wrong (one line on stderr)."""
     try:
         from dogscats.product import server
     except ImportError as err:
-        print(
-            f"dogscats serve: {err.name} is missing: pip install 'dogscats[serve]' (or requirements.txt)",
-            file=sys.stderr,
-        )
-        return 2
+        return web_stack_missing("serve", err)
     limits = {name: getattr(args, name) for name in SERVE_LIMITS}
     token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE, "")
     try:
@@ -191,11 +196,7 @@ def review(args: argparse.Namespace) -> int:
         from dogscats.product.review import open_project
         from dogscats.product.review_api import Review
     except ImportError as err:
-        print(
-            f"dogscats review: {err.name} is missing: pip install 'dogscats[serve]' (or requirements.txt)",
-            file=sys.stderr,
-        )
-        return 2
+        return web_stack_missing("review", err)
     try:
         project = open_project(args.project)
     except ValueError as err:  # DataError: a file missing, and the command that makes it

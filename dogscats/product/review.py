@@ -8,6 +8,7 @@ atomically. Photos are found by id in data/split.csv only."""
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from dogscats.base.atomic import write_csv
-from dogscats.data.overrides import COLUMNS, check_override, covered, left_classes, read_overrides
+from dogscats.data.overrides import COLUMNS, check_override, checked_rows, covered, left_classes, read_overrides
 from dogscats.data.untrusted import DataError, read_table
 
 PAIRS = ("conflict", "leak", "duplicate")  # the audit's kinds of two photos; label and outlier are of one
@@ -43,7 +44,16 @@ class Project:
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """data/split.csv as strings (data.dataset reads it so too; that module brings the pipeline's params reader)."""
+    """data/split.csv as strings (data.dataset reads it so too; that module brings the pipeline's params reader),
+    read again only when the file changes: every photo and map the page asks for looks its id up in it. Not to be
+    changed by the caller."""
+    stat = path.stat()
+    return _manifest(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _manifest(path: Path, mtime_ns: int, size: int) -> pd.DataFrame:
+    """The file at path as it was at that modification time and size (read_manifest's cache)."""
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
@@ -142,12 +152,9 @@ def decide(project: Project, changes: list[tuple[str, str]]) -> dict[str, str]:
             else:
                 row = pd.DataFrame([{column: "" for column in table.columns} | {"id": id_, "action": action}])
                 table = pd.concat([table, row], ignore_index=True)
-        seen = set()
-        for line, (id_, action) in enumerate(zip(table.id, table.action, strict=True), start=2):
-            check_override(id_, action, labelled, test_ids, classes, f"{path}, line {line}")
-            if id_ in seen:
-                raise DataError(f"{path}, line {line}: {id_!r} is overridden twice")
-            seen.add(id_)
+        lines = [f"{path}, line {line}" for line in range(2, len(table) + 2)]
+        rows = zip(table.id, table.action, lines, strict=True)
+        checked_rows(rows, labelled, test_ids, classes)  # the whole file as prepare will read it
         labels = labelled_rows.set_index("id").label.copy()
         for id_, action in zip(table.id, table.action, strict=True):
             if action == "exclude":

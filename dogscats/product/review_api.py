@@ -60,9 +60,9 @@ def refusal(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(message.split())}, status_code=status)
 
 
-def foreign(request: Request, token: str = "") -> str:
+def foreign(request: Request) -> str:
     """Why the request does not come from this server's own page (or a program on this machine), or "" if it does:
-    the Host, a browser's Origin and Sec-Fetch-Site, and the token where one is asked for."""
+    the Host, a browser's Origin and Sec-Fetch-Site. The app's middleware asks it of every request under review."""
     port = request.scope["server"][1] if request.scope.get("server") else None
     host = request.headers.get("host", "")
     if host not in (f"127.0.0.1:{port}", f"localhost:{port}"):
@@ -73,9 +73,12 @@ def foreign(request: Request, token: str = "") -> str:
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in SAME_SITE:
         return f"a {site} request: only this page may ask"
-    if token and not hmac.compare_digest(request.headers.get(TOKEN_HEADER.lower(), "").encode(), token.encode()):
-        return f"a decision needs this page's token ({TOKEN_HEADER}): reload the page"
     return ""
+
+
+def carries(request: Request, token: str) -> bool:
+    """Whether the request carries this start's token (compared in constant time)."""
+    return hmac.compare_digest(request.headers.get(TOKEN_HEADER.lower(), "").encode(), token.encode())
 
 
 def jpeg(image) -> bytes:
@@ -87,23 +90,19 @@ def jpeg(image) -> bytes:
 
 
 def add_review(app: FastAPI, review: Review, page: str, classifier: Callable[[], Classifier | None]) -> None:
-    """The review routes on app: page is web/review.html's text, classifier the model served now (None: no maps)."""
+    """The review routes on app: page is web/review.html's text, classifier the model served now (None: no maps).
+    The app guards every request with foreign() before these routes see it (server.create_app's middleware)."""
     project = review.project
 
     @app.get("/review")
     async def review_page(request: Request) -> Response:
         """The page, with this start's token."""
-        why = foreign(request)
-        if why:
-            return refusal(403, why)
         framed = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}  # no clickjacking
         return HTMLResponse(page.replace("{{token}}", review.token), headers=framed)
 
     @app.get("/review/state")
     async def state(request: Request) -> JSONResponse:
         """The suspects, their decisions and where the review stands."""
-        if why := foreign(request):
-            return refusal(403, why)
         try:
             rows, classes = await asyncio.to_thread(suspects, project)
         except DataError as err:
@@ -113,8 +112,8 @@ def add_review(app: FastAPI, review: Review, page: str, classifier: Callable[[],
     @app.post("/review/decide")
     async def decide_route(request: Request, body: Decisions) -> JSONResponse:
         """Write decisions to data/overrides.csv, or refuse them with prepare's reason (the file unchanged)."""
-        if why := foreign(request, review.token):
-            return refusal(403, why)
+        if not carries(request, review.token):
+            return refusal(403, f"a decision needs this page's token ({TOKEN_HEADER}): reload the page")
         changes = [(decision.id, decision.action.strip()) for decision in body.decisions]
         try:
             written = await asyncio.to_thread(decide, project, changes)
@@ -125,8 +124,6 @@ def add_review(app: FastAPI, review: Review, page: str, classifier: Callable[[],
     @app.get("/review/photo/{id_:path}")  # an id may hold a / (class folders, tables)
     async def photo(request: Request, id_: str) -> Response:
         """A photo of data/split.csv by its id, as a JPEG."""
-        if why := foreign(request):
-            return refusal(403, why)
         try:
             path = photo_file(project, id_)
         except KeyError:
@@ -139,8 +136,6 @@ def add_review(app: FastAPI, review: Review, page: str, classifier: Callable[[],
     @app.get("/review/map/{id_:path}")
     async def class_map(request: Request, id_: str, target: str) -> Response:
         """A photo's class activation map for the class target, over the photo as the network saw it."""
-        if why := foreign(request):
-            return refusal(403, why)
         model = classifier()
         if model is None:
             return refusal(404, "no classifier loaded (models/classifier): no maps")

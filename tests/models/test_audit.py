@@ -155,13 +155,18 @@ def test_outliers_are_the_photos_far_from_every_other():
     assert outlier_scores(features[:1], 10).tolist() == [0.0]  # one photo: no neighbours
 
 
-def test_findings_table_orders_each_kind_worst_first_and_names_the_photos():
+def _findings(decided: dict[str, str] | None = None) -> pd.DataFrame:
+    """The findings table of _manifest's photos: two label issues (e, a), their duplicate pairs, an outlier (t2)."""
     manifest = _manifest()
     usable = (manifest.md5 != "").to_numpy()
     pairs = duplicates(manifest, _features(manifest), usable, threshold=0.95)
     labels = pd.DataFrame({"id": ["e", "a"], "given": [1, 0], "suggested": [0, 1], "score": [0.9, 0.7]})
     far = pd.DataFrame({"id": ["t2"], "score": [0.5]})
-    table = findings_table(manifest.set_index("id"), labels, pairs, far, ["cat", "dog"])
+    return findings_table(manifest.set_index("id"), labels, pairs, far, ["cat", "dog"], decided)
+
+
+def test_findings_table_orders_each_kind_worst_first_and_names_the_photos():
+    table = _findings()
     assert table.kind.tolist() == ["label", "label", "conflict", "leak", "leak", "duplicate", "outlier"]
     assert table.id.tolist() == ["e", "a", "c", "a", "e", "f", "t2"]
     first = table.iloc[0]
@@ -181,13 +186,7 @@ def test_findings_table_orders_each_kind_worst_first_and_names_the_photos():
 
 
 def test_a_finding_is_reviewed_once_its_labelled_photos_are_decided_or_one_is_excluded():
-    manifest = _manifest()
-    usable = (manifest.md5 != "").to_numpy()
-    pairs = duplicates(manifest, _features(manifest), usable, threshold=0.95)
-    labels = pd.DataFrame({"id": ["e", "a"], "given": [1, 0], "suggested": [0, 1], "score": [0.9, 0.7]})
-    far = pd.DataFrame({"id": ["t2"], "score": [0.5]})
-    decided = {"e": "keep", "c": "relabel:cat", "f": "exclude"}
-    table = findings_table(manifest.set_index("id"), labels, pairs, far, ["cat", "dog"], decided)
+    table = _findings({"e": "keep", "c": "relabel:cat", "f": "exclude"})
     found = {
         (row.kind, row.id, row.other_id): (row.decision, row.other_decision, row.reviewed) for row in table.itertuples()
     }
