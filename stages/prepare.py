@@ -71,7 +71,7 @@ def main(
     if prep["folds"] > train.sum():
         raise DataError(f"prepare.folds is {prep['folds']}, but {raw} has {train.sum()} usable labelled images")
     images["fold"] = 0
-    images.loc[train, "fold"] = stratified_folds(images.label[train], prep["folds"], prep["seed"])
+    images.loc[train, "fold"] = stratified_folds(images.md5[train], images.label[train], prep["folds"], prep["seed"])
     for label, count in images.label[train].value_counts().sort_index().items():
         if count < prep["folds"]:
             print(

@@ -174,6 +174,7 @@ def test_a_missing_raw_folder_is_named_with_the_fix(in_project, tmp_path):
         prepare.main(*PREPARE_ARGS)
 
 
+@pytest.mark.slow  # 40 s (fine-tuning five folds traces each fold model anew); each stage has its fast tests
 def test_features_train_finetune_predict_evaluate_submit(prepared):
     out = f"data/features/{BACKBONE}.h5"
     features.main(BACKBONE, "data/split.csv", out, f"metrics/features/{BACKBONE}.json")
@@ -301,7 +302,7 @@ def test_finetune_refuses_another_backbones_features(prepared):
         _finetune()
 
 
-@pytest.mark.slow  # 6 s; the fast suite keeps the two-class run of every stage
+@pytest.mark.slow  # 6 s; beside the two-class run of every stage
 def test_finetune_with_0_epochs_predicts_from_the_stored_features_without_running_the_network(prepared, monkeypatch):
     features.main(BACKBONE, "data/split.csv", f"data/features/{BACKBONE}.h5", f"metrics/features/{BACKBONE}.json")
     _set_param("finetune", "epochs", 0)
@@ -397,7 +398,7 @@ def _finetune(backbone: str = BACKBONE) -> None:
     finetune.main(*finetune_args(backbone))
 
 
-@pytest.mark.slow  # 16 s: every stage with a softmax head (the fast suite keeps the two-class run)
+@pytest.mark.slow  # 16 s: every stage with a softmax head (beside the two-class run)
 def test_three_classes_in_folders_run_through_every_stage(tmp_path, in_project):
     raw = tmp_path / "raw3"
     colours = {"bird": (40, 200, 60), "cat": (200, 60, 40), "dog": (40, 60, 200)}

@@ -233,16 +233,43 @@ def classes_of(labels: pd.Series) -> list[str]:
     return sorted({label for label in labels if label})
 
 
-def stratified_folds(labels: pd.Series, folds: int, seed: int) -> np.ndarray:
-    """Fold 1..folds per row: each class shuffled (seeded) and dealt out in turn, each class starting where the last
-    one stopped, so every fold holds each class's share and fold sizes differ by at most one."""
-    rng = np.random.default_rng(seed)
-    fold = np.zeros(len(labels), dtype=int)
-    dealt = 0
+def stratified_folds(md5s: pd.Series, labels: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """Fold 1..folds per row, stable per photo: its home fold is a seeded hash of its content (md5), so a photo keeps
+    its fold when relabelled, renamed or joined by others but for the few moved to keep the folds balanced, and
+    identical photos share a home fold."""
+    keys = np.array([photo_key(md5, seed) for md5 in md5s], dtype=np.uint64)
+    fold = (keys % np.uint64(folds)).astype(int) + 1
+    values, dealt = labels.to_numpy(), 0
     for label in classes_of(labels):
-        positions = rng.permutation(np.flatnonzero(labels.to_numpy() == label))
-        fold[positions] = (dealt + np.arange(len(positions))) % folds + 1
-        dealt += len(positions)
+        rows = np.flatnonzero(values == label)
+        fold[rows] = balanced(fold[rows], keys[rows], fold_targets(len(rows), folds, dealt))
+        dealt += len(rows)
+    return fold
+
+
+def photo_key(md5: str, seed: int) -> int:
+    """A photo's seeded 64-bit hash: its home fold and its place in the queue when a full fold gives photos away."""
+    digest = hashlib.blake2b(f"{seed}:{md5}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def fold_targets(n: int, folds: int, dealt: int) -> np.ndarray:
+    """How many of a class's n photos each fold holds: n // folds, one more in the n % folds folds that follow the
+    earlier classes' extras (dealt: their photos), so each fold holds each class's share, sizes one apart at most."""
+    extra = (np.arange(folds) - dealt) % folds < n % folds
+    return n // folds + extra.astype(int)
+
+
+def balanced(home: np.ndarray, keys: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Home folds (1..folds) moved as little as possible to meet the targets: each fold over its target gives away its
+    photos with the largest keys, and these fill the folds under theirs in key order, the lowest fold first."""
+    fold, given = home.copy(), []
+    for f, target in enumerate(targets, start=1):
+        rows = np.flatnonzero(home == f)
+        given.extend(rows[np.argsort(keys[rows], kind="stable")][target:])
+    held = np.bincount(home, minlength=len(targets) + 1)[1:]
+    gaps = np.repeat(np.arange(1, len(targets) + 1), np.maximum(targets - held, 0))
+    fold[sorted(given, key=lambda row: keys[row])] = gaps
     return fold
 
 

@@ -103,19 +103,38 @@ def test_the_manifests_paths_are_relative_to_data_raw_so_a_copy_scans_the_same(k
 
 def test_folds_are_stratified_seeded_and_balanced():
     labels = pd.Series(["cat"] * 101 + ["dog"] * 50)
-    folds = stratified_folds(labels, 5, seed=1)
+    md5s = pd.Series([f"{n:032x}" for n in range(len(labels))])  # one content each
+    folds = stratified_folds(md5s, labels, 5, seed=1)
     assert sorted(set(folds)) == [1, 2, 3, 4, 5]
     assert np.bincount(folds)[1:].tolist() == [31, 30, 30, 30, 30]  # sizes differ by one at most
     for label, size in (("cat", 101), ("dog", 50)):
         per_fold = np.bincount(folds[labels == label], minlength=6)[1:]
         assert per_fold.sum() == size and per_fold.max() - per_fold.min() <= 1  # each class's share in every fold
-    np.testing.assert_array_equal(folds, stratified_folds(labels, 5, seed=1))
-    assert not np.array_equal(folds, stratified_folds(labels, 5, seed=2))
+    np.testing.assert_array_equal(folds, stratified_folds(md5s, labels, 5, seed=1))
+    assert not np.array_equal(folds, stratified_folds(md5s, labels, 5, seed=2))
+
+
+def test_a_photo_keeps_its_fold_through_relabels_and_new_photos():
+    labels = pd.Series(["cat", "dog"] * 500)
+    md5s = pd.Series([f"{n:032x}" for n in range(len(labels))])
+    folds = stratified_folds(md5s, labels, 5, seed=0)
+    flipped = labels.copy()
+    flipped[:40] = labels[:40].map({"cat": "dog", "dog": "cat"})
+    after = stratified_folds(md5s, flipped, 5, seed=0)
+    assert (after != folds).sum() <= 40  # dealt out anew, most of 1,000 photos would move
+    for label in ("cat", "dog"):
+        per_fold = np.bincount(after[flipped == label], minlength=6)[1:]
+        assert per_fold.max() - per_fold.min() <= 1
+    np.testing.assert_array_equal(stratified_folds(md5s, labels, 5, seed=0), folds)  # undone: the same folds
+    grown = stratified_folds(
+        pd.concat([md5s, pd.Series(["new 1", "new 2"])]), pd.concat([labels, pd.Series(["cat"] * 2)]), 5, 0
+    )
+    assert (grown[:1000] != folds).sum() <= 4
 
 
 def test_a_class_smaller_than_the_fold_count_lands_in_some_folds():
     labels = pd.Series(["cat"] * 10 + ["dog"] * 2)
-    folds = stratified_folds(labels, 5, seed=0)
+    folds = stratified_folds(labels.index.astype(str).to_series(), labels, 5, seed=0)
     assert len(set(folds[labels == "dog"])) == 2 and sorted(set(folds)) == [1, 2, 3, 4, 5]
 
 
@@ -157,7 +176,7 @@ def test_folder_per_class_layout_takes_the_classes_from_the_folders(tmp_path):
     assert sorted(frame[frame.split == "test"].id) == ["t0", "t1", "t2", "t3"]
     assert skipped == [("train/stray.jpg", "not in a class folder")]
     assert train.set_index("id").loc["bird/img3", "source"] == "train/bird/img3.jpg"
-    folds = stratified_folds(train.label.reset_index(drop=True), 5, seed=0)
+    folds = stratified_folds(train.id, train.label, 5, seed=0)  # any distinct strings stand for the md5s
     assert [len(set(folds[train.label.to_numpy() == c])) for c in ("bird", "cat", "dog")] == [5, 5, 5]
     assert label_index(pd.Series(["dog", "bird", ""]), classes_of(train.label)).tolist() == [2, 0, -1]
 

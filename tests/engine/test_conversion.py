@@ -85,6 +85,7 @@ def test_engine_features_match_tensorflow_with_the_real_weights(name, crops, tmp
     assert expected.std(axis=0).max() > 0.1  # real weights tell the images apart: the comparison means something
 
 
+@pytest.mark.slow  # 15 s: three runs of the stage path, two in worker processes
 def test_the_stage_path_in_worker_processes_is_byte_identical_run_to_run_and_equals_one_process(tmp_path):
     keras.utils.set_random_seed(0)
     backbone = get_backbone("efficientnet_lite0")

@@ -103,6 +103,7 @@ def test_decoder_threads_run_at_the_lowest_priority():
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19  # the caller's own priority is unchanged
 
 
+@pytest.mark.slow  # 6-13 s with real weights; test_conversion checks the engine's mirror averaging
 def test_tta_features_are_mirror_invariant(lite0, tmp_path):
     backbone, model = lite0
     pixels = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)

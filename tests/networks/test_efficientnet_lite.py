@@ -90,6 +90,7 @@ def test_port_fails_on_a_shape_mismatch(lite0_state):
         port_state_dict(build_efficientnet_lite("efficientnet_lite2"), lite0_state)
 
 
+@pytest.mark.slow  # 8 s: three conversions of the real weights
 def test_the_cache_is_keyed_by_the_weights_content_and_the_converter(tmp_path, monkeypatch):
     source = tmp_path / "lite0.pth"
     source.write_bytes(wheel_weights_path("efficientnet_lite0").read_bytes())
