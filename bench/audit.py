@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from dogscats.base.scoring import log_loss  # noqa: E402
 from dogscats.data.dataset import classes_of, read_manifest  # noqa: E402
 from dogscats.data.feature_store import read_split, write_split  # noqa: E402
 from dogscats.data.predictions import read_prediction_table, read_probabilities  # noqa: E402
-from dogscats.models.audit import near_pairs, outlier_scores, unit_rows  # noqa: E402
+from dogscats.models.audit import audit_features, neighbour_search, outlier_scores, outliers, unit_rows  # noqa: E402
 
 BACKBONE = "efficientnet_lite2"
 FLIPS, LEAKS, CONFLICTS = 40, 10, 5
@@ -262,16 +263,38 @@ def outlier_summary(project: Path) -> str:
     return f"quartiles {q1:.3f}, {q3:.3f}; {fences}; the highest {top}"
 
 
-def scale_timing(rows: int = 25_000, dim: int = 1280) -> None:
-    """The duplicate and outlier searches' time on rows x dim random non-negative features (GAP-like)."""
-    features = np.abs(np.random.default_rng(0).normal(size=(rows, dim))).astype(np.float32)
+def search_comparison(project: Path, threshold: float = 0.95, fence: float = 1.5) -> None:
+    """The index's near-duplicate pairs and outliers against the exact search's, on a project's feature files."""
+    ids, features, usable = audit_features([str(project / "data" / "features" / f"{BACKBONE}.h5")])
+    kept = np.flatnonzero(usable)
+    exact, exact_scores = neighbour_search(features, usable, threshold, 10, "exact")
     start = time.perf_counter()
-    pairs = near_pairs(features, 0.95)
-    middle = time.perf_counter()
-    outlier_scores(features, 10)
-    end = time.perf_counter()
-    print(f"at {rows:,} x {dim}: near-duplicate search {middle - start:.1f} s ({len(pairs)} pairs; blocks of 1,024 "
-          f"rows: {1024 * rows * 4 / 2**20:.0f} MiB each), outlier scores (k = 10) {end - middle:.1f} s")  # fmt: skip
+    found, scores = neighbour_search(features, usable, threshold, 10, "index")
+    seconds = time.perf_counter() - start
+    truth, got = set(zip(exact.i, exact.j, strict=True)), set(zip(found.i, found.j, strict=True))
+    far = [set(outliers([ids[i] for i in kept], s, fence).id) for s in (exact_scores, scores)]
+    print(f"index against exact search, {len(kept):,} photos of {project.name}: near pairs at {threshold} "
+          f"{len(truth & got)} of {len(truth)} (recall {len(truth & got) / max(len(truth), 1):.4f}, "
+          f"{len(got - truth)} not in the exact set); outliers flagged: exact {len(far[0])}, index {len(far[1])}, "
+          f"both {len(far[0] & far[1])} (only exact {sorted(far[0] - far[1])}, only index {sorted(far[1] - far[0])}); "
+          f"largest outlier score difference {np.abs(scores - exact_scores).max():.4f}; {seconds:.1f} s")  # fmt: skip
+
+
+def scale_timing(sizes: tuple[int, ...] = (10_000, 25_000, 50_000, 100_000), dim: int = 1280) -> None:
+    """The neighbour search's time, exact and by the index, on rows x dim random non-negative features (GAP-like),
+    with this process's peak memory after each."""
+    rng = np.random.default_rng(0)
+    for rows in sizes:
+        features = unit_rows(np.abs(rng.normal(size=(rows, dim))).astype(np.float32))
+        usable = np.ones(rows, dtype=bool)
+        times = {}
+        for method in ("index", "exact"):
+            start = time.perf_counter()
+            neighbour_search(features, usable, 0.95, 10, method)
+            times[method] = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"at {rows:,} x {dim}: neighbour search exact {times['exact']:.1f} s, index {times['index']:.1f} s "
+              f"(features {features.nbytes / 2**30:.2f} GiB, peak resident {peak:.2f} GiB)", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -303,6 +326,7 @@ def main() -> None:
           f"conflicts flagged: {sum(found_conflicts)} of {CONFLICTS}")  # fmt: skip
     print(f"leaks project's findings: {audit.kind.value_counts().to_dict()}")
     similarities(leaks_project, leaks, conflicts)
+    search_comparison(leaks_project)
 
     if not args.audit_only:
         project_at(flips_project, work / "raw-flips")

@@ -22,9 +22,10 @@ from dogscats.models.audit import (
     duplicates,
     findings_table,
     label_issues,
-    outlier_scores,
+    neighbour_search,
     outliers,
 )
+from dogscats.models.neighbours import search_method
 from dogscats.product.explain import page_overlays
 
 
@@ -55,13 +56,14 @@ def main(
     if sorted(ids) != sorted(indexed.index):
         raise ValueError(f"{features_dir}: its images differ from {manifest_path}'s; rerun (dvc repro)")
     rows = indexed.loc[ids].reset_index()
-    start = time.perf_counter()
-    pairs = duplicates(rows, features, usable, cfg["near_duplicate"])
-    seconds = time.perf_counter() - start
     kept = np.flatnonzero(usable)
-    far = outliers(
-        [ids[i] for i in kept], outlier_scores(features[kept], cfg["outlier_neighbours"]), cfg["outlier_fence"]
-    )
+    method = search_method(cfg["search"], len(kept))
+    start = time.perf_counter()
+    near, scores = neighbour_search(features, usable, cfg["near_duplicate"], cfg["outlier_neighbours"], method)
+    seconds = time.perf_counter() - start
+    del features  # the largest thing this stage holds; the page needs it no more
+    pairs = duplicates(rows, near)
+    far = outliers([ids[i] for i in kept], scores, cfg["outlier_fence"])
 
     overrides = read_overrides(overrides_path) if overrides_path else None
     decided = dict(zip(overrides.id, overrides.action, strict=True)) if overrides is not None else {}
@@ -78,7 +80,9 @@ def main(
     with atomic_path(html_path, suffix=".html") as tmp:
         tmp.write_text(audit_html(table, image_root(raw), cfg["show"], title, by_row))
     write_json(metrics_path, found)
-    print(f"audit: {found} (duplicate search {seconds:.1f} s over {len(kept)} photos); the page is {html_path}")
+    print(
+        f"audit: {found} (neighbour search, {method}, {seconds:.1f} s over {len(kept)} photos); the page is {html_path}"
+    )
 
 
 if __name__ == "__main__":

@@ -165,6 +165,7 @@ class Audit(Section):
     near_duplicate: Annotated[float, Field(gt=0, le=1)]
     outlier_neighbours: AtLeastOne
     outlier_fence: Annotated[float, Field(ge=0)]
+    search: Literal["auto", "exact", "index"]
     show: PagePhotos
 
 

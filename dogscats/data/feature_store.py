@@ -2,7 +2,7 @@
 in manifest order; the attributes name the backbone, the classes (labels index them) and how the images were turned
 into features (PREPROCESSING), which the exported classifier reads so it cannot disagree with its head's features."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,21 @@ def read_split(path: Path | str, split: str) -> SplitFeatures:
         group = h5[split]
         ids = [s.decode() for s in group["ids"][:]]
         return SplitFeatures(ids, group["features"][:], group["labels"][:], group["usable"][:])
+
+
+def split_layout(path: Path | str, split: str) -> tuple[list[str], int, np.ndarray]:
+    """One split's ids, feature dimension and usable flags, without reading its features."""
+    with h5py.File(path, "r") as h5:
+        group = h5[split]
+        return [s.decode() for s in group["ids"][:]], int(group["features"].shape[1]), group["usable"][:]
+
+
+def read_feature_blocks(path: Path | str, split: str, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+    """One split's features block by block: (first row, block of at most `rows` rows)."""
+    with h5py.File(path, "r") as h5:
+        features = h5[split]["features"]
+        for start in range(0, len(features), rows):
+            yield start, features[start : start + rows]
 
 
 def backbone_of(path: Path | str) -> str:

@@ -16,9 +16,10 @@ from cleanlab.rank import get_label_quality_scores
 from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
-from dogscats.data.feature_store import read_split
+from dogscats.data.feature_store import read_feature_blocks, split_layout
 from dogscats.data.overrides import covered
 from dogscats.models.evaluation import thumbnail_html
+from dogscats.models.neighbours import indexed_neighbours
 
 KINDS = ("label", "conflict", "leak", "duplicate", "outlier")  # the table's and the page's order
 COLUMNS = ["id", "kind", "score", "other_id", "given", "suggested", "split", "fold", "other_split", "other_fold"]
@@ -55,17 +56,24 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
 
 def audit_features(paths: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The labelled then the test photos' ids, features and usable flags from the backbones' feature files: each
-    backbone's rows scaled to length 1, concatenated and scaled by 1/sqrt(B), so that the cosine of two photos is the
-    mean of their backbones' cosines."""
-    ids, parts, usable = [], [], []
+    backbone's rows scaled to length 1, side by side and scaled by 1/sqrt(B), so that the cosine of two photos is the
+    mean of their backbones' cosines. Read block by block into one matrix: memory is the matrix's own."""
+    ids, usable, sizes = [], [], []
     for split in ("train", "test"):
-        splits = [read_split(path, split) for path in paths]
-        if any(s.ids != splits[0].ids for s in splits):
+        layouts = [split_layout(path, split) for path in paths]
+        if any(layout[0] != layouts[0][0] for layout in layouts):
             raise ValueError(f"{', '.join(paths)}: their {split} images differ; rerun the features stages")
-        ids += splits[0].ids
-        parts.append(np.concatenate([unit_rows(s.features) for s in splits], axis=1) / np.sqrt(len(splits)))
-        usable.append(splits[0].usable)
-    return ids, np.concatenate(parts), np.concatenate(usable)
+        ids += layouts[0][0]
+        usable.append(layouts[0][2])
+        sizes.append(len(layouts[0][0]))
+    dims = [split_layout(path, "train")[1] for path in paths]
+    features = np.zeros((len(ids), sum(dims)), dtype=np.float32)
+    for b, path in enumerate(paths):
+        cols = slice(sum(dims[:b]), sum(dims[: b + 1]))
+        for split, first in zip(("train", "test"), (0, sizes[0]), strict=True):
+            for start, block in read_feature_blocks(path, split):
+                features[first + start : first + start + len(block), cols] = unit_rows(block) / np.sqrt(len(paths))
+    return ids, features, np.concatenate(usable)
 
 
 def near_pairs(features: np.ndarray, threshold: float, block: int = 1024) -> pd.DataFrame:
@@ -102,14 +110,11 @@ def duplicate_kind(split: tuple[str, str], fold: tuple[int, int], label: tuple[s
     return "duplicate"
 
 
-def duplicates(manifest: pd.DataFrame, features: np.ndarray, usable: np.ndarray, threshold: float) -> pd.DataFrame:
-    """Exact (md5) and near (cosine >= threshold, usable photos) duplicate pairs of the manifest's rows (id, split,
-    fold, label, md5; features row-aligned), one row each: id, other_id (manifest order), kind, score = similarity,
-    exact; an exact pair is not listed again as near."""
+def duplicates(manifest: pd.DataFrame, near: pd.DataFrame) -> pd.DataFrame:
+    """Exact (md5) and near duplicate pairs (near: positions i < j in the manifest's rows, similarity: neighbour_search)
+    of the manifest's rows (id, split, fold, label, md5), one row each: id, other_id (manifest order), kind, score =
+    similarity, exact; an exact pair is not listed again as near."""
     exact = exact_pairs(manifest.md5.tolist())
-    positions = np.flatnonzero(usable)
-    near = near_pairs(features[positions], threshold)
-    near = near.assign(i=positions[near.i.to_numpy()], j=positions[near.j.to_numpy()])
     pairs = pd.concat([exact.assign(exact=True), near.assign(exact=False)], ignore_index=True)
     pairs = pairs.drop_duplicates(["i", "j"], keep="first")  # exact first
     rows = manifest.reset_index(drop=True)
@@ -127,6 +132,21 @@ def duplicates(manifest: pd.DataFrame, features: np.ndarray, usable: np.ndarray,
             "exact": pairs.exact.to_numpy(),
         }
     )
+
+
+def neighbour_search(
+    features: np.ndarray, usable: np.ndarray, threshold: float, neighbours: int, method: str
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Among the usable rows of features (unit rows: audit_features): the near-duplicate pairs (i < j, positions in
+    features, cosine >= threshold) and each usable row's outlier score (outlier_scores), every pair compared (method
+    exact) or by an approximate index (method index: dogscats.models.neighbours)."""
+    positions = np.flatnonzero(usable)
+    if method == "index":
+        return indexed_neighbours(features, positions, threshold, neighbours)
+    kept = features[positions]
+    near = near_pairs(kept, threshold)
+    near = near.assign(i=positions[near.i.to_numpy()], j=positions[near.j.to_numpy()])
+    return near, outlier_scores(kept, neighbours)
 
 
 def outlier_scores(features: np.ndarray, neighbours: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import pytest
 from dogscats.data.feature_store import write_split
 from dogscats.models.audit import (
     KINDS,
+    audit_features,
     audit_html,
     cam_rows,
     counts,
@@ -21,8 +22,10 @@ from dogscats.models.audit import (
     findings_table,
     label_issues,
     near_pairs,
+    neighbour_search,
     outlier_scores,
     outliers,
+    unit_rows,
 )
 from stages import audit, prepare
 
@@ -79,6 +82,25 @@ def test_near_pairs_by_blocks_equal_the_full_similarity_matrix():
     assert (4, 30) in set(zip(pairs.i, pairs.j, strict=True)) and (pairs.i < pairs.j).all()
 
 
+def test_audit_features_are_each_backbones_unit_rows_side_by_side(tmp_path):
+    rng = np.random.default_rng(3)
+    parts = {name: rng.normal(size=(7, dim)).astype(np.float32) for name, dim in (("b0", 5), ("b1", 3))}
+    parts["b0"][2] = 0  # a photo that did not decode: zero features stay zero
+    for name, features in parts.items():
+        with h5py.File(tmp_path / f"{name}.h5", "w") as h5:
+            write_split(h5, "train", ["a", "b", "c", "d"], np.zeros(4), [True] * 4, [features[:4]], features.shape[1])
+            write_split(
+                h5, "test", ["t1", "t2", "t3"], -np.ones(3), [True, False, True], [features[4:]], features.shape[1]
+            )
+    ids, features, usable = audit_features([str(tmp_path / "b0.h5"), str(tmp_path / "b1.h5")])
+    expected = (np.concatenate([unit_rows(parts["b0"]), unit_rows(parts["b1"])], axis=1) / np.sqrt(2)).astype(
+        np.float32
+    )
+    assert ids == ["a", "b", "c", "d", "t1", "t2", "t3"] and usable.tolist() == [True] * 5 + [False, True]
+    np.testing.assert_array_equal(features, expected)
+    assert np.allclose(np.linalg.norm(features[[0, 1, 3]], axis=1), 1) and features[2, :5].tolist() == [0.0] * 5
+
+
 def test_exact_pairs_skip_files_without_an_md5():
     pairs = exact_pairs(["a", "b", "a", "", "", "a"])
     assert sorted(zip(pairs.i, pairs.j, strict=True)) == [(0, 2), (0, 5), (2, 5)] and (pairs.similarity == 1).all()
@@ -128,10 +150,15 @@ def _features(manifest: pd.DataFrame) -> np.ndarray:
     return features
 
 
+def _near(manifest: pd.DataFrame, usable: np.ndarray, threshold: float) -> pd.DataFrame:
+    """The near pairs of _features among the usable rows, every pair compared."""
+    return neighbour_search(unit_rows(_features(manifest)), usable, threshold, 3, "exact")[0]
+
+
 def test_duplicates_find_exact_and_near_pairs_and_class_them():
     manifest = _manifest()
     usable = (manifest.md5 != "").to_numpy()
-    found = duplicates(manifest, _features(manifest), usable, threshold=0.95)
+    found = duplicates(manifest, _near(manifest, usable, 0.95))
     got = {(row.id, row.other_id): (row.kind, row.exact) for row in found.itertuples()}
     assert got == {
         ("a", "b"): ("leak", True),
@@ -140,7 +167,7 @@ def test_duplicates_find_exact_and_near_pairs_and_class_them():
         ("f", "g"): ("duplicate", False),
     }
     assert found.set_index("id").score["e"] == pytest.approx(1 / np.sqrt(1.01), abs=1e-6)
-    assert duplicates(manifest, _features(manifest), usable, threshold=0.999).id.tolist() == ["a", "c"]  # exact only
+    assert duplicates(manifest, _near(manifest, usable, 0.999)).id.tolist() == ["a", "c"]  # exact only
 
 
 def test_outliers_are_the_photos_far_from_every_other():
@@ -159,7 +186,7 @@ def _findings(decided: dict[str, str] | None = None) -> pd.DataFrame:
     """The findings table of _manifest's photos: two label issues (e, a), their duplicate pairs, an outlier (t2)."""
     manifest = _manifest()
     usable = (manifest.md5 != "").to_numpy()
-    pairs = duplicates(manifest, _features(manifest), usable, threshold=0.95)
+    pairs = duplicates(manifest, _near(manifest, usable, 0.95))
     labels = pd.DataFrame({"id": ["e", "a"], "given": [1, 0], "suggested": [0, 1], "score": [0.9, 0.7]})
     far = pd.DataFrame({"id": ["t2"], "score": [0.5]})
     return findings_table(manifest.set_index("id"), labels, pairs, far, ["cat", "dog"], decided)
