@@ -11,6 +11,12 @@
    largest process of the stage's tree: dvc, the stage and its workers; os.wait4) printed as it ends.
 3. Then the bookkeeping at this size: `dvc status` and a no-op `dvc repro`, timed, with their peak memory.
 Prints the CPU's model and flags first, and a table of every figure last.
+
+    python bench/scale.py --synthetic 100000 1000000 [--work DIR]
+
+The synthetic mode times the stages that read no photo on generated rows instead (so far the audit): a manifest,
+out-of-fold probabilities (1% of labels flipped) and a 1,280-wide feature file of clustered GAP-like rows, with 1% near
+copies, in a project of this checkout; each stage's wall time and peak memory beside the feature matrix's size.
 """
 
 import argparse
@@ -24,6 +30,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import h5py
+import numpy as np
+import pandas as pd
 import yaml
 from PIL import Image
 
@@ -108,14 +117,98 @@ def project_at(work: Path, raw: Path) -> Path:
     return project
 
 
+def synthetic_project(work: Path, rows: int, dim: int = 1280, seed: int = 0) -> Path:
+    """A project (params.yaml, data/, the repo's code on PYTHONPATH) of `rows` generated photos, 80% labelled: the
+    manifest (unique md5s; every source one of four real JPEGs, for the audit page's thumbnails), out-of-fold
+    probabilities and efficientnet_lite2's feature file, written block by block."""
+    sys.path.insert(0, str(REPO))
+    from dogscats.data.feature_store import write_preprocessing, write_split
+
+    project = work / f"synthetic-{rows}"
+    shutil.rmtree(project, ignore_errors=True)
+    (project / "data" / "features").mkdir(parents=True)
+    raw = project / "raw"
+    for n, colour in enumerate(((200, 60, 40), (40, 60, 200), (90, 90, 90), (10, 200, 10))):
+        (raw / "train").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 48), colour).save(raw / "train" / f"{n}.jpg")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["raw"] = str(raw)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rng = np.random.default_rng(seed)
+    labelled = int(rows * 0.8)
+    label = np.where(np.arange(rows) % 2, "dog", "cat")
+    split = np.where(np.arange(rows) < labelled, "train", "test")
+    ids = [f"{c}.{i}" if s == "train" else str(i) for i, (c, s) in enumerate(zip(label, split, strict=True))]
+    manifest = pd.DataFrame(
+        {
+            "id": ids,
+            "file": [f"data/prepared/{i}.jpg" for i in range(rows)],
+            "label": np.where(split == "train", label, ""),
+            "split": split,
+            "fold": np.where(split == "train", np.arange(rows) % 5 + 1, 0),
+            "source": [f"train/{i % 4}.jpg" for i in range(rows)],
+            "problem": "",
+            "md5": [hashlib.md5(str(i).encode()).hexdigest() for i in range(rows)],
+        }
+    )
+    manifest.to_csv(project / "data" / "split.csv", index=False)
+    y = (label[:labelled] == "dog").astype(int)
+    given = np.where(rng.random(labelled) < 0.01, 1 - y, y)  # 1% flipped: label issues to find
+    p_dog = 1 / (1 + np.exp(-(np.where(y == 1, 4.0, -4.0) + rng.normal(0, 1.5, labelled))))
+    oof = pd.DataFrame({"id": ids[:labelled], "label": given, "fold": manifest.fold[:labelled]})
+    oof = oof.assign(p_cat=1 - p_dog, p_dog=p_dog, p_cat_head=1 - p_dog, p_dog_head=p_dog)
+    oof.to_csv(project / "data" / "oof_predictions.csv", index=False)
+    centres = np.abs(rng.normal(0, 1, (64, dim))).astype(np.float32)
+
+    def blocks(first: int, count: int):
+        for start in range(first, first + count, 65536):
+            n = min(65536, first + count - start)
+            block = centres[rng.integers(0, 64, n)] + np.abs(rng.normal(0, 0.8, (n, dim))).astype(np.float32)
+            copies = rng.random(max(n - 2, 0)) < 0.01  # near copies of the row two before: same class, another fold
+            block[2:][copies] = block[:-2][copies] + rng.normal(0, 0.02, (int(copies.sum()), dim))
+            yield block
+
+    features = params["features"] | {"precision": "float32"}
+    with h5py.File(project / "data" / "features" / "efficientnet_lite2.h5", "w") as h5:
+        h5.attrs["classes"] = ["cat", "dog"]
+        write_preprocessing(h5, "efficientnet_lite2", 320, features)
+        for name, first, count in (("train", 0, labelled), ("test", labelled, rows - labelled)):
+            labels = (label[first : first + count] == "dog").astype(int) if name == "train" else -np.ones(count)
+            write_split(h5, name, ids[first : first + count], labels, [True] * count, blocks(first, count), dim)
+    return project
+
+
+def synthetic(work: Path, sizes: list[int]) -> None:
+    """The synthetic mode: per size, the audit stage's wall time and peak memory on a generated project."""
+    table = []
+    for rows in sizes:
+        project = synthetic_project(work, rows)
+        matrix = rows * 1280 * 4 / 2**20
+        command = [sys.executable, "-m", "stages.audit", "data/split.csv", "data/oof_predictions.csv", "data/features"]
+        command += ["data/audit.csv", "metrics/audit.html", "metrics/audit.json", "", "data/overrides.csv"]
+        os.environ["PYTHONPATH"] = str(REPO)
+        seconds, mib, output = run(project, *command)
+        found = json.loads((project / "metrics" / "audit.json").read_text())
+        line = next((s for s in output.splitlines() if s.startswith("audit: {")), "")
+        print(f"{rows:,} rows: audit {seconds:.1f} s, peak {mib:.0f} MiB (feature matrix {matrix:.0f} MiB); {found}; "
+              f"{line[line.find('('):]}", flush=True)  # fmt: skip
+        table.append((rows, seconds, mib, matrix))
+    print(f"\nmachine: {cpu()}\n{'rows':>10} {'audit s':>8} {'peak MiB':>9} {'matrix MiB':>11}")
+    for rows, seconds, mib, matrix in table:
+        print(f"{rows:10,} {seconds:8.1f} {mib:9.0f} {matrix:11.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "catsdogs")
     parser.add_argument("--train", type=int, default=20_000, help="labelled photos, half of each class")
     parser.add_argument("--test", type=int, default=5_000, help="photos to predict")
     parser.add_argument("--work", type=Path, default=Path("/tmp/dogscats-scale"), help="the set and the project")
+    parser.add_argument("--synthetic", type=int, nargs="+", metavar="ROWS", help="time the audit on generated rows")
     args = parser.parse_args()
     print(f"machine: {cpu()}", flush=True)
+    if args.synthetic:
+        return synthetic(args.work.absolute(), args.synthetic)
     raw = (args.work / f"raw-{args.train}-{args.test}").absolute()
     if not (raw / "test").is_dir() or len(list((raw / "train").iterdir())) != args.train // 2 * 2:
         shutil.rmtree(raw, ignore_errors=True)
