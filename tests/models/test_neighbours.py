@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dogscats.models.audit import neighbour_search, unit_rows
-from dogscats.models.neighbours import CANDIDATES, EXACT_UP_TO, search_method
+from dogscats.models.neighbours import CANDIDATES, EXACT_UP_TO, INDEX_MIN_ROWS, mean_found, search_method
 
 
 def _photos(rows: int = 3000, dim: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -43,4 +43,10 @@ def test_the_index_finds_the_exact_searchs_pairs_with_their_exact_similarities_r
 
 def test_search_method_is_exact_for_small_sets_under_auto():
     assert search_method("auto", EXACT_UP_TO) == "exact" and search_method("auto", EXACT_UP_TO + 1) == "index"
-    assert search_method("index", 10) == "index" and search_method("exact", 10**7) == "exact"
+    assert search_method("index", INDEX_MIN_ROWS) == "index" and search_method("exact", 10**7) == "exact"
+    assert search_method("index", INDEX_MIN_ROWS - 1) == "exact"  # too few rows to train an index
+
+
+def test_a_candidate_the_lists_did_not_give_counts_for_nothing():
+    distances = np.array([[0.1, 0.3], [0.2, np.nan], [np.nan, np.nan]])
+    assert mean_found(distances).tolist() == pytest.approx([0.2, 0.2, 0.0])
