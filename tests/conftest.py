@@ -152,12 +152,9 @@ def _resident_bytes() -> int:
         return RELEASE_ABOVE
 
 
-@pytest.fixture(scope="module", autouse=True)
-def release_memory():
-    """After each test module, what its tests left behind goes back to the system: Keras's graphs and layer names
-    (clear_session), cycles (gc), and the heap glibc keeps once freed (malloc_trim). Without it one pytest process
-    grew past 15 GB over the suite."""
-    yield
+def _release() -> None:
+    """Give back what finished tests left behind, once the process has grown past RELEASE_ABOVE: Keras's graphs and
+    layer names (clear_session), cycles (gc), and the heap glibc keeps once freed (malloc_trim)."""
     if _resident_bytes() < RELEASE_ABOVE:  # a release costs a second or two (gc over TensorFlow's objects): only
         return  # where the process has grown
     if "keras" in sys.modules:
@@ -165,6 +162,23 @@ def release_memory():
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator keeps what it keeps
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_memory():
+    """After each test module, its leftovers go back to the system (_release). Without it one pytest process grew past
+    15 GB over the suite."""
+    yield
+    _release()
+
+
+@pytest.fixture(autouse=True)
+def release_after_a_slow_test(request: pytest.FixtureRequest):
+    """After each slow test too: they load real weights and run whole stages, and a worker that ran several in one
+    module reached 4.04 GiB (issue 35 allows 4)."""
+    yield
+    if request.node.get_closest_marker("slow") is not None:
+        _release()
 
 
 @pytest.fixture
