@@ -66,7 +66,7 @@ def audit_features(paths: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]
         ids += layouts[0][0]
         usable.append(layouts[0][2])
         sizes.append(len(layouts[0][0]))
-    dims = [split_layout(path, "train")[1] for path in paths]
+        dims = [layout[1] for layout in layouts]  # each backbone's width, the same in both splits
     features = np.zeros((len(ids), sum(dims)), dtype=np.float32)
     for b, path in enumerate(paths):
         cols = slice(sum(dims[:b]), sum(dims[: b + 1]))

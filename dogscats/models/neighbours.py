@@ -112,9 +112,10 @@ def exact_rows(unit: np.ndarray, rows: np.ndarray, queries: np.ndarray, threshol
     found = []
     for start in range(0, len(queries), 256):
         block = queries[start : start + 256]
+        block_rows = unit[block]
         for at_row in range(0, len(rows), 65536):
             others = rows[at_row : at_row + 65536]
-            sims = unit[block] @ unit[others].T
+            sims = block_rows @ unit[others].T
             at, col = np.nonzero((sims >= threshold) & (others[None, :] != block[:, None]))
             found.append(pd.DataFrame({"i": block[at], "j": others[col], "similarity": sims[at, col]}))
     return pd.concat(found, ignore_index=True)
